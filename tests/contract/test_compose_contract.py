@@ -1,0 +1,119 @@
+"""Contract: every deployment variant is a project the real Compose v2 accepts, and its merged
+output validates against the Compose Specification's JSON Schema (as vendored by check-jsonschema)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import jsonschema
+import pytest
+import yaml
+
+from cslr import compose, config
+from cslr.gpu import Gpu, GpuState
+
+pytestmark = pytest.mark.contract
+
+NO_GPU = GpuState("off")
+ONE_GPU = GpuState("auto", (Gpu(0, "NVIDIA L4", "23034 MiB"),))
+
+
+@pytest.fixture(scope="module")
+def compose_spec():
+    text = resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    return json.loads(text)
+
+
+VARIANTS = {
+    "cpu-only": ("{}\n", NO_GPU, False),
+    "gpu": ("{}\n", ONE_GPU, False),
+    "all-optional-off": ("services:\n  redis: {enabled: false}\n  mlflow: {enabled: false}\n  marimo: {enabled: false}\n", NO_GPU, False),
+    "test-cluster": ("{}\n", NO_GPU, True),
+    "gpu-test-cluster-ft": ("ray:\n  gcs_fault_tolerance: true\n", ONE_GPU, True),
+}
+
+
+def render(project, text, gpu, test_cluster, tmp_path):
+    cfg = config.load(project(text), environ={})
+    plan = compose.plan(cfg, gpu, test_cluster=test_cluster)
+    _, merged = compose.render(plan, tmp_path / "_build")
+    return plan, yaml.safe_load(merged)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_is_valid_compose(name, project, tmp_path, compose_spec):
+    text, gpu, test_cluster = VARIANTS[name]
+    plan, doc = render(project, text, gpu, test_cluster, tmp_path)
+    jsonschema.validate(doc, compose_spec)
+    services = set(doc["services"])
+    expected = {"health", "ray-cpu"}
+    if "redis: {enabled: false}" not in text:
+        expected |= {"redis", "postgres", "mlflow", "marimo"}
+    if gpu.node_enabled:
+        expected.add("ray-gpu")
+    if test_cluster:
+        expected.add("test-cluster")
+    assert services == expected
+    assert not list((tmp_path / "_build").iterdir()), "render must not leave files behind"
+
+
+def test_published_ports_bind_to_loopback_by_default(project, tmp_path):
+    _, doc = render(project, "{}\n", ONE_GPU, True, tmp_path)
+    published = [(name, p) for name, svc in doc["services"].items() for p in svc.get("ports", [])]
+    assert published, "the stack publishes ports"
+    assert {p["host_ip"] for _, p in published} == {"127.0.0.1"}
+    assert {int(p["published"]) for _, p in published} == {8888, 6379, 8265, 10001, 6380, 8266, 10002, 6381, 5000, 8080}
+
+
+def test_static_addresses_and_data_volumes(project, tmp_path):
+    _, doc = render(project, "{}\n", ONE_GPU, False, tmp_path)
+    addr = {name: svc["networks"]["ray-network"]["ipv4_address"] for name, svc in doc["services"].items()}
+    assert addr == {"health": "172.28.0.2", "ray-cpu": "172.28.0.10", "ray-gpu": "172.28.0.11", "redis": "172.28.0.20",
+                    "mlflow": "172.28.0.30", "postgres": "172.28.0.31", "marimo": "172.28.0.40"}
+    assert doc["networks"]["ray-network"]["ipam"]["config"] == [{"subnet": "172.28.0.0/16"}]
+    assert {"mlflow-data", "postgres-data", "redis-data", "marimo-notebooks", "ray-temp"} <= set(doc["volumes"])
+
+
+def test_every_long_running_service_has_a_healthcheck_and_scripts_are_read_only(project, tmp_path):
+    _, doc = render(project, "{}\n", ONE_GPU, True, tmp_path)
+    for name, svc in doc["services"].items():
+        if name != "test-cluster":
+            assert svc.get("healthcheck", {}).get("test"), f"{name} lacks a healthcheck"
+            assert svc.get("restart") == "unless-stopped"
+        for vol in svc.get("volumes", []):
+            if vol["type"] == "bind":
+                assert vol.get("read_only") is True, f"{name} mounts {vol['source']} writable"
+
+
+def test_nodes_and_notebook_get_ray_and_mlflow_addresses(project, tmp_path):
+    _, doc = render(project, "{}\n", ONE_GPU, True, tmp_path)
+    for name in ("ray-cpu", "ray-gpu", "marimo", "test-cluster"):
+        env = doc["services"][name]["environment"]
+        assert env["RAY_ADDRESS"] and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["REDIS_URL"].startswith("redis://")
+        assert env["RAY_AUTH_TOKEN"] == "ray-secret" and env["RAY_AUTH_MODE"] == "token"
+    assert doc["services"]["marimo"]["environment"]["RAY_ADDRESS"] == "ray-cpu:6379"
+    gpu_env = doc["services"]["ray-gpu"]["environment"]
+    assert (gpu_env["NODE_HOSTNAME"], gpu_env["NODE_IP"], gpu_env["RAY_NUM_GPUS"]) == ("ray-gpu", "172.28.0.11", "1")
+
+
+def test_config_values_reach_the_files_through_interpolation(project, tmp_path):
+    text = "network:\n  bind_address: 0.0.0.0\nservices:\n  mlflow: {port: 5500}\nray:\n  cpu: {memory: 4g, shm_size: 2g}\n"
+    _, doc = render(project, text, NO_GPU, False, tmp_path)
+    assert [p["published"] for p in doc["services"]["mlflow"]["ports"]] == ["5500"]
+    assert {p["host_ip"] for p in doc["services"]["mlflow"]["ports"]} == {"0.0.0.0"}
+    assert int(doc["services"]["ray-cpu"]["mem_limit"]) == 4 * 1024**3
+    assert int(doc["services"]["ray-cpu"]["shm_size"]) == 2 * 1024**3
+
+
+def test_hand_run_with_the_generated_env_file_matches(project, tmp_path):
+    """`docker compose --env-file _build/.env -f compose/compose.yaml ... config` by hand gives the same project."""
+    import subprocess
+
+    cfg = config.load(project("{}\n"), environ={})
+    plan = compose.plan(cfg, ONE_GPU)
+    written = compose.generate(plan, tmp_path / "_build")
+    cmd = plan.command(["config"], env_file=tmp_path / "_build" / ".env", binary=[compose.compose_binary()])
+    by_hand = subprocess.run(cmd, cwd=config.ROOT, capture_output=True, text=True, env=compose.subprocess_env(), check=True).stdout
+    generated = written[1].read_text().split("\n", 1)[1]
+    assert yaml.safe_load(by_hand) == yaml.safe_load(generated)

@@ -1,0 +1,88 @@
+"""The Compose command line (exact strings), overlay choice, and the variables handed to Compose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cslr import compose, config
+from cslr.gpu import Gpu, GpuState
+
+NO_GPU = GpuState("auto")
+TWO_GPUS = GpuState("auto", (Gpu(0, "A", "1 MiB"), Gpu(1, "B", "1 MiB")))
+
+
+def test_compose_command_exact():
+    cmd = compose.compose_command(
+        ["compose/compose.yaml", Path("overlays/gpu.yaml")],
+        ["up", "-d"],
+        project="cslr",
+        env_file="_build/.env",
+        profiles=["redis", "mlflow"],
+        project_directory=".",
+    )
+    assert cmd == [
+        "docker", "compose", "--project-name", "cslr", "--project-directory", ".", "--env-file", "_build/.env",
+        "--profile", "redis", "--profile", "mlflow", "-f", "compose/compose.yaml", "-f", "overlays/gpu.yaml", "up", "-d",
+    ]
+
+
+def test_compose_command_minimal_and_custom_binary():
+    assert compose.compose_command(["a.yaml"], ["ps"], binary=["/x/docker-compose"]) == ["/x/docker-compose", "-f", "a.yaml", "ps"]
+
+
+def test_choose_overlays():
+    assert compose.choose_overlays(False, test_cluster=False) == []
+    assert compose.choose_overlays(True, test_cluster=False) == [Path("overlays/gpu.yaml")]
+    assert compose.choose_overlays(True, multihost=True) == [Path("overlays/gpu.yaml"), Path("overlays/multihost.yaml"), Path("overlays/test-cluster.yaml")]
+
+
+def test_plan_uses_gpu_result_and_profiles(project):
+    cfg = config.load(project("services:\n  marimo:\n    enabled: false\n"), environ={})
+    p = compose.plan(cfg, TWO_GPUS)
+    assert [str(f) for f in p.files] == ["compose/compose.yaml", "overlays/gpu.yaml", "overlays/test-cluster.yaml"]
+    assert p.profiles == ["redis", "mlflow", "test"]
+    assert p.env["COMPOSE_PROFILES"] == "redis,mlflow"
+    assert p.env["RAY_GPU_NUM_GPUS"] == "2"
+    assert p.command(["config"]) == [
+        "docker", "compose", "--env-file", "_build/.env", "--profile", "redis", "--profile", "mlflow", "--profile", "test",
+        "-f", "compose/compose.yaml", "-f", "overlays/gpu.yaml", "-f", "overlays/test-cluster.yaml", "config",
+    ]
+
+
+def test_env_renders_sizes_lists_booleans(project):
+    cfg = config.load(project("ray:\n  gcs_fault_tolerance: true\n  cpu:\n    memory: 1.5g\n    shm_size: 512m\n"), environ={})
+    env = compose.compose_env(cfg, NO_GPU)
+    assert env["RAY_CPU_MEMORY"] == str(int(1.5 * 1024**3))
+    assert env["RAY_CPU_SHM_SIZE"] == str(512 * 1024**2)
+    assert env["HEAD_WHITELIST"] == "ray-cpu,ray-gpu"
+    assert env["RAY_GCS_FT"] == "1"
+    assert env["REDIS_ENABLED"] == "true"
+    assert env["RAY_CPU_NUM_CPUS"] == ""
+    assert env["REDIS_URL"] == "redis://:redis-secret@redis:6379/0"
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://mlflow:pg-secret@postgres:5432/mlflow"
+
+
+def test_disabled_services_leave_uris_empty(project):
+    cfg = config.load(project("services:\n  mlflow: {enabled: false}\n  redis: {enabled: false}\n"), environ={})
+    env = compose.compose_env(cfg, NO_GPU)
+    assert (env["MLFLOW_TRACKING_URI"], env["REDIS_URL"], env["RAY_REDIS_ADDRESS"]) == ("", "", "")
+
+
+def test_head_address_priority_env_then_config_then_whitelist(project):
+    path = project("nodes:\n  head_address: cfg-head\n  head_whitelist: [first, second]\n")
+    from_cfg = compose.compose_env(config.load(path, environ={}), NO_GPU)
+    assert (from_cfg["HEAD_ADDRESS"], from_cfg["CFG_HEAD_ADDRESS"], from_cfg["RAY_ADDRESS"]) == ("", "cfg-head", "cfg-head:6379")
+    from_env = compose.compose_env(config.load(path, environ={"HEAD_ADDRESS": "env-head:7000"}), NO_GPU)
+    assert (from_env["HEAD_ADDRESS"], from_env["CFG_HEAD_ADDRESS"], from_env["RAY_ADDRESS"]) == ("env-head:7000", "cfg-head", "env-head:7000")
+    bare = compose.compose_env(config.load(project("nodes:\n  head_whitelist: [first, second]\n"), environ={}), NO_GPU)
+    assert bare["RAY_ADDRESS"] == "first:6379"
+
+
+def test_explicit_gpu_count_wins_over_detection(project):
+    cfg = config.load(project("ray:\n  gpu:\n    gpus: 1\n"), environ={})
+    assert compose.compose_env(cfg, TWO_GPUS)["RAY_GPU_NUM_GPUS"] == "1"
+
+
+def test_subprocess_env_drops_config_variables():
+    env = compose.subprocess_env({"PATH": "/bin", "RAY_HEAD_PORT": "1", "HEAD_ADDRESS": "x", "COMPOSE_PROFILES": "a", "HOME": "/root"})
+    assert env == {"PATH": "/bin", "HOME": "/root"}

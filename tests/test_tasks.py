@@ -1,0 +1,111 @@
+"""The Invoke tasks as a user runs them: exit codes, messages, atomic and deterministic output."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SECRETS
+
+INV = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
+pytestmark = pytest.mark.contract  # `generate` runs the real Compose binary
+
+
+def inv(*args, cwd, env=None):
+    base = {k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith(("RAY_", "CSLR_", "HEAD_"))}
+    base["PATH"] = f"{tmp_bin(cwd)}{os.pathsep}{base['PATH']}"
+    return subprocess.run([*INV, *args], cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=120)
+
+
+def tmp_bin(cwd: Path) -> Path:
+    # No nvidia-smi on this machine; an empty bin dir keeps the outcome independent of the host.
+    path = Path(cwd) / "bin"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def test_validate_reports_every_error_and_exits_2(project, tmp_path):
+    project("gpu: maybe\nnetwork:\n  subnett: x\n")
+    out = inv("validate", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "config.yaml:1:6: $.gpu (CSLR_GPU): found 'maybe', expected one of: auto, on, off" in out.stderr
+    assert "config.yaml:3:3: $.network.subnett: unknown key 'subnett' (did you mean 'subnet'?)" in out.stderr
+    assert "2 error(s)" in out.stderr
+
+
+def test_validate_syntax_error_exit_2(project, tmp_path):
+    project("gpu: [\n")
+    out = inv("validate", cwd=tmp_path)
+    assert out.returncode == 2 and "config.yaml:2:1: syntax error" in out.stderr
+
+
+def test_validate_ok_says_what_it_detected(project, tmp_path):
+    project("{}\n")
+    out = inv("validate", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "gpu: auto; detected: none (nvidia-smi not found); GPU node off" in out.stdout
+
+
+def test_generate_is_deterministic_and_private(project, tmp_path):
+    project("{}\n")
+    first = inv("generate", "--out", str(tmp_path / "_build"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    built = tmp_path / "_build" / "compose.yaml"
+    text1 = built.read_bytes()
+    second = inv("generate", "--out", str(tmp_path / "_build"), cwd=tmp_path)
+    assert second.returncode == 0 and built.read_bytes() == text1
+    assert stat.S_IMODE(built.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "_build" / ".env").stat().st_mode) == 0o600
+    assert f"equivalent: docker compose --env-file {tmp_path}/_build/.env --profile redis --profile mlflow --profile marimo --profile test -f compose/compose.yaml -f overlays/test-cluster.yaml config" in first.stdout
+    assert "overlays: overlays/test-cluster.yaml" in first.stdout
+    assert sorted(p.name for p in (tmp_path / "_build").iterdir()) == [".env", "compose.yaml"]
+
+
+def test_generate_writes_nothing_on_invalid_config(project, tmp_path):
+    project("ray:\n  head_port: 0\n")
+    out = inv("generate", "--out", str(tmp_path / "_build"), cwd=tmp_path)
+    assert out.returncode == 2
+    assert not (tmp_path / "_build").exists()
+
+
+def test_generate_keeps_old_output_when_compose_refuses(project, tmp_path):
+    project("{}\n")
+    assert inv("generate", "--out", str(tmp_path / "_build"), cwd=tmp_path).returncode == 0
+    before = (tmp_path / "_build" / "compose.yaml").read_bytes()
+    # Compose itself failing (a broken install) must not clobber the last good project.
+    out = inv("generate", "--out", str(tmp_path / "_build"), cwd=tmp_path, env={"CSLR_COMPOSE_BIN": "/bin/false"})
+    assert out.returncode == 1 and "docker compose config refused the project" in out.stderr
+    assert (tmp_path / "_build" / "compose.yaml").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "_build").iterdir()) == [".env", "compose.yaml"]
+
+
+def test_gpu_detected_by_fake_nvidia_smi_adds_the_overlay(project, tmp_path):
+    # The fake stands in for the NVIDIA driver's nvidia-smi on a GPU host.
+    project("{}\n")
+    script = tmp_bin(tmp_path) / "nvidia-smi"
+    script.write_text("#!/bin/sh\necho '0, NVIDIA L4, 23034 MiB'\n")
+    script.chmod(0o755)
+    out = inv("generate", "--out", str(tmp_path / "_build"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "overlays: overlays/gpu.yaml, overlays/test-cluster.yaml" in out.stdout
+    text = (tmp_path / "_build" / "compose.yaml").read_text()
+    assert "driver: nvidia" in text and "RAY_NUM_GPUS: \"1\"" in text
+
+
+def test_init_then_validate(tmp_path):
+    out = inv("init", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+    again = inv("init", cwd=tmp_path)
+    assert "kept" in again.stdout
+    assert inv("validate", cwd=tmp_path).returncode == 0
+
+
+def test_schema_prints_the_schema(tmp_path):
+    out = inv("schema", cwd=tmp_path)
+    assert out.returncode == 0 and '"$schema": "https://json-schema.org/draft/2020-12/schema"' in out.stdout
