@@ -64,12 +64,14 @@ def generate(c, config="config.yaml", env_file=None, out="_build", test_cluster=
     except PlatformError as exc:
         raise _fail(exc) from None
     print(loaded.gpu.describe())
-    print("overlays: " + (", ".join(str(f) for f in plan.files[1:]) or "none"))
+    print("overlays: " + (", ".join(str(relative(f, ROOT)) for f in plan.files[1:]) or "none"))
     print("profiles: " + (", ".join(plan.profiles) or "none"))
     for path in written:
         print(f"wrote {relative(path, ROOT)} (mode 0600)")
     env_file_rel = relative(out_dir / ".env", ROOT)
-    print("equivalent: " + shell_join(plan.command(["config"], env_file=env_file_rel)))
+    files = [relative(f, ROOT) for f in plan.files]
+    cmd = compose.compose_command(files, ["config"], env_file=env_file_rel, profiles=plan.profiles)
+    print("equivalent: " + shell_join(cmd))
 
 
 @task(help={"output": "write the schema to this file instead of printing it", "docs": "regenerate docs/config-reference.md from the schema"})
@@ -87,3 +89,97 @@ def schema(c, output=None, docs=False):
         print(f"wrote {output}")
     else:
         print(text, end="")
+
+
+# ----------------------------------------------------------------------------- the running stack
+
+from cslr import stack as stack_mod  # noqa: E402
+
+
+def _stack(config, env_file, out="_build", generate_first=False):
+    loaded = _loaded(config, env_file)
+    build_dir = ROOT / out if not Path(out).is_absolute() else Path(out)
+    if generate_first:
+        try:
+            compose.generate(plan_for(loaded), build_dir)
+        except PlatformError as exc:
+            raise _fail(exc) from None
+    elif not (build_dir / "compose.yaml").exists():
+        raise Exit(f"{build_dir / 'compose.yaml'} does not exist: run `inv generate` or `inv up` first", code=1)
+    return stack_mod.Stack(loaded.cfg, build_dir)
+
+
+OUT_HELP = "directory of the generated project (default: _build)"
+
+
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "timeout": "seconds to wait for every service to become healthy", "build": "rebuild the MLflow and Marimo images"})
+def up(c, config="config.yaml", env_file=None, out="_build", timeout=600, build=False):
+    """Generate, preflight, start the stack and wait until every service is healthy."""
+    st = _stack(config, env_file, out, generate_first=True)
+    try:
+        checks = stack_mod.preflight(st)
+        if checks.problems:
+            raise Exit("preflight failed:\n  " + "\n  ".join(checks.problems), code=1)
+        for line in stack_mod.ensure_images(st):
+            print(line)
+        versions = stack_mod.Preflight()
+        for note in stack_mod.ray_version_problems(st, st.run, versions):
+            print(note)
+        if versions.problems:
+            raise Exit("preflight failed:\n  " + "\n  ".join(versions.problems), code=1)
+        print(f"starting {st.project}; waiting up to {timeout} s for health:")
+        rows = st.up(timeout=float(timeout), build=build)
+    except PlatformError as exc:
+        raise _fail(exc) from None
+    print(st.table(rows))
+
+
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "volumes": "also delete every volume (MLflow runs, Postgres, Redis, notebooks); needs --yes", "yes": "confirm --volumes"})
+def down(c, config="config.yaml", env_file=None, out="_build", volumes=False, yes=False):
+    """Stop and remove the stack's containers; volumes are kept unless --volumes --yes."""
+    try:
+        _stack(config, env_file, out).down(volumes=volumes, yes=yes)
+    except PlatformError as exc:
+        raise _fail(exc) from None
+
+
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP})
+def ps(c, config="config.yaml", env_file=None, out="_build"):
+    """List the stack's containers with state and health."""
+    st = _stack(config, env_file, out)
+    try:
+        print(st.table(st.services()))
+    except PlatformError as exc:
+        raise _fail(exc) from None
+
+
+@task(help={"service": "one service (default: all)", "follow": "keep following the output", "tail": "lines per service to show first", "config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP})
+def logs(c, service=None, follow=False, tail=200, config="config.yaml", env_file=None, out="_build"):
+    """Show the logs of the stack or of one service."""
+    st = _stack(config, env_file, out)
+    args = ["logs", "--no-color", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
+    code = st.compose(args, capture=False).returncode
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP})
+def status(c, config="config.yaml", env_file=None, out="_build"):
+    """Ray nodes (hostname, IP, role, CPUs, GPUs, alive), the head, MLflow and Redis reachability."""
+    st = _stack(config, env_file, out)
+    try:
+        report = st.status()
+    except PlatformError as exc:
+        raise _fail(exc) from None
+    print(stack_mod.format_status(report))
+    if not report["ray_nodes"] or report["head"] is None:
+        raise Exit("no live Ray head", code=1)
+
+
+@task(name="test-cluster", help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP})
+def test_cluster(c, config="config.yaml", env_file=None, out="_build"):
+    """Run the test-cluster container against the running stack; the exit code says pass or fail."""
+    st = _stack(config, env_file, out)
+    code = st.test_cluster()
+    if code:
+        raise Exit("test-cluster failed", code=code)

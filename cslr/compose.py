@@ -163,8 +163,14 @@ class Plan:
         return compose_command(self.files, args, env_file=env_file, profiles=self.profiles, binary=binary)
 
 
+def extra_overlays(cfg: Config) -> list[Path]:
+    """User overlays from config.yaml, resolved against the config file's directory."""
+    base = cfg.config_path.resolve().parent
+    return [(base / p).resolve() for p in cfg.get("extra_overlays") or []]
+
+
 def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, multihost: bool = False) -> Plan:
-    files = [BASE_FILE] + choose_overlays(gpu.node_enabled, multihost=multihost, test_cluster=test_cluster)
+    files = [BASE_FILE] + choose_overlays(gpu.node_enabled, multihost=multihost, test_cluster=test_cluster) + extra_overlays(cfg)
     profiles = profiles_for(cfg) + ([TEST_PROFILE] if test_cluster else [])
     return Plan(files, profiles, cfg.get("project", "name"), compose_env(cfg, gpu), gpu)
 
@@ -192,7 +198,7 @@ def render(p: Plan, build_dir: Path, root: Path = ROOT, run: Runner = subprocess
     tmp_env = build_dir / f".env.{os.getpid()}.tmp"
     write_atomic(tmp_env, env_text, 0o600)
     try:
-        cmd = compose_command([root / f for f in p.files], ["config"], env_file=tmp_env, profiles=p.profiles, binary=[compose_binary()])
+        cmd = compose_command([f if f.is_absolute() else root / f for f in p.files], ["config"], env_file=tmp_env, profiles=p.profiles, binary=[compose_binary()])
         proc = run(cmd, capture_output=True, text=True, cwd=root, env=subprocess_env())
     finally:
         tmp_env.unlink(missing_ok=True)

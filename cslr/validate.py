@@ -243,10 +243,17 @@ def check_legacy(cfg: Config) -> Iterable[Problem]:
                   f"Move them there and delete nodes.yaml:\n{snippet}")
 
 
+def check_extra_overlays(cfg: Config) -> Iterable[Problem]:
+    base = cfg.config_path.resolve().parent
+    for i, rel in enumerate(cfg.get("extra_overlays") or []):
+        if isinstance(rel, str) and not (base / rel).is_file():
+            yield _p(cfg, ("extra_overlays", i), f"found {rel!r}, which is not a file (relative to {cfg.config_path.name}); expected a Compose file")
+
+
 def validate(cfg: Config, gpu_node: bool = False, extra: Iterable[Problem] = ()) -> list[Problem]:
     """Return every problem (errors and warnings); raise ConfigError if any is an error."""
     problems = list(cfg.problems) + schema_problems(cfg)
-    for rule in (check_network, check_sizes, check_nodes, check_secrets, check_features, check_legacy):
+    for rule in (check_network, check_sizes, check_nodes, check_secrets, check_features, check_legacy, check_extra_overlays):
         problems.extend(rule(cfg))
     problems.extend(check_ports(cfg, gpu_node))
     problems.extend(extra)

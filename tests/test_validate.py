@@ -192,3 +192,10 @@ def test_bind_address_must_be_an_ip(project):
 def test_errors_from_dotenv_point_at_dotenv(project):
     out = errors(project("{}\n", env={**__import__("tests.conftest", fromlist=["SECRETS"]).SECRETS, "CSLR_SUBNET": "bogus"}))
     assert len(out) == 1 and out[0].startswith(".env:5:1: $.network.subnet (CSLR_SUBNET): found 'bogus'")
+
+
+def test_extra_overlays_must_exist(project, tmp_path):
+    (tmp_path / "mine.yaml").write_text("services: {}\n")
+    assert errors(project("extra_overlays: [mine.yaml]\n")) == []
+    out = errors(project("extra_overlays: [mine.yaml, gone.yaml]\n"))
+    assert out == ["config.yaml:1:29: $.extra_overlays[1]: found 'gone.yaml', which is not a file (relative to config.yaml); expected a Compose file"]

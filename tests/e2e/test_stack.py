@@ -1,0 +1,144 @@
+"""End to end: `inv up` on a real Docker engine with the locally built images, then status,
+test-cluster, persistence across down/up, and `down --volumes --yes`.
+
+Modelled on getsentry/self-hosted's integration tests: one session fixture brings the stack up
+with the product's own command, dumps `ps` and logs when anything fails, and always tears down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+E2E = Path(__file__).resolve().parent
+PROJECT = "cslr-e2e"
+IMAGES = ["cslr-test/ray:2.60.0", "cslr-test/mlflow:3.18.0", "cslr-test/postgres:15", "cslr-test/redis:7"]
+MLFLOW = "http://127.0.0.1:15000"
+
+pytestmark = pytest.mark.e2e
+
+
+def clean_env() -> dict:
+    # The stack's settings come from the test's config and .env only, never from the caller's shell.
+    drop = ("RAY_", "CSLR_", "HEAD_", "MLFLOW_", "REDIS_", "POSTGRES_", "MARIMO_", "COMPOSE_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
+class Inv:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+
+    def __call__(self, *args: str, timeout: float = 900, check: bool = False) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args]
+        if args[0] not in ("init", "schema"):
+            cmd += ["--config", str(self.workdir / "config.yaml"), "--out", str(self.workdir / "_build")]
+        proc = subprocess.run(cmd, cwd=self.workdir, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+        sys.stdout.write(f"\n$ inv {' '.join(args)}  -> exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
+        if check and proc.returncode != 0:
+            raise AssertionError(f"inv {' '.join(args)} failed with exit {proc.returncode}")
+        return proc
+
+
+def dump(inv: Inv) -> None:
+    build = inv.workdir / "_build"
+    if not (build / "compose.yaml").exists():
+        return
+    base = ["docker", "compose", "--env-file", str(build / ".env"), "-f", str(build / "compose.yaml")]
+    for args in (["ps", "-a"], ["logs", "--no-color", "--tail", "80"]):
+        proc = subprocess.run(base + args, capture_output=True, text=True, env=clean_env())
+        sys.stdout.write(f"\n$ docker compose {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+
+
+@pytest.fixture(scope="session")
+def inv(tmp_path_factory):
+    missing = [i for i in IMAGES if subprocess.run(["docker", "image", "inspect", i], capture_output=True).returncode != 0]
+    if shutil.which("docker") is None or missing:
+        pytest.fail(f"the e2e tier needs the Docker engine and the local test images (missing: {missing}); run `make e2e`")
+    workdir = tmp_path_factory.mktemp("e2e")
+    for name in ("config.yaml", "no-gpu-devices.yaml"):
+        shutil.copy(E2E / name, workdir / name)
+    runner = Inv(workdir)
+    runner("init", "--config", str(workdir / "config.yaml"), check=True)
+    runner("down", "--volumes", "--yes")  # leftovers of an interrupted earlier run
+    try:
+        up = runner("up", "--timeout", "600")
+        if up.returncode != 0:
+            dump(runner)
+            pytest.fail(f"inv up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
+        yield runner
+    except BaseException:
+        dump(runner)
+        raise
+    finally:
+        runner("down", "--volumes", "--yes", timeout=300)
+
+
+@pytest.fixture(autouse=True)
+def dump_on_failure(request, inv):
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        dump(inv)
+
+
+def test_every_service_healthy(inv):
+    out = inv("ps", check=True).stdout
+    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[1:] if line.strip()}
+    assert set(rows) == {"health", "ray-cpu", "ray-gpu", "redis", "postgres", "mlflow", "marimo"}, out
+    assert all(state == ["running", "healthy"] for state in rows.values()), out
+
+
+def test_status_shows_two_alive_nodes_and_one_head(inv):
+    out = inv("status", check=True).stdout
+    node_lines = [l.split() for l in out.splitlines() if l.startswith("  ray-")]
+    assert sorted(l[0] for l in node_lines) == ["ray-cpu", "ray-gpu"], out
+    assert sorted(l[2] for l in node_lines) == ["head", "worker"], out
+    assert all(l[-1] == "yes" for l in node_lines), out
+    assert "(2 alive node(s))" in out and "mlflow: reachable" in out and "redis: reachable" in out
+
+
+def test_test_cluster_passes(inv):
+    proc = inv("test-cluster", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS ray: 2/2 alive nodes ran a task" in proc.stdout
+    assert "PASS mlflow:" in proc.stdout and "PASS redis:" in proc.stdout
+
+
+def test_published_ports_are_on_loopback_only(inv):
+    proc = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "{{.Ports}}"], capture_output=True, text=True, check=True)
+    bindings = [p.strip() for line in proc.stdout.splitlines() for p in line.split(",") if "->" in p]
+    assert bindings and all(b.startswith("127.0.0.1:") for b in bindings), bindings
+
+
+def mlflow_call(method: str, path: str, **kw) -> dict:
+    resp = requests.request(method, f"{MLFLOW}/api/2.0/mlflow/{path}", timeout=30, **kw)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def test_a_run_survives_down_and_up_and_volumes_go_only_with_yes(inv):
+    exp = mlflow_call("POST", "experiments/create", json={"name": f"e2e-{uuid.uuid4().hex[:8]}"})["experiment_id"]
+    run_id = mlflow_call("POST", "runs/create", json={"experiment_id": exp})["run"]["info"]["run_id"]
+    mlflow_call("POST", "runs/log-parameter", json={"run_id": run_id, "key": "lr", "value": "0.01"})
+
+    inv("down", check=True)
+    inv("up", "--timeout", "600", check=True)
+    run = mlflow_call("GET", "runs/get", params={"run_id": run_id})["run"]
+    assert {p["key"]: p["value"] for p in run["data"]["params"]} == {"lr": "0.01"}
+
+    refused = inv("down", "--volumes")
+    assert refused.returncode != 0 and "--yes" in refused.stderr
+    assert mlflow_call("GET", "runs/get", params={"run_id": run_id})["run"]["info"]["run_id"] == run_id
+
+    inv("down", "--volumes", "--yes", check=True)
+    volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"], capture_output=True, text=True, check=True).stdout.split()
+    assert volumes == []
