@@ -138,7 +138,9 @@ def up(c, config="config.yaml", env_file=None, out="_build", timeout=600, build=
 def down(c, config="config.yaml", env_file=None, out="_build", volumes=False, yes=False):
     """Stop and remove the stack's containers; volumes are kept unless --volumes --yes."""
     try:
-        _stack(config, env_file, out).down(volumes=volumes, yes=yes)
+        # Without a generated project (a fresh checkout, a new --out) generate one to know the stack.
+        build_dir = ROOT / out if not Path(out).is_absolute() else Path(out)
+        _stack(config, env_file, out, generate_first=not (build_dir / "compose.yaml").exists()).down(volumes=volumes, yes=yes)
     except PlatformError as exc:
         raise _fail(exc) from None
 

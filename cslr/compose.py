@@ -90,6 +90,18 @@ def _render(value: object) -> str:
     return str(value)
 
 
+def client_address(cfg: Config) -> str:
+    """`ray://HEAD:CLIENT_PORT` for processes that are not Ray nodes (notebook, test runner).
+
+    A plain GCS address only works for a driver on a machine that runs a raylet; everything
+    else goes through the Ray client server on the head.
+    """
+    head = head_address(cfg)
+    if not head:
+        return ""
+    return f"ray://{head.rsplit(':', 1)[0]}:{cfg.get('ray', 'client_port')}"
+
+
 def head_address(cfg: Config) -> str:
     """Where a non-whitelisted node goes: HEAD_ADDRESS, else nodes.head_address, else whitelist[0]."""
     port = cfg.get("ray", "head_port")
@@ -130,7 +142,7 @@ def compose_env(cfg: Config, gpu: GpuState) -> dict[str, str]:
     gpus = cfg.get("ray", "gpu", "gpus")
     env["RAY_GPU_NUM_GPUS"] = str(gpu.count) if gpus == "all" and gpu.count else ("" if gpus == "all" else str(gpus))
     env["RAY_GCS_FT"] = "1" if cfg.get("ray", "gcs_fault_tolerance") else "0"
-    env["RAY_ADDRESS"] = head_address(cfg)
+    env["RAY_ADDRESS"] = client_address(cfg)
 
     user, db = cfg.get("services", "postgres", "user"), cfg.get("services", "postgres", "db")
     pg_password = cfg.get("secrets", "postgres_password") or ""
@@ -138,7 +150,8 @@ def compose_env(cfg: Config, gpu: GpuState) -> dict[str, str]:
     mlflow_on = bool(cfg.get("services", "mlflow", "enabled"))
     redis_on = bool(cfg.get("services", "redis", "enabled"))
     env["MLFLOW_TRACKING_URI"] = "http://mlflow:5000" if mlflow_on else ""
-    env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql://{quote(user, safe='')}:{quote(pg_password, safe='')}@postgres:5432/{quote(db, safe='')}"
+    # The explicit driver: MLflow 3 otherwise picks psycopg 3, which its own image lacks.
+    env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg2://{quote(user, safe='')}:{quote(pg_password, safe='')}@postgres:5432/{quote(db, safe='')}"
     env["REDIS_URL"] = f"redis://:{quote(redis_password, safe='')}@redis:6379/0" if redis_on else ""
     env["RAY_REDIS_ADDRESS"] = "redis:6379" if redis_on else ""
     return env

@@ -72,6 +72,7 @@ class Stack:
         if proc.returncode != 0:
             raise StackError(f"docker compose up failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
         expected = set(self.expected_services())
+        checked = self.healthchecked_services()
         seen: dict[str, tuple] = {}
         deadline = clock() + timeout
         while True:
@@ -81,10 +82,11 @@ class Stack:
                 if seen.get(row["Service"]) != key:
                     seen[row["Service"]] = key
                     self.out(f"  {row['Service']:<10} {key[0]}{' (' + key[1] + ')' if key[1] else ''}")
-            failed = [r for r in rows if r.get("State") in ("exited", "dead") or r.get("Health") == "unhealthy"]
-            ready = {r["Service"] for r in rows if r.get("State") == "running" and (r.get("Health") or "healthy") == "healthy"}
+            failed = [r for r in rows if r.get("State") in ("exited", "dead", "restarting") or r.get("Health") == "unhealthy"]
             if failed:
-                raise StackError(self._failure(failed[0]["Service"], f"is {failed[0].get('State')} {failed[0].get('Health') or ''}".strip()))
+                bad = failed[0]
+                raise StackError(self._failure(bad["Service"], f"is {bad.get('State')} {bad.get('Health') or ''}".strip()))
+            ready = {r["Service"] for r in rows if is_ready(r, r["Service"] in checked)}
             if ready >= expected:
                 return rows
             if clock() > deadline:
@@ -94,6 +96,14 @@ class Stack:
 
     def _failure(self, service: str, what: str) -> str:
         return f"{service} {what}. Its last log lines:\n{self.logs_tail(service)}"
+
+    def _doc(self) -> dict:
+        import yaml
+
+        return yaml.safe_load((self.build_dir / "compose.yaml").read_text())
+
+    def healthchecked_services(self) -> set[str]:
+        return {name for name, svc in self._doc().get("services", {}).items() if (svc.get("healthcheck") or {}).get("test") and not svc["healthcheck"].get("disable")}
 
     def expected_services(self) -> list[str]:
         """Services `up` starts: every service of the merged file that is not in the `test` profile."""
@@ -165,6 +175,13 @@ for n in ray.nodes():
                 "cpus": res.get("CPU", 0), "gpus": res.get("GPU", 0), "alive": bool(n.get("Alive"))})
 print(json.dumps(out))
 """
+
+
+def is_ready(row: dict, has_healthcheck: bool) -> bool:
+    """Running, and healthy when the service has a healthcheck (an empty Health is not healthy)."""
+    if row.get("State") != "running":
+        return False
+    return row.get("Health") == "healthy" if has_healthcheck else True
 
 
 def parse_ps(text: str) -> list[dict]:

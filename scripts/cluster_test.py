@@ -79,23 +79,36 @@ def known_head(health_url: str) -> Optional[str]:
         return None
 
 
+def client_url(head: str, client_port: int) -> str:
+    """`ray-gpu:6379` (a head's GCS address) -> `ray://ray-gpu:10001` (its Ray client server)."""
+    host = head[len("ray://"):] if head.startswith("ray://") else head
+    host = host.rsplit(":", 1)[0] if ":" in host else host
+    return f"ray://{host}:{client_port}"
+
+
 def ray_address(environ: Dict[str, str]) -> str:
-    """The head the health service knows beats the static RAY_ADDRESS (the election may differ)."""
+    """The head the health service knows beats the static RAY_ADDRESS (the election may differ).
+
+    This container is no Ray node, so it connects through the head's Ray client server.
+    """
+    port = int(environ.get("RAY_CLIENT_SERVER_PORT") or 10001)
     head = known_head(environ.get("HEALTH_URL", "")) if environ.get("HEALTH_URL") else None
-    return head or environ.get("RAY_ADDRESS", "")
+    if head:
+        return client_url(head, port)
+    return environ.get("RAY_ADDRESS", "")
 
 
 def check_ray(address: str) -> List[Result]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    host, port = split_address(address)
+    host, port = split_address(address[len("ray://"):] if address.startswith("ray://") else address)
     deadline = time.monotonic() + 60
     while not tcp_open(host, port):  # a Ray client against a dead head blocks ~40 s: probe first
         if time.monotonic() > deadline:
             return [("FAIL", "ray", f"head {address} does not accept TCP")]
         time.sleep(1)
-    ray.init(address=f"{host}:{port}", log_to_driver=False)
+    ray.init(address=address, log_to_driver=False)
     try:
         alive = [n for n in ray.nodes() if n.get("Alive")]
 

@@ -59,7 +59,7 @@ def test_env_renders_sizes_lists_booleans(project):
     assert env["REDIS_ENABLED"] == "true"
     assert env["RAY_CPU_NUM_CPUS"] == ""
     assert env["REDIS_URL"] == "redis://:redis-secret@redis:6379/0"
-    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://mlflow:pg-secret@postgres:5432/mlflow"
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://mlflow:pg-secret@postgres:5432/mlflow"
 
 
 def test_disabled_services_leave_uris_empty(project):
@@ -71,11 +71,12 @@ def test_disabled_services_leave_uris_empty(project):
 def test_head_address_priority_env_then_config_then_whitelist(project):
     path = project("nodes:\n  head_address: cfg-head\n  head_whitelist: [first, second]\n")
     from_cfg = compose.compose_env(config.load(path, environ={}), NO_GPU)
-    assert (from_cfg["HEAD_ADDRESS"], from_cfg["CFG_HEAD_ADDRESS"], from_cfg["RAY_ADDRESS"]) == ("", "cfg-head", "cfg-head:6379")
+    assert (from_cfg["HEAD_ADDRESS"], from_cfg["CFG_HEAD_ADDRESS"], from_cfg["RAY_ADDRESS"]) == ("", "cfg-head", "ray://cfg-head:10001")
     from_env = compose.compose_env(config.load(path, environ={"HEAD_ADDRESS": "env-head:7000"}), NO_GPU)
-    assert (from_env["HEAD_ADDRESS"], from_env["CFG_HEAD_ADDRESS"], from_env["RAY_ADDRESS"]) == ("env-head:7000", "cfg-head", "env-head:7000")
+    assert (from_env["HEAD_ADDRESS"], from_env["CFG_HEAD_ADDRESS"], from_env["RAY_ADDRESS"]) == ("env-head:7000", "cfg-head", "ray://env-head:10001")
     bare = compose.compose_env(config.load(project("nodes:\n  head_whitelist: [first, second]\n"), environ={}), NO_GPU)
-    assert bare["RAY_ADDRESS"] == "first:6379"
+    assert bare["RAY_ADDRESS"] == "ray://first:10001"
+    assert compose.head_address(config.load(project("nodes:\n  head_whitelist: ['first:7001']\n"), environ={})) == "first:7001"
 
 
 def test_explicit_gpu_count_wins_over_detection(project):

@@ -92,7 +92,7 @@ def test_nodes_and_notebook_get_ray_and_mlflow_addresses(project, tmp_path):
         env = doc["services"][name]["environment"]
         assert env["RAY_ADDRESS"] and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["REDIS_URL"].startswith("redis://")
         assert env["RAY_AUTH_TOKEN"] == "ray-secret" and env["RAY_AUTH_MODE"] == "token"
-    assert doc["services"]["marimo"]["environment"]["RAY_ADDRESS"] == "ray-cpu:6379"
+    assert doc["services"]["marimo"]["environment"]["RAY_ADDRESS"] == "ray://ray-cpu:10001"
     gpu_env = doc["services"]["ray-gpu"]["environment"]
     assert (gpu_env["NODE_HOSTNAME"], gpu_env["NODE_IP"], gpu_env["RAY_NUM_GPUS"]) == ("ray-gpu", "172.28.0.11", "1")
 
