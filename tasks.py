@@ -11,6 +11,7 @@ from pathlib import Path
 from invoke import Exit, task
 
 from cslr import compose, config, schema_docs
+from cslr import stack as stack_mod
 from cslr.errors import PlatformError
 from cslr.init import init as init_files
 from cslr.project import load_validated, plan_for, relative, shell_join
@@ -92,8 +93,6 @@ def schema(c, output=None, docs=False):
 
 
 # ----------------------------------------------------------------------------- the running stack
-
-from cslr import stack as stack_mod  # noqa: E402
 
 
 def _stack(config, env_file, out="_build", generate_first=False):
