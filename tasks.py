@@ -54,24 +54,30 @@ def validate(c, config="config.yaml", env_file=None):
     print(f"{config}: valid")
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": "output directory (default: _build)", "test_cluster": "include the test-cluster runner (profile `test`)"})
-def generate(c, config="config.yaml", env_file=None, out="_build", test_cluster=True):
+HOST_HELP = "multi-host: the host of config.yaml's `hosts:` to act for (default: this machine's hostname)"
+
+
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": "output directory (default: _build)", "test_cluster": "include the test-cluster runner (profile `test`)", "host": HOST_HELP})
+def generate(c, config="config.yaml", env_file=None, out="_build", test_cluster=True, host=None):
     """Validate, choose overlays, merge them with `docker compose config` into _build/compose.yaml."""
     loaded = _loaded(config, env_file)
-    plan = plan_for(loaded, test_cluster=test_cluster)
+    try:
+        plan = plan_for(loaded, test_cluster=test_cluster, host=host)
+    except PlatformError as exc:
+        raise _fail(exc) from None
     out_dir = ROOT / out if not Path(out).is_absolute() else Path(out)
     try:
         written = compose.generate(plan, out_dir)
     except PlatformError as exc:
         raise _fail(exc) from None
-    print(loaded.gpu.describe())
+    print(plan.gpu.describe() + (f"; host {plan.host}" if plan.host else ""))
     print("overlays: " + (", ".join(str(relative(f, ROOT)) for f in plan.files[1:]) or "none"))
     print("profiles: " + (", ".join(plan.profiles) or "none"))
     for path in written:
-        print(f"wrote {relative(path, ROOT)} (mode 0600)")
-    env_file_rel = relative(out_dir / ".env", ROOT)
-    files = [relative(f, ROOT) for f in plan.files]
-    cmd = compose.compose_command(files, ["config"], env_file=env_file_rel, profiles=plan.profiles)
+        print(f"wrote {relative(path, ROOT)} (mode {path.stat().st_mode & 0o777:04o})")
+    # The equivalent plain command, runnable from the repository root.
+    files = [relative(out_dir / f.name if f.name in plan.generated else f, ROOT) for f in plan.files]
+    cmd = compose.compose_command(files, ["config"], env_file=relative(out_dir / ".env", ROOT), profiles=plan.profiles)
     print("equivalent: " + shell_join(cmd))
 
 
@@ -95,12 +101,12 @@ def schema(c, output=None, docs=False):
 # ----------------------------------------------------------------------------- the running stack
 
 
-def _stack(config, env_file, out="_build", generate_first=False):
+def _stack(config, env_file, out="_build", generate_first=False, host=None):
     loaded = _loaded(config, env_file)
     build_dir = ROOT / out if not Path(out).is_absolute() else Path(out)
     if generate_first:
         try:
-            compose.generate(plan_for(loaded), build_dir)
+            compose.generate(plan_for(loaded, host=host), build_dir)
         except PlatformError as exc:
             raise _fail(exc) from None
     elif not (build_dir / "compose.yaml").exists():
@@ -111,10 +117,10 @@ def _stack(config, env_file, out="_build", generate_first=False):
 OUT_HELP = "directory of the generated project (default: _build)"
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "timeout": "seconds to wait for every service to become healthy", "build": "rebuild the MLflow and Marimo images"})
-def up(c, config="config.yaml", env_file=None, out="_build", timeout=600, build=False):
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "timeout": "seconds to wait for every service to become healthy", "build": "rebuild the MLflow and Marimo images", "host": HOST_HELP})
+def up(c, config="config.yaml", env_file=None, out="_build", timeout=600, build=False, host=None):
     """Generate, preflight, start the stack and wait until every service is healthy."""
-    st = _stack(config, env_file, out, generate_first=True)
+    st = _stack(config, env_file, out, generate_first=True, host=host)
     try:
         checks = stack_mod.preflight(st)
         if checks.problems:
@@ -184,3 +190,15 @@ def test_cluster(c, config="config.yaml", env_file=None, out="_build"):
     code = st.test_cluster()
     if code:
         raise Exit("test-cluster failed", code=code)
+
+
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "host": HOST_HELP})
+def firewall(c, config="config.yaml", env_file=None, host=None):
+    """Print the ufw and iptables rules this host needs in a multi-host cluster."""
+    from cslr import multihost
+
+    loaded = _loaded(config, env_file)
+    try:
+        print(multihost.firewall_rules(loaded.cfg, host))
+    except KeyError as exc:
+        raise Exit(str(exc.args[0]), code=2) from None

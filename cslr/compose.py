@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 from urllib.parse import quote
@@ -23,7 +23,10 @@ OVERLAY_FILES = {
     "gpu": Path("overlays/gpu.yaml"),
     "multihost": Path("overlays/multihost.yaml"),
     "test-cluster": Path("overlays/test-cluster.yaml"),
+    "multihost-gpu": Path("overlays/multihost-gpu.yaml"),
 }
+HOSTS_TEMPLATE = Path("overlays/multihost-hosts.yaml.j2")
+HOSTS_OVERLAY = "multihost-hosts.yaml"  # generated into the build directory
 OPTIONAL_SERVICES = ("redis", "mlflow", "marimo")  # each is a Compose profile of the same name
 TEST_PROFILE = "test"
 BUILD_DIR = Path("_build")
@@ -71,6 +74,8 @@ def choose_overlays(gpu_node: bool, multihost: bool = False, test_cluster: bool 
         out.append(OVERLAY_FILES["gpu"])
     if multihost:
         out.append(OVERLAY_FILES["multihost"])
+        if gpu_node:
+            out.append(OVERLAY_FILES["multihost-gpu"])
     if test_cluster:
         out.append(OVERLAY_FILES["test-cluster"])
     return out
@@ -171,6 +176,8 @@ class Plan:
     project: str
     env: dict[str, str]
     gpu: GpuState
+    generated: dict[str, str] = field(default_factory=dict)  # build-dir file name -> text
+    host: str | None = None
 
     def command(self, args: Sequence[str] = (), env_file: str | os.PathLike = BUILD_DIR / ".env", binary: Sequence[str] = ("docker", "compose")) -> list[str]:
         return compose_command(self.files, args, env_file=env_file, profiles=self.profiles, binary=binary)
@@ -182,10 +189,32 @@ def extra_overlays(cfg: Config) -> list[Path]:
     return [(base / p).resolve() for p in cfg.get("extra_overlays") or []]
 
 
-def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, multihost: bool = False) -> Plan:
-    files = [BASE_FILE] + choose_overlays(gpu.node_enabled, multihost=multihost, test_cluster=test_cluster) + extra_overlays(cfg)
-    profiles = profiles_for(cfg) + ([TEST_PROFILE] if test_cluster else [])
-    return Plan(files, profiles, cfg.get("project", "name"), compose_env(cfg, gpu), gpu)
+def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None = None) -> Plan:
+    """Files, profiles and variables for this host. With `hosts:` in the config, `host` names
+    the host to generate for (default: this machine's hostname)."""
+    from . import multihost
+
+    if not cfg.get("hosts"):
+        files = [BASE_FILE] + choose_overlays(gpu.node_enabled, test_cluster=test_cluster) + extra_overlays(cfg)
+        profiles = profiles_for(cfg) + ([TEST_PROFILE] if test_cluster else [])
+        return Plan(files, profiles, cfg.get("project", "name"), compose_env(cfg, gpu), gpu)
+
+    entry = multihost.this_host(cfg, host)
+    gpu_node = bool(entry.get("gpu"))
+    files = [BASE_FILE] + choose_overlays(gpu_node, multihost=True, test_cluster=test_cluster)
+    files.append(BUILD_DIR / HOSTS_OVERLAY)
+    files += extra_overlays(cfg)
+    profiles = multihost.host_profiles(cfg, entry)
+    env = compose_env(cfg, gpu)
+    env.update(multihost.host_env(cfg, entry))
+    env["COMPOSE_PROFILES"] = ",".join(profiles)
+    services = ["health", "ray-cpu"] + (["ray-gpu"] if gpu_node else []) + [s for s in ("marimo",) if s in profiles] + (["test-cluster"] if test_cluster else [])
+    import jinja2
+
+    template = jinja2.Template((ROOT / HOSTS_TEMPLATE).read_text(), keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    hosts_text = template.render(host=entry["name"], services=services, entries=multihost.extra_hosts(cfg)) + "\n"
+    return Plan(files, profiles + ([TEST_PROFILE] if test_cluster else []), cfg.get("project", "name"), env, GpuState("on", gpu.gpus, gpu.detail) if gpu_node else gpu,
+                {HOSTS_OVERLAY: hosts_text}, entry["name"])
 
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -201,30 +230,52 @@ def subprocess_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in (os.environ if base is None else base).items() if k not in names}
 
 
+def _resolve(p: Plan, root: Path, build_dir: Path, generated_dir: Path) -> list[Path]:
+    out = []
+    for f in p.files:
+        if f.name in p.generated and f.parent == BUILD_DIR:
+            out.append(generated_dir / f.name)
+        else:
+            out.append(f if f.is_absolute() else root / f)
+    return out
+
+
 def render(p: Plan, build_dir: Path, root: Path = ROOT, run: Runner = subprocess.run) -> tuple[str, str]:
     """Run `docker compose config` on the plan; return (env file text, merged compose YAML).
 
-    Nothing is written to `build_dir` except a private temp env file that is always removed.
+    Nothing is left in `build_dir`: the env file and generated overlays live in a private temp
+    directory inside it for the duration of the call.
     """
+    import shutil
+    import tempfile
+
     env_text = format_dotenv(p.env, "Generated by `inv generate` from config.yaml, .env and the environment. Do not edit.\nHolds secrets: mode 0600, git-ignored.")
     build_dir.mkdir(parents=True, exist_ok=True)
-    tmp_env = build_dir / f".env.{os.getpid()}.tmp"
-    write_atomic(tmp_env, env_text, 0o600)
+    tmp = Path(tempfile.mkdtemp(prefix=".render-", dir=build_dir))
     try:
-        cmd = compose_command([f if f.is_absolute() else root / f for f in p.files], ["config"], env_file=tmp_env, profiles=p.profiles, binary=[compose_binary()])
+        tmp_env = tmp / ".env"
+        write_atomic(tmp_env, env_text, 0o600)
+        for name, text in p.generated.items():
+            write_atomic(tmp / name, text, 0o644)
+        cmd = compose_command(_resolve(p, root, build_dir, tmp), ["config"], env_file=tmp_env, profiles=p.profiles, binary=[compose_binary()])
         proc = run(cmd, capture_output=True, text=True, cwd=root, env=subprocess_env())
     finally:
-        tmp_env.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     if proc.returncode != 0:
         raise ComposeError(f"docker compose config refused the project (exit {proc.returncode}):\n{proc.stderr.strip()}")
     return env_text, proc.stdout
 
 
 def generate(p: Plan, build_dir: Path = ROOT / BUILD_DIR, root: Path = ROOT, run: Runner = subprocess.run) -> list[Path]:
-    """Write `_build/.env` and `_build/compose.yaml` (both 0600: they hold secrets)."""
+    """Write `_build/.env` and `_build/compose.yaml` (both 0600: they hold secrets), and the
+    generated overlays the equivalent plain command needs."""
     env_text, merged = render(p, build_dir, root, run)
+    written = []
+    for name, text in p.generated.items():
+        write_atomic(build_dir / name, text, 0o644)
+        written.append(build_dir / name)
     env_path, compose_path = build_dir / ".env", build_dir / "compose.yaml"
     header = "# Generated by `inv generate`: the merged Compose project. Do not edit; edit config.yaml.\n"
     write_atomic(env_path, env_text, 0o600)
     write_atomic(compose_path, header + merged, 0o600)
-    return [env_path, compose_path]
+    return written + [env_path, compose_path]

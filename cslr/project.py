@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import compose, config, gpu, validate
-from .errors import Problem
+from .errors import PlatformError, Problem
 
 
 @dataclass
@@ -36,8 +36,11 @@ def load_validated(
     return Loaded(cfg, state, problems)
 
 
-def plan_for(loaded: Loaded, test_cluster: bool = True) -> compose.Plan:
-    return compose.plan(loaded.cfg, loaded.gpu, test_cluster=test_cluster, multihost=bool(loaded.cfg.get("hosts")))
+def plan_for(loaded: Loaded, test_cluster: bool = True, host: str | None = None) -> compose.Plan:
+    try:
+        return compose.plan(loaded.cfg, loaded.gpu, test_cluster=test_cluster, host=host)
+    except KeyError as exc:
+        raise PlatformError(str(exc.args[0])) from None
 
 
 def shell_join(cmd: list[str]) -> str:

@@ -256,6 +256,9 @@ def validate(cfg: Config, gpu_node: bool = False, extra: Iterable[Problem] = ())
     for rule in (check_network, check_sizes, check_nodes, check_secrets, check_features, check_legacy, check_extra_overlays):
         problems.extend(rule(cfg))
     problems.extend(check_ports(cfg, gpu_node))
+    from . import multihost
+
+    problems.extend(multihost.problems(cfg))
     problems.extend(extra)
     problems = _dedupe(problems)
     problems.sort(key=_order)

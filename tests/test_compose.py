@@ -33,7 +33,7 @@ def test_compose_command_minimal_and_custom_binary():
 def test_choose_overlays():
     assert compose.choose_overlays(False, test_cluster=False) == []
     assert compose.choose_overlays(True, test_cluster=False) == [Path("overlays/gpu.yaml")]
-    assert compose.choose_overlays(True, multihost=True) == [Path("overlays/gpu.yaml"), Path("overlays/multihost.yaml"), Path("overlays/test-cluster.yaml")]
+    assert compose.choose_overlays(True, multihost=True) == [Path("overlays/gpu.yaml"), Path("overlays/multihost.yaml"), Path("overlays/multihost-gpu.yaml"), Path("overlays/test-cluster.yaml")]
 
 
 def test_plan_uses_gpu_result_and_profiles(project):

@@ -117,3 +117,28 @@ def test_hand_run_with_the_generated_env_file_matches(project, tmp_path):
     by_hand = subprocess.run(cmd, cwd=config.ROOT, capture_output=True, text=True, env=compose.subprocess_env(), check=True).stdout
     generated = written[1].read_text().split("\n", 1)[1]
     assert yaml.safe_load(by_hand) == yaml.safe_load(generated)
+
+
+MULTIHOST = (__import__("pathlib").Path(__file__).parent / "multihost-config.yaml").read_text()
+
+
+@pytest.mark.parametrize("host,services", [
+    ("host-a", {"health", "ray-cpu", "ray-gpu", "redis", "postgres", "mlflow", "marimo", "test-cluster"}),
+    ("host-b", {"health", "ray-cpu", "ray-gpu", "test-cluster"}),
+])
+def test_multihost_projects_are_valid_compose(host, services, project, tmp_path, compose_spec):
+    cfg = config.load(project(MULTIHOST), environ={})
+    plan = compose.plan(cfg, NO_GPU, host=host)
+    _, merged = compose.render(plan, tmp_path / "_build")
+    doc = yaml.safe_load(merged)
+    jsonschema.validate(doc, compose_spec)
+    assert set(doc["services"]) == services
+    for kind in ("cpu", "gpu"):
+        svc = doc["services"][f"ray-{kind}"]
+        assert svc["network_mode"] == "host" and "networks" not in svc and "ports" not in svc
+        assert svc["environment"]["NODE_HOSTNAME"] == svc["hostname"] == f"ray-{kind}-{host}"
+        assert f"ray-cpu-host-a=192.168.1.10" in svc["extra_hosts"] and f"host-b=192.168.1.11" in svc["extra_hosts"]
+        assert svc["environment"]["HEAD_WHITELIST"] == "ray-cpu-host-a:6379,ray-gpu-host-a:6380"
+    gpu_env = doc["services"]["ray-gpu"]["environment"]
+    assert (gpu_env["RAY_HEAD_PORT"], gpu_env["NODE_AGENT_PORT"], gpu_env["RAY_MIN_WORKER_PORT"]) == ("6380", "7380", "21100")
+    assert not list((tmp_path / "_build").iterdir())

@@ -1,0 +1,248 @@
+"""Multi-host deployments: one config.yaml, several physical hosts, one Ray cluster.
+
+Every host runs its own compose project (`inv generate --host NAME`). The Ray nodes use host
+networking so that they advertise the host's own address (a bridge address is unreachable from
+other hosts); every node name resolves through `extra_hosts`; every Ray port is pinned (a
+firewall can allow exactly these, see `inv firewall`). Pure functions: no I/O here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Iterable
+
+from .config import Config
+from .errors import Problem
+
+KINDS = ("cpu", "gpu")
+AGENT_OFFSET = 1000  # the election agent listens on GCS port + 1000 (scripts/ray_node.py)
+
+# Ports Ray opens besides GCS, dashboard and client server, pinned per node kind so that the
+# CPU and the GPU node of one host never collide and a firewall can name them.
+PINNED = {
+    "cpu": {"node_manager": 20000, "object_manager": 20001, "metrics_export": 20002, "dashboard_agent_listen": 20003,
+            "dashboard_agent_grpc": 20004, "runtime_env_agent": 20005, "min_worker": 20100, "max_worker": 20199},
+    "gpu": {"node_manager": 21000, "object_manager": 21001, "metrics_export": 21002, "dashboard_agent_listen": 21003,
+            "dashboard_agent_grpc": 21004, "runtime_env_agent": 21005, "min_worker": 21100, "max_worker": 21199},
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    kind: str
+    name: str
+    host: str
+    address: str
+    gcs: int
+    dashboard: int
+    client: int
+
+    @property
+    def agent(self) -> int:
+        return self.gcs + AGENT_OFFSET
+
+    def ports(self) -> dict[str, int]:
+        return {"gcs": self.gcs, "agent": self.agent, "dashboard": self.dashboard, "client": self.client, **PINNED[self.kind]}
+
+    def tcp_ports(self) -> list[str]:
+        """Ports other hosts must reach (ufw syntax: `a` or `a:b` ranges). The dashboard stays local."""
+        p = self.ports()
+        singles = [p[k] for k in ("gcs", "agent", "client", "node_manager", "object_manager", "metrics_export",
+                                  "dashboard_agent_listen", "dashboard_agent_grpc", "runtime_env_agent")]
+        return [str(x) for x in sorted(singles)] + [f"{p['min_worker']}:{p['max_worker']}"]
+
+
+def node_name(kind: str, host: str) -> str:
+    return f"ray-{kind}-{host}"
+
+
+def nodes(cfg: Config) -> list[Node]:
+    out = []
+    for host in cfg.get("hosts") or []:
+        for kind in KINDS:
+            if kind == "gpu" and not host.get("gpu"):
+                continue
+            ports = cfg.get("ray", kind, "ports")
+            out.append(Node(kind, node_name(kind, host["name"]), host["name"], host["address"], ports["gcs"], ports["dashboard"], ports["client"]))
+    return out
+
+
+def services_host(cfg: Config, service: str) -> dict | None:
+    """The host that runs `service` (the first host when no host lists any services)."""
+    hosts = cfg.get("hosts") or []
+    if not cfg.get("services", service, "enabled") or not hosts:
+        return None
+    if not any(h.get("services") for h in hosts):
+        return hosts[0]
+    return next((h for h in hosts if service in (h.get("services") or [])), None)
+
+
+def this_host(cfg: Config, name: str | None) -> dict:
+    """The host entry for `name` (default: this machine's hostname); KeyError says which exist."""
+    wanted = name or socket.gethostname()
+    for host in cfg.get("hosts") or []:
+        if host["name"].lower() == wanted.lower():
+            return host
+    known = ", ".join(h["name"] for h in cfg.get("hosts") or [])
+    raise KeyError(f"host {wanted!r} is not in config.yaml's hosts ({known}); pass --host NAME")
+
+
+def whitelist(cfg: Config) -> list[str]:
+    """The whitelist with each node's own GCS port, as the entrypoint needs it."""
+    by_name = {n.name.lower(): n for n in nodes(cfg)}
+    out = []
+    for entry in cfg.get("nodes", "head_whitelist") or []:
+        name = entry.partition(":")[0]
+        node = by_name.get(name.lower())
+        out.append(f"{name}:{node.gcs}" if node and ":" not in entry else entry)
+    return out
+
+
+def host_env(cfg: Config, host: dict) -> dict[str, str]:
+    """Variables the multihost overlays interpolate, for one host."""
+    env: dict[str, str] = {"HOST_NAME": host["name"], "HOST_ADDRESS": host["address"], "HEAD_WHITELIST": ",".join(whitelist(cfg))}
+    for kind in KINDS:
+        K = kind.upper()
+        ports = cfg.get("ray", kind, "ports")
+        env[f"RAY_{K}_NODE_NAME"] = node_name(kind, host["name"])
+        env[f"RAY_{K}_AGENT_PORT"] = str(ports["gcs"] + AGENT_OFFSET)
+        for key, value in PINNED[kind].items():
+            env[f"RAY_{K}_{key.upper()}_PORT"] = str(value)
+    bind = cfg.get("network", "bind_address")
+    local = "127.0.0.1" if bind in ("0.0.0.0", "127.0.0.1") else bind
+
+    def reach(service: str, port: int) -> str:
+        owner = services_host(cfg, service)
+        if owner is None:
+            return ""
+        return f"{local if owner['name'] == host['name'] else owner['address']}:{port}"
+
+    redis = reach("redis", cfg.get("services", "redis", "port"))
+    mlflow = reach("mlflow", cfg.get("services", "mlflow", "port"))
+    password = cfg.get("secrets", "redis_password") or ""
+    from urllib.parse import quote
+
+    env["HEALTH_URL"] = f"http://{local}:{cfg.get('services', 'health', 'port')}"
+    env["RAY_REDIS_ADDRESS"] = redis
+    env["REDIS_URL"] = f"redis://:{quote(password, safe='')}@{redis}/0" if redis else ""
+    env["MLFLOW_TRACKING_URI"] = f"http://{mlflow}" if mlflow else ""
+    first = whitelist(cfg)[0].partition(":")[0] if whitelist(cfg) else ""
+    head = cfg.get("nodes", "head_address") or first
+    env["RAY_ADDRESS"] = f"ray://{head.partition(':')[0]}:{cfg.get('ray', 'cpu', 'ports', 'client')}" if head else ""
+    hosts_allowed = list(cfg.get("services", "mlflow", "allowed_hosts") or [])
+    for h in cfg.get("hosts") or []:
+        hosts_allowed += [h["address"], f"{h['address']}:*"]
+    env["MLFLOW_ALLOWED_HOSTS"] = ",".join(dict.fromkeys(hosts_allowed))
+    return env
+
+
+def host_profiles(cfg: Config, host: dict) -> list[str]:
+    return [s for s in ("redis", "mlflow", "marimo") if (services_host(cfg, s) or {}).get("name") == host["name"]]
+
+
+def extra_hosts(cfg: Config) -> list[tuple[str, str]]:
+    return [(n.name, n.address) for n in nodes(cfg)] + [(h["name"], h["address"]) for h in cfg.get("hosts") or []]
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def problems(cfg: Config) -> Iterable[Problem]:
+    hosts = cfg.get("hosts") or []
+    if not hosts:
+        return
+
+    def p(path: tuple, message: str, severity: str = "error") -> Problem:
+        return Problem(cfg.location(path), cfg.display_name(path), message, severity)
+
+    names: dict[str, int] = {}
+    addresses: dict[str, int] = {}
+    for i, host in enumerate(hosts):
+        if not isinstance(host, dict) or "name" not in host or "address" not in host:
+            continue  # the schema reported it
+        lname = str(host["name"]).lower()
+        if lname in names:
+            yield p(("hosts", i, "name"), f"found {host['name']!r}, already the name of hosts[{names[lname]}]; expected unique host names")
+        names.setdefault(lname, i)
+        if host["address"] in addresses:
+            yield p(("hosts", i, "address"), f"found {host['address']}, already the address of hosts[{addresses[host['address']]}]; expected unique addresses")
+        addresses.setdefault(host["address"], i)
+        try:
+            if ipaddress.IPv4Address(host["address"]).is_loopback and len(hosts) > 1:
+                yield p(("hosts", i, "address"), f"found {host['address']}, a loopback address; expected the host's address on the network between hosts", "warning")
+        except ValueError:
+            pass
+        for svc in host.get("services") or []:
+            if not cfg.get("services", svc, "enabled"):
+                yield p(("hosts", i, "services"), f"lists {svc!r}, which services.{svc}.enabled switches off")
+    for svc in ("redis", "mlflow", "marimo"):
+        owners = [i for i, h in enumerate(hosts) if svc in (h.get("services") or [])]
+        if len(owners) > 1:
+            yield p(("hosts", owners[1], "services"), f"lists {svc!r}, which hosts[{owners[0]}] already runs; expected one host per service")
+        if any(h.get("services") for h in hosts) and cfg.get("services", svc, "enabled") and not owners and svc != "marimo":
+            yield p(("hosts",), f"no host lists {svc!r} although services.{svc}.enabled is true; add it to one host's services")
+    remote_users = len(hosts) > 1 and any(services_host(cfg, s) for s in ("redis", "mlflow"))
+    if remote_users and cfg.get("network", "bind_address") in ("127.0.0.1", "::1"):
+        yield p(("network", "bind_address"), "found loopback with several hosts: the other hosts cannot reach MLflow and Redis on the services host; "
+                "expected that host's address or 0.0.0.0 (then restrict with `inv firewall`)")
+    all_nodes = {n.name.lower() for n in nodes(cfg)}
+    for i, entry in enumerate(cfg.get("nodes", "head_whitelist") or []):
+        name = str(entry).partition(":")[0]
+        if name.lower() not in all_nodes:
+            yield p(("nodes", "head_whitelist", i), f"found {name!r}, which no host runs; expected one of: {', '.join(sorted(all_nodes))}")
+    # Host networking: the CPU and GPU node of a host share its ports, and so do the services.
+    used: dict[int, str] = {
+        cfg.get("services", "health", "port"): "services.health.port",
+    }
+    for svc in ("redis", "mlflow", "marimo"):
+        if cfg.get("services", svc, "enabled"):
+            used.setdefault(cfg.get("services", svc, "port"), f"services.{svc}.port")
+    kinds = ["cpu"] + (["gpu"] if any(h.get("gpu") for h in hosts) else [])
+    for kind in kinds:
+        ports = cfg.get("ray", kind, "ports")
+        node = Node(kind, "", "", "", ports["gcs"], ports["dashboard"], ports["client"])
+        for key, port in node.ports().items():
+            if key == "min_worker":
+                rng = range(port, node.ports()["max_worker"] + 1)
+                clash = [u for u in used if u in rng]
+                if clash:
+                    yield p(("ray", kind, "ports"), f"the {kind} node's worker ports {port}-{node.ports()['max_worker']} include {clash[0]} ({used[clash[0]]}); expected distinct ports on one host")
+                continue
+            if key == "max_worker":
+                continue
+            if port in used:
+                yield p(("ray", kind, "ports", key) if key in ("gcs", "dashboard", "client") else ("ray", kind, "ports"),
+                        f"the {kind} node's {key} port {port} is already used by {used[port]} on the same host; expected distinct ports (host networking)")
+            else:
+                used[port] = f"ray.{kind} {key}"
+
+
+# ------------------------------------------------------------------------------ firewall
+
+
+def firewall_rules(cfg: Config, host_name: str | None) -> str:
+    """ufw and iptables rules that let the other hosts reach what this host serves, nothing more."""
+    if not cfg.get("hosts"):
+        raise KeyError("config.yaml has no `hosts:`: a single-host stack publishes on network.bind_address only and needs no rules")
+    host = this_host(cfg, host_name)
+    peers = [h["address"] for h in cfg.get("hosts") if h["name"] != host["name"]]
+    groups: list[tuple[str, list[str]]] = []
+    for node in nodes(cfg):
+        if node.host == host["name"]:
+            groups.append((node.name, node.tcp_ports()))
+    for svc in ("redis", "mlflow"):
+        owner = services_host(cfg, svc)
+        if owner and owner["name"] == host["name"]:
+            groups.append((svc, [str(cfg.get("services", svc, "port"))]))
+    lines = [f"# Firewall rules for {host['name']} ({host['address']}), from config.yaml.",
+             f"# Allow only the other hosts ({', '.join(peers) or 'none'}) to reach this host's Ray and service ports.", "", "# ufw"]
+    for peer in peers:
+        for what, ports in groups:
+            lines.append(f"sudo ufw allow proto tcp from {peer} to {host['address']} port {','.join(ports)} comment 'cslr {what}'")
+    lines += ["", "# iptables (equivalent)"]
+    for peer in peers:
+        for what, ports in groups:
+            lines.append(f"sudo iptables -A INPUT -p tcp -s {peer} -d {host['address']} -m multiport --dports {','.join(ports)} -m comment --comment 'cslr {what}' -j ACCEPT")
+    return "\n".join(lines)
