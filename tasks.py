@@ -72,7 +72,7 @@ def generate(c, config="config.yaml", env_file=None, out="_build", test_cluster=
         raise _fail(exc) from None
     print(plan.gpu.describe() + (f"; host {plan.host}" if plan.host else ""))
     print("overlays: " + (", ".join(str(relative(f, ROOT)) for f in plan.files[1:]) or "none"))
-    print("profiles: " + (", ".join(plan.profiles) or "none"))
+    print("profiles: " + (", ".join(plan.active_profiles) or "none") + " (active; set by COMPOSE_PROFILES in the env file)")
     for path in written:
         print(f"wrote {relative(path, ROOT)} (mode {path.stat().st_mode & 0o777:04o})")
     # The equivalent plain command, runnable from the repository root.

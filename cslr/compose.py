@@ -81,6 +81,13 @@ def choose_overlays(gpu_node: bool, multihost: bool = False, test_cluster: bool 
     return out
 
 
+def render_profiles(test_cluster: bool) -> list[str]:
+    """Every profile, so the merged file defines every service; `COMPOSE_PROFILES` in the
+    generated env file then chooses the active ones. (A merged file without a switched-off
+    service would break the `depends_on: {required: false}` edges that point at it.)"""
+    return list(OPTIONAL_SERVICES) + ([TEST_PROFILE] if test_cluster else [])
+
+
 def profiles_for(cfg: Config) -> list[str]:
     return [name for name in OPTIONAL_SERVICES if cfg.get("services", name, "enabled")]
 
@@ -179,6 +186,10 @@ class Plan:
     generated: dict[str, str] = field(default_factory=dict)  # build-dir file name -> text
     host: str | None = None
 
+    @property
+    def active_profiles(self) -> list[str]:
+        return [p for p in self.env.get("COMPOSE_PROFILES", "").split(",") if p]
+
     def command(self, args: Sequence[str] = (), env_file: str | os.PathLike = BUILD_DIR / ".env", binary: Sequence[str] = ("docker", "compose")) -> list[str]:
         return compose_command(self.files, args, env_file=env_file, profiles=self.profiles, binary=binary)
 
@@ -196,8 +207,7 @@ def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None
 
     if not cfg.get("hosts"):
         files = [BASE_FILE] + choose_overlays(gpu.node_enabled, test_cluster=test_cluster) + extra_overlays(cfg)
-        profiles = profiles_for(cfg) + ([TEST_PROFILE] if test_cluster else [])
-        return Plan(files, profiles, cfg.get("project", "name"), compose_env(cfg, gpu), gpu)
+        return Plan(files, render_profiles(test_cluster), cfg.get("project", "name"), compose_env(cfg, gpu), gpu)
 
     entry = multihost.this_host(cfg, host)
     gpu_node = bool(entry.get("gpu"))
@@ -213,7 +223,7 @@ def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None
 
     template = jinja2.Template((ROOT / HOSTS_TEMPLATE).read_text(), keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     hosts_text = template.render(host=entry["name"], services=services, entries=multihost.extra_hosts(cfg)) + "\n"
-    return Plan(files, profiles + ([TEST_PROFILE] if test_cluster else []), cfg.get("project", "name"), env, GpuState("on", gpu.gpus, gpu.detail) if gpu_node else gpu,
+    return Plan(files, render_profiles(test_cluster), cfg.get("project", "name"), env, GpuState("on", gpu.gpus, gpu.detail) if gpu_node else gpu,
                 {HOSTS_OVERLAY: hosts_text}, entry["name"])
 
 

@@ -67,35 +67,61 @@ class Stack:
     # ------------------------------------------------------------------ up / down
 
     def up(self, timeout: float = 600.0, build: bool = False, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> list[dict]:
+        """`compose up -d` in the background while printing one line per service state change;
+        returns when every service is running and healthy, raises with the failing service's
+        last log lines otherwise."""
         args = ["up", "-d", "--remove-orphans"] + (["--build"] if build else [])
-        proc = self.compose(args, capture=True)
-        if proc.returncode != 0:
-            raise StackError(f"docker compose up failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
+        # `up -d` itself blocks on `depends_on: service_healthy`; watch while it does.
+        proc = subprocess.Popen(self.command(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=compose.subprocess_env())
         expected = set(self.expected_services())
         checked = self.healthchecked_services()
         seen: dict[str, tuple] = {}
         deadline = clock() + timeout
-        while True:
-            rows = [r for r in self.services() if r["Service"] in expected]
-            for row in rows:
-                key = (row.get("State"), row.get("Health") or "")
-                if seen.get(row["Service"]) != key:
-                    seen[row["Service"]] = key
-                    self.out(f"  {row['Service']:<10} {key[0]}{' (' + key[1] + ')' if key[1] else ''}")
-            failed = [r for r in rows if r.get("State") in ("exited", "dead", "restarting") or r.get("Health") == "unhealthy"]
-            if failed:
-                bad = failed[0]
-                raise StackError(self._failure(bad["Service"], f"is {bad.get('State')} {bad.get('Health') or ''}".strip()))
-            ready = {r["Service"] for r in rows if is_ready(r, r["Service"] in checked)}
-            if ready >= expected:
-                return rows
-            if clock() > deadline:
-                late = sorted(expected - ready)
-                raise StackError(self._failure(late[0], f"did not become healthy within {timeout:.0f} s (also waiting: {', '.join(late[1:]) or 'none'})"))
-            sleep(1.0)
+        try:
+            while True:
+                rows = [r for r in self.services() if r["Service"] in expected]
+                for row in rows:
+                    key = (row.get("State"), row.get("Health") or "")
+                    if seen.get(row["Service"]) != key:
+                        seen[row["Service"]] = key
+                        self.out(f"  {row['Service']:<10} {key[0]}{' (' + key[1] + ')' if key[1] else ''}")
+                failed = [r for r in rows if r.get("State") in ("exited", "dead", "restarting") or r.get("Health") == "unhealthy"]
+                if failed:
+                    bad = failed[0]
+                    raise StackError(self._failure(bad["Service"], f"is {bad.get('State')} {bad.get('Health') or ''}".strip(), bad.get("Name")))
+                done = proc.poll()
+                if done not in (None, 0):
+                    output = proc.stdout.read() if proc.stdout else ""
+                    raise StackError(f"docker compose up failed (exit {done}):\n{output.strip()[-3000:]}")
+                ready = {r["Service"] for r in rows if is_ready(r, r["Service"] in checked)}
+                if done == 0 and ready >= expected:
+                    return rows
+                if clock() > deadline:
+                    late = sorted(expected - ready) or sorted(expected)
+                    raise StackError(self._failure(late[0], f"did not become healthy within {timeout:.0f} s (also waiting: {', '.join(late[1:]) or 'none'})"))
+                sleep(1.0)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            if proc.stdout:
+                proc.stdout.close()
 
-    def _failure(self, service: str, what: str) -> str:
-        return f"{service} {what}. Its last log lines:\n{self.logs_tail(service)}"
+    def _failure(self, service: str, what: str, container: str | None = None) -> str:
+        text = f"{service} {what}. Its last log lines:\n{self.logs_tail(service)}"
+        if container:
+            probe = self.run(["docker", "inspect", "--format", "{{json .State.Health}}", container], capture_output=True, text=True)
+            try:
+                log = (json.loads(probe.stdout or "null") or {}).get("Log") or []
+            except json.JSONDecodeError:
+                log = []
+            if log:
+                last = log[-1]
+                text += f"\nIts last healthcheck (exit {last.get('ExitCode')}): {(last.get('Output') or '').strip()[-500:]}"
+        return text
 
     def _doc(self) -> dict:
         import yaml
@@ -105,12 +131,16 @@ class Stack:
     def healthchecked_services(self) -> set[str]:
         return {name for name, svc in self._doc().get("services", {}).items() if (svc.get("healthcheck") or {}).get("test") and not svc["healthcheck"].get("disable")}
 
-    def expected_services(self) -> list[str]:
-        """Services `up` starts: every service of the merged file that is not in the `test` profile."""
-        import yaml
+    def active_profiles(self) -> set[str]:
+        from .config import parse_dotenv
 
-        doc = yaml.safe_load((self.build_dir / "compose.yaml").read_text())
-        return sorted(name for name, svc in doc.get("services", {}).items() if "test" not in (svc.get("profiles") or []))
+        env = parse_dotenv((self.build_dir / ".env").read_text(), ".env")
+        return {p for p in env.get("COMPOSE_PROFILES", ("",))[0].split(",") if p}
+
+    def expected_services(self) -> list[str]:
+        """Services `up` starts: those without profiles and those of the active profiles."""
+        active = self.active_profiles()
+        return sorted(name for name, svc in self._doc().get("services", {}).items() if not svc.get("profiles") or active & set(svc["profiles"]))
 
     def down(self, volumes: bool = False, yes: bool = False) -> None:
         if volumes and not yes:

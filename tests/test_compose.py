@@ -40,11 +40,11 @@ def test_plan_uses_gpu_result_and_profiles(project):
     cfg = config.load(project("services:\n  marimo:\n    enabled: false\n"), environ={})
     p = compose.plan(cfg, TWO_GPUS)
     assert [str(f) for f in p.files] == ["compose/compose.yaml", "overlays/gpu.yaml", "overlays/test-cluster.yaml"]
-    assert p.profiles == ["redis", "mlflow", "test"]
-    assert p.env["COMPOSE_PROFILES"] == "redis,mlflow"
+    assert p.profiles == ["redis", "mlflow", "marimo", "test"]  # every service defined in the merged file
+    assert p.active_profiles == ["redis", "mlflow"]
     assert p.env["RAY_GPU_NUM_GPUS"] == "2"
     assert p.command(["config"]) == [
-        "docker", "compose", "--env-file", "_build/.env", "--profile", "redis", "--profile", "mlflow", "--profile", "test",
+        "docker", "compose", "--env-file", "_build/.env", "--profile", "redis", "--profile", "mlflow", "--profile", "marimo", "--profile", "test",
         "-f", "compose/compose.yaml", "-f", "overlays/gpu.yaml", "-f", "overlays/test-cluster.yaml", "config",
     ]
 

@@ -34,6 +34,12 @@ VARIANTS = {
 }
 
 
+def active(doc, plan):
+    """Services `up` starts: no profile, or one of the active profiles (COMPOSE_PROFILES)."""
+    on = set(plan.active_profiles)
+    return {n for n, s in doc["services"].items() if not s.get("profiles") or on & set(s["profiles"])}
+
+
 def render(project, text, gpu, test_cluster, tmp_path):
     cfg = config.load(project(text), environ={})
     plan = compose.plan(cfg, gpu, test_cluster=test_cluster)
@@ -46,15 +52,15 @@ def test_variant_is_valid_compose(name, project, tmp_path, compose_spec):
     text, gpu, test_cluster = VARIANTS[name]
     plan, doc = render(project, text, gpu, test_cluster, tmp_path)
     jsonschema.validate(doc, compose_spec)
-    services = set(doc["services"])
     expected = {"health", "ray-cpu"}
     if "redis: {enabled: false}" not in text:
         expected |= {"redis", "postgres", "mlflow", "marimo"}
     if gpu.node_enabled:
         expected.add("ray-gpu")
-    if test_cluster:
-        expected.add("test-cluster")
-    assert services == expected
+    assert active(doc, plan) == expected
+    # Switched-off services stay defined (inactive) so `depends_on: {required: false}` holds.
+    assert {"redis", "postgres", "mlflow", "marimo"} <= set(doc["services"])
+    assert ("test-cluster" in doc["services"]) is test_cluster
     assert not list((tmp_path / "_build").iterdir()), "render must not leave files behind"
 
 
@@ -123,8 +129,8 @@ MULTIHOST = (__import__("pathlib").Path(__file__).parent / "multihost-config.yam
 
 
 @pytest.mark.parametrize("host,services", [
-    ("host-a", {"health", "ray-cpu", "ray-gpu", "redis", "postgres", "mlflow", "marimo", "test-cluster"}),
-    ("host-b", {"health", "ray-cpu", "ray-gpu", "test-cluster"}),
+    ("host-a", {"health", "ray-cpu", "ray-gpu", "redis", "postgres", "mlflow", "marimo"}),
+    ("host-b", {"health", "ray-cpu", "ray-gpu"}),
 ])
 def test_multihost_projects_are_valid_compose(host, services, project, tmp_path, compose_spec):
     cfg = config.load(project(MULTIHOST), environ={})
@@ -132,7 +138,7 @@ def test_multihost_projects_are_valid_compose(host, services, project, tmp_path,
     _, merged = compose.render(plan, tmp_path / "_build")
     doc = yaml.safe_load(merged)
     jsonschema.validate(doc, compose_spec)
-    assert set(doc["services"]) == services
+    assert active(doc, plan) == services
     for kind in ("cpu", "gpu"):
         svc = doc["services"][f"ray-{kind}"]
         assert svc["network_mode"] == "host" and "networks" not in svc and "ports" not in svc
