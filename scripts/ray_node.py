@@ -1,0 +1,958 @@
+#!/usr/bin/env python3
+"""Ray node entrypoint of the CSLR stack: head/worker election, Ray start, head-loss recovery.
+
+Standard library only, Python >= 3.9 (it runs inside the Ray image).
+
+Caller
+    Every Ray container: ``python3 /opt/cslr/scripts/ray_node.py`` (foreground, PID 1 or
+    its child).  Its healthcheck: ``python3 /opt/cslr/scripts/ray_node.py --healthcheck``.
+    Diagnostics: ``--decide`` prints the decision without starting Ray.
+    The environment contract (every variable, default and meaning) is docs/runtime.md.
+
+Decision rules (docs/architecture, "Head/Worker 判定ロジック"), kept exactly:
+    * own hostname = NODE_HOSTNAME, else the container hostname;
+    * not in HEAD_WHITELIST -> worker, joining HEAD_ADDRESS (env), else CFG_HEAD_ADDRESS
+      (config ``nodes.head_address``), else the first whitelisted node with its head port
+      (the first in whitelist order that is the live head, else whitelist[0]);
+    * whitelisted -> ask the health service (HEALTH_URL); unreachable -> head (failsafe)
+      unless a live head is found on the whitelist; reachable -> look for a live head on
+      the whitelist; found -> worker; none -> head.
+    "Live head" = a whitelisted peer whose head (GCS) port accepts TCP and that says it
+    is the head (or runs no node agent at all, the document's plain TCP rule).
+
+No split brain: priority deference plus a two-phase claim
+    Every whitelisted node runs a tiny TCP "node agent" (port = its whitelist port +
+    1000, or NODE_AGENT_PORT) that answers each connection with one JSON line holding
+    its current election state: deciding, claiming, head, worker.  A candidate
+      1. publishes ``deciding`` and reads its peers in whitelist order;
+      2. joins a live head if there is one; waits while a peer is ``claiming`` or a
+         starting ``head``, or while a higher-priority peer is ``deciding`` (or cannot be
+         read yet); otherwise
+      3. publishes ``claiming`` and then reads *every* peer again; it commits to head
+         only if no peer is claiming/head and no higher-priority peer is deciding;
+         otherwise it drops back to ``deciding`` (randomised back-off, longer for lower
+         priority) and starts over.
+    Why at most one head: a committed candidate stays ``claiming``/``head`` from before
+    its second read until its Ray stops.  Take two candidates that both commit; order
+    their writes of ``claiming`` so A wrote first.  B's second read of A started after B's
+    own write, hence after A's write, and the agent answers with the state current when
+    it accepts the connection - so B saw A claiming and could not commit.  The whitelist
+    order only decides *who* wins among simultaneous starters (and so liveness): an
+    incumbent head always wins over a newcomer of higher priority, which joins it.
+    Assumptions: (a) crash-stop nodes - a node's agent dies with its container;
+    (b) no network partition between whitelisted nodes: "connection refused" or an
+    unresolvable name means "not running", and a peer that cannot be read (timeout) is
+    treated as possibly claiming until it has been unreadable for PEER_DEAD_AFTER_S,
+    after which it counts as gone (a partition longer than that can split the brain -
+    no protocol can avoid that with two nodes and no quorum);
+    (c) whitelist entries name distinct nodes and all nodes share one HEAD_WHITELIST.
+    The health service is never needed for safety (each host of a multi-host
+    deployment runs its own), which is why "health unreachable" only changes the
+    reason (failsafe), never the protocol.
+
+Running
+    Starts ``ray start --block`` (head or worker) in its own process group, registers
+    and heartbeats with the health service, and watches: a head whose Ray exits
+    re-elects; a worker whose head's GCS stops accepting TCP (HEAD_LOSS_PROBES probes
+    in a row) stops its own Ray and re-elects - immediately without GCS fault
+    tolerance, after HEAD_LOSS_GRACE_S with it (RAY_GCS_FT=1), so that a restarted head
+    keeps its workers and their actors.  Only this node's Ray is ever stopped: its own
+    process group, plus processes whose command line names this node's RAY_TEMP_DIR
+    session directory (never ``ray stop``, which stops every node on the machine).
+    Every probe is a bounded TCP connect or read; no Ray client call is made.
+
+Outputs
+    Log lines on stderr; ``--decide`` prints one JSON line
+    {"role": "head"|"worker", "head_address": "host:port", "reason": "..."} on stdout.
+    A state file (RAY_TEMP_DIR/cslr-node.json) for ``--healthcheck``.
+
+Exit codes
+    0  stopped by SIGTERM/SIGINT (Ray stopped), ``--decide`` printed a decision,
+       ``--healthcheck`` found this node's Ray up
+    1  ``--healthcheck``: Ray not up; or the election could not finish (``--decide``
+       timed out)
+    2  bad configuration (e.g. empty whitelist for a node without HEAD_ADDRESS)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+
+DEFAULT_HEAD_PORT = 6379
+AGENT_PORT_OFFSET = 1000
+STATE_FILE_NAME = "cslr-node.json"
+
+# election states published by the node agent
+DECIDING, CLAIMING, HEAD, WORKER = "deciding", "claiming", "head", "worker"
+# what a reader can conclude about a peer besides its published state
+ABSENT, UNKNOWN = "absent", "unknown"
+
+# election step actions
+JOIN, WAIT, CLAIM, COMMIT, BACKOFF = "join", "wait", "claim", "commit", "backoff"
+
+
+# =========================================================================== pure
+
+
+@dataclass(frozen=True)
+class Entry:
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_address(text: str, default_port: int) -> Entry:
+    """``"h"`` / ``"h:p"`` -> Entry; raises ValueError on an empty host or a bad port."""
+    item = (text or "").strip()
+    host, port = item, default_port
+    if item.startswith("["):  # [v6]:port
+        end = item.find("]")
+        host = item[1:end]
+        rest = item[end + 1:]
+        if rest.startswith(":"):
+            port = int(rest[1:])
+    elif item.count(":") == 1:
+        host, _, port_text = item.partition(":")
+        port = int(port_text)
+    host = host.strip()
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"bad address {text!r}")
+    return Entry(host, port)
+
+
+def parse_whitelist(text: str, default_port: int) -> List[Entry]:
+    """Comma-separated ``host[:port]`` in priority order; raises ValueError on a bad entry."""
+    return [parse_address(item, default_port) for item in (text or "").split(",") if item.strip()]
+
+
+def whitelist_index(whitelist: List[Entry], hostname: str, head_port: int) -> Optional[int]:
+    """Index of this node in the whitelist (hostname match, case-insensitive), else None.
+
+    If the hostname is listed more than once, the entry with this node's RAY_HEAD_PORT wins.
+    """
+    matches = [i for i, e in enumerate(whitelist) if e.host.lower() == hostname.lower()]
+    for i in matches:
+        if whitelist[i].port == head_port:
+            return i
+    return matches[0] if matches else None
+
+
+def worker_target(env_head: str, cfg_head: str, whitelist: List[Entry], head_port: int,
+                  live_head: Optional[Entry] = None) -> Tuple[Entry, str]:
+    """Head address for a node that is not whitelisted, in the document's priority order.
+
+    1. HEAD_ADDRESS (env) 2. nodes.head_address (config) 3. the first whitelisted node with
+    RAY_HEAD_PORT - the first in whitelist order that is the live head if one is known
+    (so workers follow a fail-over), else whitelist[0].
+    """
+    if env_head and env_head.strip():
+        return parse_address(env_head, head_port), "not whitelisted: HEAD_ADDRESS (environment)"
+    if cfg_head and cfg_head.strip():
+        return parse_address(cfg_head, head_port), "not whitelisted: nodes.head_address (config)"
+    if not whitelist:
+        raise ValueError("not whitelisted and no HEAD_ADDRESS, nodes.head_address or whitelist")
+    if live_head is not None:
+        return live_head, "not whitelisted: live head on the whitelist"
+    return whitelist[0], "not whitelisted: first whitelisted node"
+
+
+@dataclass(frozen=True)
+class Decision:
+    role: str
+    head_address: str
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps({"role": self.role, "head_address": self.head_address,
+                           "reason": self.reason}, sort_keys=True)
+
+
+def decide(whitelisted: bool, health_ok: bool, live_head: Optional[Entry], self_entry: Optional[Entry],
+           env_head: str = "", cfg_head: str = "", whitelist: Optional[List[Entry]] = None,
+           head_port: int = DEFAULT_HEAD_PORT) -> Decision:
+    """The document's head/worker table (the election supplies ``live_head``)."""
+    if not whitelisted:
+        target, reason = worker_target(env_head, cfg_head, whitelist or [], head_port, live_head)
+        return Decision(WORKER, target.address, reason)
+    assert self_entry is not None
+    if live_head is not None:
+        return Decision(WORKER, live_head.address, "whitelisted: existing head found, join cluster")
+    if not health_ok:
+        return Decision(HEAD, self_entry.address, "whitelisted: health service unavailable, head (failsafe)")
+    return Decision(HEAD, self_entry.address, "whitelisted: no existing head, first node")
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """What one read of a peer showed. ``state``: deciding/claiming/head/worker/absent/unknown."""
+    index: int
+    entry: Entry
+    state: str
+    gcs_open: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    action: str
+    target: Optional[Entry] = None
+    reason: str = ""
+
+
+def election_step(my_index: int, my_state: str, views: Iterable[PeerView]) -> Step:
+    """One round of the election for a whitelisted candidate (see the module docstring).
+
+    ``views`` are the peers (self excluded) in whitelist order; it may be a lazy iterator -
+    the function stops reading at the first view that settles the round.
+    ``my_state`` is DECIDING (phase 1) or CLAIMING (phase 2).
+    """
+    blocked = WAIT if my_state == DECIDING else BACKOFF
+    for v in views:
+        if v.gcs_open and v.state in (HEAD, ABSENT):
+            return Step(JOIN, v.entry, f"live head {v.entry.address}")
+        if v.state in (CLAIMING, HEAD):
+            return Step(blocked, v.entry, f"{v.entry.address} is {v.state}")
+        if v.index < my_index and v.state in (DECIDING, UNKNOWN):
+            return Step(blocked, v.entry, f"higher-priority {v.entry.address} is {v.state}")
+        if v.state == UNKNOWN and my_state == CLAIMING:
+            return Step(BACKOFF, v.entry, f"{v.entry.address} cannot be read")
+    if my_state == DECIDING:
+        return Step(CLAIM, None, "no live head and no competing candidate")
+    return Step(COMMIT, None, "claim uncontested")
+
+
+def backoff_delay(my_index: int, rng: random.Random, base: float = 0.05) -> float:
+    """Back-off after a contested claim: lower priority waits longer, jitter breaks symmetry."""
+    return base * (1 + min(my_index, 20)) * (0.5 + rng.random())
+
+
+def agent_port_for(entry: Entry, fixed: Optional[int]) -> int:
+    return fixed if fixed else entry.port + AGENT_PORT_OFFSET
+
+
+def _opt_int(environ: Mapping[str, str], name: str) -> Optional[int]:
+    text = environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not an integer") from None
+
+
+def _opt_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a number") from None
+
+
+def _truthy(text: str) -> bool:
+    return (text or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Config:
+    hostname: str
+    node_ip: str
+    whitelist: List[Entry]
+    head_port: int
+    env_head: str = ""
+    cfg_head: str = ""
+    health_url: str = ""
+    num_cpus: str = ""
+    num_gpus: str = ""
+    memory: str = ""
+    object_store_memory: str = ""
+    dashboard_host: str = "0.0.0.0"
+    dashboard_port: int = 8265
+    client_server_port: int = 10001
+    ports: Dict[str, Optional[int]] = field(default_factory=dict)
+    temp_dir: str = "/tmp/ray"
+    gcs_ft: bool = False
+    redis_address: str = "redis:6379"
+    redis_password: str = ""
+    cluster_name: str = ""
+    auth_token: str = ""
+    extra_args: List[str] = field(default_factory=list)
+    agent_port: Optional[int] = None
+    agent_bind: str = "0.0.0.0"
+    ray_bin: List[str] = field(default_factory=lambda: ["ray"])
+    heartbeat_interval: float = 5.0
+    monitor_interval: float = 1.0
+    head_loss_probes: int = 3
+    head_loss_grace: float = 45.0
+    peer_dead_after: float = 10.0
+    stop_timeout: float = 8.0
+    poll_interval: float = 0.1
+
+    @property
+    def index(self) -> Optional[int]:
+        return whitelist_index(self.whitelist, self.hostname, self.head_port)
+
+    @property
+    def self_entry(self) -> Entry:
+        i = self.index
+        return self.whitelist[i] if i is not None else Entry(self.hostname, self.head_port)
+
+    @property
+    def own_port(self) -> int:
+        """The GCS port when head: this node's whitelist port (peers probe that one)."""
+        return self.self_entry.port
+
+    @property
+    def state_file(self) -> str:
+        return os.path.join(self.temp_dir, STATE_FILE_NAME)
+
+
+PORT_FLAGS = {  # env variable -> ray start flag (optional pinned ports)
+    "RAY_MIN_WORKER_PORT": "--min-worker-port",
+    "RAY_MAX_WORKER_PORT": "--max-worker-port",
+    "RAY_NODE_MANAGER_PORT": "--node-manager-port",
+    "RAY_OBJECT_MANAGER_PORT": "--object-manager-port",
+    "RAY_METRICS_EXPORT_PORT": "--metrics-export-port",
+    "RAY_DASHBOARD_AGENT_LISTEN_PORT": "--dashboard-agent-listen-port",
+    "RAY_DASHBOARD_AGENT_GRPC_PORT": "--dashboard-agent-grpc-port",
+    "RAY_RUNTIME_ENV_AGENT_PORT": "--runtime-env-agent-port",
+}
+
+
+def load_config(environ: Mapping[str, str], resolve: Callable[[str], str] = None) -> Config:
+    """Build the Config from the environment contract (docs/runtime.md); ValueError if invalid."""
+    env = environ
+    hostname = env.get("NODE_HOSTNAME", "").strip() or socket.gethostname()
+    head_port = _opt_int(env, "RAY_HEAD_PORT") or DEFAULT_HEAD_PORT
+    node_ip = env.get("NODE_IP", "").strip() or (resolve or default_node_ip)(hostname)
+    cfg = Config(
+        hostname=hostname,
+        node_ip=node_ip,
+        whitelist=parse_whitelist(env.get("HEAD_WHITELIST", ""), head_port),
+        head_port=head_port,
+        env_head=env.get("HEAD_ADDRESS", "").strip(),
+        cfg_head=env.get("CFG_HEAD_ADDRESS", "").strip(),
+        health_url=env.get("HEALTH_URL", "").strip(),
+        num_cpus=env.get("RAY_NUM_CPUS", "").strip(),
+        num_gpus=env.get("RAY_NUM_GPUS", "").strip(),
+        memory=env.get("RAY_MEMORY", "").strip(),
+        object_store_memory=env.get("RAY_OBJECT_STORE_MEMORY", "").strip(),
+        dashboard_host=env.get("RAY_DASHBOARD_HOST", "").strip() or "0.0.0.0",
+        dashboard_port=_opt_int(env, "RAY_DASHBOARD_PORT") or 8265,
+        client_server_port=_opt_int(env, "RAY_CLIENT_SERVER_PORT") or 10001,
+        ports={name: _opt_int(env, name) for name in PORT_FLAGS},
+        temp_dir=env.get("RAY_TEMP_DIR", "").strip() or "/tmp/ray",
+        gcs_ft=_truthy(env.get("RAY_GCS_FT", "")),
+        redis_address=env.get("RAY_REDIS_ADDRESS", "").strip() or "redis:6379",
+        redis_password=env.get("REDIS_PASSWORD", ""),
+        cluster_name=env.get("RAY_CLUSTER_NAME", "").strip(),
+        auth_token=env.get("RAY_AUTH_TOKEN", "").strip(),
+        extra_args=shlex.split(env.get("RAY_START_EXTRA_ARGS", "")),
+        agent_port=_opt_int(env, "NODE_AGENT_PORT"),
+        agent_bind=env.get("NODE_AGENT_BIND", "").strip() or "0.0.0.0",
+        ray_bin=shlex.split(env.get("RAY_BIN", "")) or ["ray"],
+        heartbeat_interval=_opt_float(env, "HEARTBEAT_INTERVAL_S", 5.0),
+        monitor_interval=_opt_float(env, "HEAD_MONITOR_INTERVAL_S", 1.0),
+        head_loss_probes=int(_opt_float(env, "HEAD_LOSS_PROBES", 3)),
+        head_loss_grace=_opt_float(env, "HEAD_LOSS_GRACE_S", 45.0),
+        peer_dead_after=_opt_float(env, "PEER_DEAD_AFTER_S", 10.0),
+        stop_timeout=_opt_float(env, "RAY_STOP_TIMEOUT_S", 8.0),
+    )
+    for name, value in [("RAY_HEAD_PORT", head_port)] + list(cfg.ports.items()):
+        if value is not None and not 0 < value < 65536:
+            raise ValueError(f"{name}={value} is not a port")
+    if cfg.index is None:
+        worker_target(cfg.env_head, cfg.cfg_head, cfg.whitelist, head_port)  # raises if impossible
+    return cfg
+
+
+def build_ray_command(cfg: Config, decision: Decision) -> List[str]:
+    """The ``ray start ... --block`` command line for this node's role."""
+    cmd = list(cfg.ray_bin) + ["start", "--block", "--disable-usage-stats",
+                               f"--node-ip-address={cfg.node_ip}", f"--temp-dir={cfg.temp_dir}"]
+    if decision.role == HEAD:
+        cmd += ["--head", f"--port={cfg.own_port}",
+                f"--dashboard-host={cfg.dashboard_host}", f"--dashboard-port={cfg.dashboard_port}",
+                f"--ray-client-server-port={cfg.client_server_port}"]
+        if cfg.gcs_ft and cfg.redis_password:
+            cmd.append(f"--redis-password={cfg.redis_password}")
+    else:
+        cmd.append(f"--address={decision.head_address}")
+    for flag, value in (("--num-cpus", cfg.num_cpus), ("--num-gpus", cfg.num_gpus),
+                        ("--memory", cfg.memory), ("--object-store-memory", cfg.object_store_memory)):
+        if value:
+            cmd.append(f"{flag}={value}")
+    for name, flag in PORT_FLAGS.items():
+        if cfg.ports.get(name):
+            cmd.append(f"{flag}={cfg.ports[name]}")
+    return cmd + list(cfg.extra_args)
+
+
+def ray_child_env(cfg: Config, environ: Mapping[str, str], role: str) -> Dict[str, str]:
+    """Environment for ``ray start``: usage stats off, GCS FT and token auth switched on/off."""
+    env = dict(environ)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    if cfg.gcs_ft:
+        env["RAY_REDIS_ADDRESS"] = cfg.redis_address
+        env["RAY_external_storage_namespace"] = cfg.cluster_name or "cslr"
+        if cfg.redis_password:
+            env["REDIS_PASSWORD"] = cfg.redis_password
+        # Keep the raylet waiting for a restarted GCS at least as long as we do.
+        env.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(int(cfg.head_loss_grace) + 30))
+    else:
+        # Ray turns GCS FT on whenever RAY_REDIS_ADDRESS is set; the switch is RAY_GCS_FT.
+        env.pop("RAY_REDIS_ADDRESS", None)
+        env.pop("RAY_external_storage_namespace", None)
+    if cfg.auth_token:
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN"] = cfg.auth_token
+    else:
+        env.pop("RAY_AUTH_TOKEN", None)
+        # Without this Ray enables token auth on its own if ~/.ray/auth_token exists.
+        env.setdefault("RAY_AUTH_MODE", "disabled")
+    return env
+
+
+def agent_message(hostname: str, state: str, head: str, index: Optional[int]) -> bytes:
+    return (json.dumps({"v": 1, "hostname": hostname, "state": state, "head": head,
+                        "index": index}) + "\n").encode()
+
+
+def parse_agent_reply(data: bytes) -> str:
+    """Election state from an agent reply; UNKNOWN for anything unexpected."""
+    try:
+        state = json.loads(data.decode("utf-8").strip() or "null").get("state")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return UNKNOWN
+    return state if state in (DECIDING, CLAIMING, HEAD, WORKER) else UNKNOWN
+
+
+def matches_own_ray(cmdline: str, temp_dir: str) -> bool:
+    """True if a process command line belongs to the Ray node using ``temp_dir``."""
+    root = temp_dir.rstrip("/") or "/"
+    return f"{root}/session_" in cmdline or f"--temp-dir={root} " in cmdline + " "
+
+
+# =========================================================================== I/O helpers
+
+
+def default_node_ip(hostname: str) -> str:
+    try:
+        ip = socket.gethostbyname(hostname)
+        if not ip.startswith("127."):
+            return ip
+    except OSError:
+        pass
+    # Route lookup only: connect() on a UDP socket sends no packet.
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def read_agent(host: str, port: int, timeout: float = 0.5) -> str:
+    """A peer's election state; ABSENT if nothing listens / name unknown, UNKNOWN on timeout."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            data = b""
+            while not data.endswith(b"\n") and len(data) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except ConnectionRefusedError:
+        return ABSENT
+    except socket.gaierror as exc:
+        # A stopped container's name is gone from Docker's DNS; a DNS hiccup is not proof.
+        return UNKNOWN if exc.errno == socket.EAI_AGAIN else ABSENT
+    except OSError:
+        return UNKNOWN  # timeout / unreachable: maybe alive, maybe claiming
+    return parse_agent_reply(data)
+
+
+def http_json(url: str, payload: Optional[dict] = None, timeout: float = 2.0) -> Tuple[int, Optional[dict]]:
+    """(status, body) of a GET (payload None) or POST; status 0 when unreachable."""
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read(65536)
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, None
+    try:
+        return status, json.loads(body.decode() or "null")
+    except ValueError:
+        return status, None
+
+
+def log(msg: str) -> None:
+    print(f"ray_node: {msg}", file=sys.stderr, flush=True)
+
+
+class Agent:
+    """The node agent: answers each TCP connection with this node's current state."""
+
+    def __init__(self, hostname: str, index: Optional[int], bind: str, port: int) -> None:
+        self.hostname, self.index = hostname, index
+        self._pair: Tuple[str, str] = (DECIDING, "")
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind((bind, port))
+            self._sock.listen(256)
+        except OSError:
+            self._sock.close()
+            raise
+        self.port = self._sock.getsockname()[1]
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name="node-agent", daemon=True)
+        self._thread.start()
+
+    @property
+    def state(self) -> str:
+        return self._pair[0]
+
+    def set(self, state: str, head: str = "") -> None:
+        # One tuple assignment: a reader never sees a new state with an old head.
+        self._pair = (state, head)
+
+    def _serve(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                if self._closed:
+                    return
+                continue
+            try:
+                conn.settimeout(0.5)
+                # The state is read after accept(): a peer connecting after our write sees it.
+                state, head = self._pair
+                conn.sendall(agent_message(self.hostname, state, head, self.index))
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+
+# =========================================================================== Ray processes
+
+
+def _own_lineage() -> set:
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+def own_ray_pids(temp_dir: str, proc: str = "/proc") -> List[int]:
+    """PIDs whose command line names this node's Ray temp dir (never ours or our parents)."""
+    skip = _own_lineage()
+    found = []
+    try:
+        names = os.listdir(proc)
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit() or int(name) in skip:
+            continue
+        try:
+            with open(os.path.join(proc, name, "cmdline"), "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if matches_own_ray(cmdline, temp_dir):
+            found.append(int(name))
+    return found
+
+
+def raylet_running(temp_dir: str, proc: str = "/proc") -> bool:
+    for pid in own_ray_pids(temp_dir, proc):
+        try:
+            with open(os.path.join(proc, str(pid), "comm")) as f:
+                if f.read().strip() == "raylet":
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def kill_pids(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+class RayLauncher:
+    """Runs ``ray start --block`` as a child in its own process group; stops only that node."""
+
+    def __init__(self, cfg: Config, environ: Mapping[str, str]) -> None:
+        self.cfg, self.environ = cfg, environ
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, decision: Decision) -> None:
+        cmd = build_ray_command(self.cfg, decision)
+        log("starting: " + " ".join(shlex.quote(c) for c in cmd if "password" not in c))
+        self.proc = subprocess.Popen(cmd, env=ray_child_env(self.cfg, self.environ, decision.role),
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            try:
+                proc.wait(self.cfg.stop_timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Kill leftovers of this node's Ray (e.g. from a previous run) by its temp dir."""
+        pids = own_ray_pids(self.cfg.temp_dir)
+        if pids:
+            kill_pids(pids, signal.SIGKILL)
+
+
+# =========================================================================== node runner
+
+
+class NodeRunner:
+    """Election + Ray lifecycle of one node. Clock, sleep, launcher and probes are injectable."""
+
+    def __init__(self, cfg: Config, launcher, stop: Optional[threading.Event] = None,
+                 clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
+                 read_agent_fn: Callable[[str, int], str] = read_agent,
+                 tcp_open_fn: Callable[[str, int], bool] = tcp_open,
+                 http_fn: Callable[..., Tuple[int, Optional[dict]]] = http_json,
+                 with_agent: bool = True, on_decision: Optional[Callable[[Decision], None]] = None) -> None:
+        self.cfg, self.launcher = cfg, launcher
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.read_agent, self.tcp_open, self.http = read_agent_fn, tcp_open_fn, http_fn
+        self.with_agent = with_agent
+        self.on_decision = on_decision
+        self.agent: Optional[Agent] = None
+        self.decision: Optional[Decision] = None
+        self._unknown_since: Dict[int, float] = {}
+        self._hb_thread: Optional[threading.Thread] = None
+
+    # ---------------------------------------------------------------- helpers
+    def sleep(self, seconds: float) -> None:
+        self.stop.wait(max(0.0, seconds))
+
+    def publish(self, state: str, head: str = "") -> None:
+        if self.agent is not None:
+            self.agent.set(state, head)
+
+    def health(self) -> bool:
+        if not self.cfg.health_url:
+            return False
+        status, _ = self.http(self.cfg.health_url.rstrip("/") + "/")
+        return status == 200
+
+    def view(self, i: int, entry: Entry) -> PeerView:
+        cfg = self.cfg
+        state = self.read_agent(entry.host, agent_port_for(entry, cfg.agent_port))
+        now = self.clock()
+        if state == UNKNOWN:
+            since = self._unknown_since.setdefault(i, now)
+            if now - since > cfg.peer_dead_after:
+                state = ABSENT  # unreadable for long: treat as gone (see assumptions)
+        else:
+            self._unknown_since.pop(i, None)
+        gcs = state in (HEAD, ABSENT) and self.tcp_open(entry.host, entry.port)
+        return PeerView(i, entry, state, gcs)
+
+    def views(self) -> Iterator[PeerView]:
+        me = self.cfg.index
+        for i, entry in enumerate(self.cfg.whitelist):
+            if i != me:
+                yield self.view(i, entry)
+
+    def first_live_head(self) -> Optional[Entry]:
+        for v in self.views():
+            if v.gcs_open and v.state in (HEAD, ABSENT):
+                return v.entry
+        return None
+
+    # ---------------------------------------------------------------- election
+    def elect(self, deadline: Optional[float] = None) -> Optional[Decision]:
+        """Run the election until decided; None if stopped or past ``deadline``."""
+        cfg = self.cfg
+        me = cfg.index
+        health_ok = self.health()
+        health_checked = self.clock()
+        if me is None:
+            while not self.stop.is_set():
+                if cfg.env_head or cfg.cfg_head:
+                    live = None
+                else:
+                    live = self.first_live_head()
+                d = decide(False, health_ok, live, None, cfg.env_head, cfg.cfg_head, cfg.whitelist, cfg.head_port)
+                target = parse_address(d.head_address, cfg.head_port)
+                if deadline is not None or self.tcp_open(target.host, target.port):
+                    return d
+                self.sleep(cfg.poll_interval * 5)
+            return None
+        my_state = DECIDING
+        self.publish(DECIDING)
+        while not self.stop.is_set():
+            if deadline is not None and self.clock() > deadline:
+                self.publish(DECIDING)
+                return None
+            if self.clock() - health_checked > 2.0:
+                health_ok, health_checked = self.health(), self.clock()
+            step = election_step(me, my_state, self.views())
+            if step.action == JOIN:
+                self.publish(WORKER, step.target.address)
+                return decide(True, health_ok, step.target, cfg.self_entry)
+            if step.action == CLAIM:
+                my_state = CLAIMING
+                self.publish(CLAIMING)
+                continue
+            if step.action == COMMIT:
+                d = decide(True, health_ok, None, cfg.self_entry)
+                self.publish(HEAD, d.head_address)
+                return d
+            if step.action == BACKOFF:
+                my_state = DECIDING
+                self.publish(DECIDING)
+                self.sleep(backoff_delay(me, self.rng, cfg.poll_interval))
+            else:
+                self.sleep(cfg.poll_interval * (0.5 + self.rng.random()))
+        return None
+
+    # ---------------------------------------------------------------- registry
+    def _node_record(self) -> dict:
+        d = self.decision
+        return {"hostname": self.cfg.hostname, "address": self.cfg.node_ip,
+                "role": d.role if d else "unknown", "head_address": d.head_address if d else "",
+                "port": self.cfg.own_port, "state": self.agent.state if self.agent else ""}
+
+    def _heartbeats(self) -> None:
+        base = self.cfg.health_url.rstrip("/")
+        registered = False
+        while not self.stop.is_set():
+            rec = self._node_record()
+            if not registered:
+                registered = self.http(base + "/register", rec)[0] == 200
+            else:
+                status = self.http(base + "/heartbeat", rec)[0]
+                registered = status == 200 or status == 0  # 404: service restarted, register again
+            self.sleep(self.cfg.heartbeat_interval)
+
+    def write_state(self) -> None:
+        d = self.decision
+        data = {"role": d.role if d else "", "head_address": d.head_address if d else "",
+                "node_ip": self.cfg.node_ip, "port": self.cfg.own_port, "pid": os.getpid(),
+                "temp_dir": self.cfg.temp_dir}
+        try:
+            os.makedirs(self.cfg.temp_dir, exist_ok=True)
+            tmp = self.cfg.state_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.cfg.state_file)
+        except OSError as exc:
+            log(f"cannot write {self.cfg.state_file}: {exc}")
+
+    # ---------------------------------------------------------------- lifecycle
+    def watch_head(self, target: Entry) -> str:
+        """Block while this worker's Ray runs; returns why it stopped: 'stop', 'exit', 'lost'."""
+        cfg = self.cfg
+        misses, lost_at = 0, None
+        while not self.stop.is_set():
+            self.sleep(cfg.monitor_interval)
+            if self.stop.is_set():
+                return "stop"
+            if not self.launcher.alive():
+                return "exit"
+            if self.tcp_open(target.host, target.port, min(1.0, cfg.monitor_interval)):
+                misses, lost_at = 0, None
+                continue
+            misses += 1
+            if misses < cfg.head_loss_probes:
+                continue
+            if not cfg.gcs_ft:
+                return "lost"
+            lost_at = lost_at if lost_at is not None else self.clock()
+            if self.clock() - lost_at >= cfg.head_loss_grace:
+                return "lost"
+        return "stop"
+
+    def watch_self(self) -> str:
+        while not self.stop.is_set():
+            self.sleep(self.cfg.monitor_interval)
+            if not self.launcher.alive():
+                return "exit"
+        return "stop"
+
+    def run(self) -> int:
+        cfg = self.cfg
+        self.launcher.sweep()
+        if cfg.index is not None and self.with_agent:
+            port = agent_port_for(cfg.self_entry, cfg.agent_port)
+            self.agent = Agent(cfg.hostname, cfg.index, cfg.agent_bind, port)
+        if cfg.health_url:
+            self._hb_thread = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+            self._hb_thread.start()
+        try:
+            while not self.stop.is_set():
+                self.decision = None
+                self.write_state()
+                decision = self.elect()
+                if decision is None:
+                    break
+                self.decision = decision
+                log(f"decision: {decision.to_json()}")
+                if self.on_decision:
+                    self.on_decision(decision)
+                self.write_state()
+                self.launcher.start(decision)
+                if decision.role == HEAD:
+                    why = self.watch_self()
+                else:
+                    why = self.watch_head(parse_address(decision.head_address, cfg.head_port))
+                if why == "stop":
+                    break
+                log(f"{decision.role} ended ({why}); stopping this node's Ray and re-electing")
+                self.publish(DECIDING)
+                self.launcher.stop()
+                self.sleep(0.5 + self.rng.random() * 0.5)
+        finally:
+            self.launcher.stop()
+            if self.agent is not None:
+                self.agent.close()
+        return 0
+
+
+# =========================================================================== modes
+
+
+def healthcheck(cfg: Config, timeout: float = 2.0) -> int:
+    """0 iff this node's Ray is up: head -> own GCS port accepts TCP; worker -> raylet + head GCS."""
+    try:
+        with open(cfg.state_file) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return 1
+    role = state.get("role")
+    if role == HEAD:
+        return 0 if tcp_open(cfg.node_ip, int(state.get("port") or cfg.own_port), timeout) else 1
+    if role == WORKER:
+        try:
+            head = parse_address(state.get("head_address", ""), cfg.head_port)
+        except ValueError:
+            return 1
+        ok = raylet_running(cfg.temp_dir) and tcp_open(head.host, head.port, timeout)
+        return 0 if ok else 1
+    return 1
+
+
+def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="CSLR Ray node entrypoint (see module docstring)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--decide", action="store_true", help="print the decision as JSON and exit")
+    mode.add_argument("--healthcheck", action="store_true", help="exit 0 iff this node's Ray is up")
+    parser.add_argument("--decide-timeout", type=float, default=30.0, help="seconds --decide may wait")
+    args = parser.parse_args(argv)
+    env = os.environ if environ is None else environ
+    try:
+        cfg = load_config(env)
+    except ValueError as exc:
+        log(f"configuration error: {exc}")
+        return 2
+    if args.healthcheck:
+        return healthcheck(cfg)
+    if args.decide:
+        runner = NodeRunner(cfg, launcher=None)
+        if cfg.index is not None:
+            try:  # take part in the election if the real entrypoint is not running here
+                runner.agent = Agent(cfg.hostname, cfg.index, cfg.agent_bind,
+                                     agent_port_for(cfg.self_entry, cfg.agent_port))
+            except OSError:
+                runner.agent = None
+        try:
+            d = runner.elect(deadline=time.monotonic() + args.decide_timeout)
+        finally:
+            if runner.agent is not None:
+                runner.agent.close()
+        if d is None:
+            log("no decision within --decide-timeout")
+            return 1
+        print(d.to_json(), flush=True)
+        return 0
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        log(f"signal {signum}: stopping")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    log(f"node {cfg.hostname} ip={cfg.node_ip} whitelist index={cfg.index}")
+    return NodeRunner(cfg, RayLauncher(cfg, env), stop=stop).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

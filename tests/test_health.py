@@ -1,0 +1,230 @@
+"""Tests of scripts/health.py: registry logic, the HTTP interface, and robustness to bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # tests/ is no package; make tests._scripts importable under any runner
+    sys.path.insert(0, _ROOT)
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests._scripts import SCRIPTS, load_script  # noqa: E402
+
+hs = load_script("health")
+
+
+# ----------------------------------------------------------------- pure
+
+
+def test_whitelist_parsing_skips_bad_entries():
+    assert hs.parse_whitelist("a, b:6380, c:x, ,d:0", 6379) == [("a", 6379), ("b", 6380)]
+
+
+@pytest.mark.parametrize("payload, full, ok", [
+    ({"hostname": "a", "address": "1.2.3.4", "role": "head"}, True, True),
+    ({"hostname": "a", "role": "head"}, True, False),
+    ({"hostname": "a"}, False, True),
+    ({"hostname": ""}, False, False),
+    ({"hostname": "a", "role": "king"}, False, False),
+    ({"hostname": "a", "port": True}, False, False),
+    ({"hostname": "a", "port": 70000}, False, False),
+    ({"hostname": "x" * 300}, False, False),
+    (["hostname"], False, False),
+    (None, False, False),
+])
+def test_validate_node(payload, full, ok):
+    record, error = hs.validate_node(payload, full)
+    assert (record is not None) == ok and bool(error) != ok
+
+
+def test_registry_ttl_heartbeat_and_known_head():
+    now = [100.0]
+    reg = hs.Registry(ttl=10, whitelist=[("a", 6379), ("b", 6380)], clock=lambda: now[0], wall=lambda: 1e9)
+    assert not reg.heartbeat({"hostname": "a"})  # must register first
+    assert reg.register({"hostname": "b", "address": "10.0.0.3", "role": "head", "port": 6380})
+    assert reg.register({"hostname": "a", "address": "10.0.0.2", "role": "worker"})
+    assert reg.known_head() == "b:6380"
+    now[0] += 11
+    assert reg.heartbeat({"hostname": "a"})
+    alive = {n["hostname"]: n["alive"] for n in reg.nodes()}
+    assert alive == {"a": True, "b": False}
+    assert reg.known_head() is None
+    reg.probed_head = "a:6379"
+    assert reg.status()["known_head"] == "a:6379"
+    now[0] += 10_000  # long-dead entries are pruned, keeping the table bounded
+    assert reg.nodes() == []
+
+
+def test_probe_loop_reports_first_open_whitelisted_port():
+    reg = hs.Registry(whitelist=[("a", 1), ("b", 2), ("c", 3)])
+    stop = threading.Event()
+    probed = []
+
+    def probe(host, port):
+        probed.append(host)
+        if host == "b":
+            stop.set()  # one pass is enough; the loop finishes it before looking at stop
+        return host in ("b", "c")
+
+    hs.probe_loop(reg, stop, interval=0, probe=probe)
+    assert reg.probed_head == "b:2" and probed == ["a", "b"]
+
+
+# ----------------------------------------------------------------- HTTP
+
+
+@pytest.fixture
+def server():
+    reg = hs.Registry(ttl=30)
+    srv = hs.make_server("127.0.0.1", 0, reg)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _raw(srv, data: bytes, timeout=5.0) -> bytes:
+    with socket.create_connection(srv.server_address[:2], timeout=timeout) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def _req(srv, method, path, body=None, headers=None):
+    payload = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    lines = [f"{method} {path} HTTP/1.1", "Host: x", "Connection: close"]
+    if body is not None:
+        lines.append(f"Content-Length: {len(payload)}")
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    raw = _raw(srv, ("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    code = int(head.split()[1])
+    return code, (json.loads(rest) if rest.strip() else None)
+
+
+def test_status_and_nodes(server):
+    code, body = _req(server, "GET", "/")
+    assert code == 200 and body["status"] == "ok" and body["known_head"] is None
+    assert _req(server, "POST", "/register", {"hostname": "h1", "address": "10.0.0.2", "role": "head", "port": 6379})[0] == 200
+    assert _req(server, "POST", "/heartbeat", {"hostname": "h1", "role": "head"})[0] == 200
+    code, body = _req(server, "GET", "/nodes")
+    node = body["nodes"][0]
+    assert (node["hostname"], node["address"], node["role"], node["alive"]) == ("h1", "10.0.0.2", "head", True)
+    assert "last_heartbeat" in node
+    assert _req(server, "GET", "/")[1]["known_head"] == "h1:6379"
+
+
+@pytest.mark.parametrize("method, path, body, headers, code", [
+    ("GET", "/nope", None, None, 404),
+    ("POST", "/nope", {}, None, 404),
+    ("DELETE", "/", None, None, 405),
+    ("POST", "/register", b"{not json", None, 400),
+    ("POST", "/register", {"hostname": "x"}, None, 400),
+    ("POST", "/heartbeat", {"hostname": "ghost"}, None, 404),
+    ("POST", "/register", None, None, 411),
+    ("POST", "/register", b"{}", {"Content-Length": "-3"}, 400),
+    ("POST", "/register", b"", {"Transfer-Encoding": "chunked"}, 411),
+])
+def test_bad_requests_get_json_errors(server, method, path, body, headers, code):
+    got, payload = _req(server, method, path, body, headers)
+    assert got == code and "error" in payload
+
+
+def test_body_size_is_bounded(server):
+    big = b"{" + b" " * (hs.MAX_BODY + 10) + b"}"
+    assert _req(server, "POST", "/register", big)[0] == 413
+
+
+def test_malformed_request_lines_and_headers_do_not_hurt_the_service(server):
+    for junk in [b"\r\n\r\n", b"GARBAGE\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
+                 b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 70000 + b"\r\n\r\n",
+                 b"GET / HTTP/1.1\r\n" + b"".join(b"H%d: v\r\n" % i for i in range(200)) + b"\r\n",
+                 b"\x00\xff\xfe" * 100, b"POST /register HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"]:
+        _raw(server, junk)
+    assert _req(server, "GET", "/")[0] == 200
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    line=st.binary(max_size=200),
+    headers=st.lists(st.binary(max_size=100), max_size=5),
+    body=st.one_of(st.binary(max_size=300), st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=10).map(lambda v: json.dumps(v).encode())),
+)
+def test_fuzzed_requests_never_kill_the_service(server, line, headers, body):
+    request = line + b"\r\n" + b"".join(h.replace(b"\n", b"") + b"\r\n" for h in headers)
+    request += b"Content-Length: %d\r\n\r\n" % len(body) + body
+    reply = _raw(server, request)
+    if reply:
+        assert reply.startswith(b"HTTP/") or reply  # any answer is fine; a crash is not
+    for path in ("/register", "/heartbeat"):
+        got = _req(server, "POST", path, body)[0]
+        assert got in (200, 400, 404)
+    assert _req(server, "GET", "/")[0] == 200
+
+
+def test_service_stays_up_while_a_client_stalls(server):
+    # One half-sent request must not block others (threaded server, per-request timeout).
+    stalled = socket.create_connection(server.server_address[:2])
+    stalled.sendall(b"POST /register HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")
+    try:
+        assert _req(server, "GET", "/")[0] == 200
+    finally:
+        stalled.close()
+
+
+# ----------------------------------------------------------------- process
+
+
+def test_process_serves_checks_and_stops_on_sigterm():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "health.py")],
+                            env=dict(os.environ, HEALTH_BIND="127.0.0.1", HEALTH_PORT=str(port),
+                                     HEAD_WHITELIST="127.0.0.1:9"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        check = [sys.executable, str(SCRIPTS / "health.py"), "--check", f"http://127.0.0.1:{port}/"]
+        end = time.monotonic() + 10
+        while subprocess.run(check).returncode != 0 and time.monotonic() < end:
+            time.sleep(0.1)
+        assert subprocess.run(check).returncode == 0
+        bad = check[:-1] + [f"http://127.0.0.1:{port}/missing"]
+        assert subprocess.run(bad).returncode == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert len(err.decode().strip().splitlines()) == 2  # quiet: start and stop lines only
+
+
+def test_check_fails_when_nothing_listens():
+    assert hs.main(["--check", "http://127.0.0.1:9/"]) == 1
+
+
+def test_bad_port_is_exit_2():
+    assert hs.main([], environ={"HEALTH_PORT": "eighty"}) == 2

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# System packages the test tiers need beyond the Python venv; idempotent, run as root by CI.
+#   redis-server: tests/integration/test_ray_node_ray.py (Ray GCS fault tolerance needs a real Redis)
+#   iproute2, util-linux: ip / unshare, available to integration tests that isolate nodes
+set -euo pipefail
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "ci-deps: need root to install: ${need[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+echo "ci-deps: ok (redis-server $(redis-server --version | awk '{print $3}'))"
