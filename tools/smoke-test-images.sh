@@ -13,7 +13,7 @@
 set -uo pipefail
 
 RAY_IMG="${RAY_IMG:-cslr-test/ray:2.60.0}"
-MLFLOW_IMG="${MLFLOW_IMG:-cslr-test/mlflow:3.18.0}"
+MLFLOW_IMG="${MLFLOW_IMG:-cslr-test/mlflow:3.17.2}"
 MARIMO_IMG="${MARIMO_IMG:-cslr-test/marimo:0.25.2}"
 PG_IMG="${PG_IMG:-cslr-test/postgres:15}"
 REDIS_IMG="${REDIS_IMG:-cslr-test/redis:7}"

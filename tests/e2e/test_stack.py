@@ -21,7 +21,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 E2E = Path(__file__).resolve().parent
 PROJECT = "cslr-e2e"
-IMAGES = ["cslr-test/ray:2.60.0", "cslr-test/mlflow:3.18.0", "cslr-test/postgres:15", "cslr-test/redis:7"]
+IMAGES = ["cslr-test/ray:2.60.0", "cslr-test/mlflow:3.17.2", "cslr-test/postgres:15", "cslr-test/redis:7"]
 MLFLOW = "http://127.0.0.1:15000"
 
 pytestmark = pytest.mark.e2e
