@@ -143,6 +143,8 @@ def compose_env(cfg: Config, gpu: GpuState) -> dict[str, str]:
             value = parse_size(value)
         env[fld.env] = _render(value)
 
+    if cfg.get("ray", "auth") == "disabled":
+        env["RAY_AUTH_TOKEN"] = ""  # the nodes switch token auth on whenever a token is present
     # HEAD_ADDRESS (environment) and nodes.head_address (config) reach the nodes apart, so the
     # entrypoint can apply the document's order itself.
     src = cfg.sources.get(("nodes", "head_address"))

@@ -51,6 +51,10 @@ No split brain: priority deference plus a two-phase claim
     reason (failsafe), never the protocol.
 
 Running
+    A whitelisted head also reads its higher-priority peers every SPLIT_CHECK_INTERVAL_S:
+    a live higher-priority head can only exist after a partition healed (each side elected
+    its own); the lower-priority head then yields - stops its Ray and re-elects, which joins
+    it to the higher-priority head, and its workers follow (head loss).
     Starts ``ray start --block`` (head or worker) in its own process group, registers
     and heartbeats with the health service, and watches: a head whose Ray exits
     re-elects; a worker whose head's GCS stops accepting TCP (HEAD_LOSS_PROBES probes
@@ -301,6 +305,7 @@ class Config:
     head_loss_probes: int = 3
     head_loss_grace: float = 45.0
     peer_dead_after: float = 10.0
+    split_check_interval: float = 5.0
     stop_timeout: float = 8.0
     poll_interval: float = 0.1
 
@@ -372,6 +377,7 @@ def load_config(environ: Mapping[str, str], resolve: Callable[[str], str] = None
         head_loss_probes=int(_opt_float(env, "HEAD_LOSS_PROBES", 3)),
         head_loss_grace=_opt_float(env, "HEAD_LOSS_GRACE_S", 45.0),
         peer_dead_after=_opt_float(env, "PEER_DEAD_AFTER_S", 10.0),
+        split_check_interval=_opt_float(env, "SPLIT_CHECK_INTERVAL_S", 5.0),
         stop_timeout=_opt_float(env, "RAY_STOP_TIMEOUT_S", 8.0),
     )
     for name, value in [("RAY_HEAD_PORT", head_port)] + list(cfg.ports.items()):
@@ -840,11 +846,34 @@ class NodeRunner:
                 return "lost"
         return "stop"
 
+    def higher_priority_head(self) -> Optional[Entry]:
+        """A live head of higher whitelist priority than this one: only possible after a
+        partition healed (each side elected its own head)."""
+        me = self.cfg.index
+        if me is None:
+            return None
+        for i, entry in enumerate(self.cfg.whitelist[:me]):
+            v = self.view(i, entry)
+            if v.state == HEAD and v.gcs_open:
+                return entry
+        return None
+
     def watch_self(self) -> str:
+        """Block while this head's Ray runs; 'exit' if it died, 'split' if a higher-priority
+        head is alive (two clusters after a healed partition: this one yields and rejoins)."""
+        last_split_check = self.clock()
         while not self.stop.is_set():
             self.sleep(self.cfg.monitor_interval)
+            if self.stop.is_set():
+                return "stop"
             if not self.launcher.alive():
                 return "exit"
+            if self.cfg.split_check_interval > 0 and self.clock() - last_split_check >= self.cfg.split_check_interval:
+                last_split_check = self.clock()
+                other = self.higher_priority_head()
+                if other is not None:
+                    log(f"head {other.address} of higher priority is alive: a partition has healed; yielding")
+                    return "split"
         return "stop"
 
     def run(self) -> int:

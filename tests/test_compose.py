@@ -87,3 +87,11 @@ def test_explicit_gpu_count_wins_over_detection(project):
 def test_subprocess_env_drops_config_variables():
     env = compose.subprocess_env({"PATH": "/bin", "RAY_HEAD_PORT": "1", "HEAD_ADDRESS": "x", "COMPOSE_PROFILES": "a", "HOME": "/root"})
     assert env == {"PATH": "/bin", "HOME": "/root"}
+
+
+def test_auth_disabled_passes_no_token(project):
+    # A token in the environment would switch the nodes to token auth against the config.
+    env = compose.compose_env(config.load(project("ray:\n  auth: disabled\n"), environ={}), NO_GPU)
+    assert (env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"]) == ("disabled", "")
+    env = compose.compose_env(config.load(project("{}\n"), environ={}), NO_GPU)
+    assert (env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"]) == ("token", "ray-secret")

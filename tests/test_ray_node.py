@@ -353,6 +353,43 @@ def test_worker_waits_out_grace_with_gcs_ft_and_leaves_at_once_without():
             assert now[0] >= 30  # kept Ray running through the grace period
 
 
+def test_lower_priority_head_yields_to_a_live_higher_priority_head():
+    # After a healed partition both sides run a head; only the lower-priority one yields.
+    class L:
+        def alive(self):
+            return True
+
+    now = [0.0]
+    states = {"a": rn.HEAD, "b": rn.HEAD}
+    for me, expected in (("b", "split"), ("a", "stop")):
+        cfg = _cfg(NODE_HOSTNAME=me, SPLIT_CHECK_INTERVAL_S="5", HEAD_MONITOR_INTERVAL_S="1")
+        stop = rn.threading.Event()
+        runner = rn.NodeRunner(cfg, L(), stop=stop, clock=lambda: now[0],
+                               read_agent_fn=lambda h, p: states[h], tcp_open_fn=lambda h, p, t=0.5: True)
+
+        def tick(s, runner=runner, stop=stop):
+            now[0] += s
+            if now[0] > 60:
+                stop.set()
+
+        runner.sleep = tick
+        assert runner.watch_self() == expected
+
+
+def test_head_keeps_its_role_when_the_higher_priority_peer_is_not_head():
+    class L:
+        def alive(self):
+            return True
+
+    now = [0.0]
+    stop = rn.threading.Event()
+    cfg = _cfg(NODE_HOSTNAME="b", SPLIT_CHECK_INTERVAL_S="5")
+    runner = rn.NodeRunner(cfg, L(), stop=stop, clock=lambda: now[0],
+                           read_agent_fn=lambda h, p: rn.WORKER, tcp_open_fn=lambda h, p, t=0.5: True)
+    runner.sleep = lambda s: (now.__setitem__(0, now[0] + s), now[0] > 60 and stop.set())
+    assert runner.watch_self() == "stop"
+
+
 def test_healthcheck_without_state_file_fails(tmp_path):
     assert rn.main(["--healthcheck"], environ={"NODE_HOSTNAME": "a", "NODE_IP": "127.0.0.1",
                                                "HEAD_WHITELIST": "a", "RAY_TEMP_DIR": str(tmp_path)}) == 1
