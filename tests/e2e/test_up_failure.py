@@ -31,13 +31,47 @@ services:
 """
 
 
-def test_up_reports_the_unhealthy_service_with_its_logs(tmp_path):
-    (tmp_path / "config.yaml").write_text(CONFIG)
+def prepare(tmp_path, config=CONFIG):
+    (tmp_path / "config.yaml").write_text(config)
     (tmp_path / "failing-health.yaml").write_text((Path(__file__).parent / "failing-health.yaml").read_text())
     inv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
     where = ["--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "_build")]
-    run = lambda *a, **k: subprocess.run([*inv, *a], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600, **k)
+
+    def run(*a):
+        return subprocess.run([*inv, *a], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+
     assert run("init", "--config", str(tmp_path / "config.yaml")).returncode == 0
+    return run, where
+
+
+def containers() -> list[str]:
+    return subprocess.run(["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=cslr-e2e-fail"], capture_output=True, text=True).stdout.split()
+
+
+def test_preflight_refuses_a_busy_host_port_before_starting_anything(tmp_path):
+    import socket
+
+    run, where = prepare(tmp_path)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 28888))
+        sock.listen()
+        up = run("up", *where)
+    assert up.returncode == 1
+    assert "preflight failed" in up.stderr and "host port 127.0.0.1:28888 (services.health.port) is already in use" in up.stderr
+    assert containers() == []
+
+
+def test_preflight_refuses_a_ray_version_mismatch(tmp_path):
+    run, where = prepare(tmp_path, CONFIG.replace("ray:\n", "ray:\n  version: 2.59.0\n"))
+    up = run("up", *where)
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert "images.ray cslr-test/ray:2.60.0 carries Ray 2.60.0, expected ray.version 2.59.0" in up.stderr
+    assert containers() == []
+
+
+def test_up_reports_the_unhealthy_service_with_its_logs(tmp_path):
+    run, where = prepare(tmp_path)
     try:
         up = run("up", "--timeout", "180", *where)
         sys.stdout.write(up.stdout + up.stderr)
@@ -48,5 +82,4 @@ def test_up_reports_the_unhealthy_service_with_its_logs(tmp_path):
     finally:
         down = run("down", "--volumes", "--yes", *where)
         assert down.returncode == 0, down.stderr
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=cslr-e2e-fail"], capture_output=True, text=True).stdout.split()
-    assert left == []
+    assert containers() == []
