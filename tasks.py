@@ -14,11 +14,15 @@ from cslr import compose, config, schema_docs
 from cslr import stack as stack_mod
 from cslr.errors import PlatformError
 from cslr.init import init as init_files
-from cslr.project import load_validated, plan_for, relative, shell_join
+from cslr.project import generation_report, load_validated, plan_for, relative
 
 ROOT = Path(__file__).resolve().parent
 CONFIG_HELP = "config.yaml to read (default: ./config.yaml)"
 ENV_HELP = ".env to read (default: the .env beside the config file)"
+
+
+def _out_dir(out: str) -> Path:
+    return Path(out) if Path(out).is_absolute() else ROOT / out
 
 
 def _fail(exc: PlatformError) -> Exit:
@@ -65,20 +69,12 @@ def generate(c, config="config.yaml", env_file=None, out="_build", test_cluster=
         plan = plan_for(loaded, test_cluster=test_cluster, host=host)
     except PlatformError as exc:
         raise _fail(exc) from None
-    out_dir = ROOT / out if not Path(out).is_absolute() else Path(out)
+    out_dir = _out_dir(out)
     try:
         written = compose.generate(plan, out_dir)
     except PlatformError as exc:
         raise _fail(exc) from None
-    print(plan.gpu.describe() + (f"; host {plan.host}" if plan.host else ""))
-    print("overlays: " + (", ".join(str(relative(f, ROOT)) for f in plan.files[1:]) or "none"))
-    print("profiles: " + (", ".join(plan.active_profiles) or "none") + " (active; set by COMPOSE_PROFILES in the env file)")
-    for path in written:
-        print(f"wrote {relative(path, ROOT)} (mode {path.stat().st_mode & 0o777:04o})")
-    # The equivalent plain command, runnable from the repository root.
-    files = [relative(out_dir / f.name if f.name in plan.generated else f, ROOT) for f in plan.files]
-    cmd = compose.compose_command(files, ["config"], env_file=relative(out_dir / ".env", ROOT), profiles=plan.profiles)
-    print("equivalent: " + shell_join(cmd))
+    print("\n".join(generation_report(plan, written, out_dir, ROOT)))
 
 
 @task(help={"output": "write the schema to this file instead of printing it", "docs": "regenerate docs/config-reference.md from the schema"})
@@ -103,7 +99,7 @@ def schema(c, output=None, docs=False):
 
 def _stack(config, env_file, out="_build", generate_first=False, host=None):
     loaded = _loaded(config, env_file)
-    build_dir = ROOT / out if not Path(out).is_absolute() else Path(out)
+    build_dir = _out_dir(out)
     if generate_first:
         try:
             compose.generate(plan_for(loaded, host=host), build_dir)
@@ -122,18 +118,7 @@ def up(c, config="config.yaml", env_file=None, out="_build", timeout=600, build=
     """Generate, preflight, start the stack and wait until every service is healthy."""
     st = _stack(config, env_file, out, generate_first=True, host=host)
     try:
-        checks = stack_mod.preflight(st)
-        if checks.problems:
-            raise Exit("preflight failed:\n  " + "\n  ".join(checks.problems), code=1)
-        for line in stack_mod.ensure_images(st):
-            print(line)
-        versions = stack_mod.Preflight()
-        for note in stack_mod.ray_version_problems(st, st.run, versions):
-            print(note)
-        if versions.problems:
-            raise Exit("preflight failed:\n  " + "\n  ".join(versions.problems), code=1)
-        print(f"starting {st.project}; waiting up to {timeout} s for health:")
-        rows = st.up(timeout=float(timeout), build=build)
+        rows = stack_mod.bring_up(st, timeout=float(timeout), build=build)
     except PlatformError as exc:
         raise _fail(exc) from None
     print(st.table(rows))
@@ -144,8 +129,7 @@ def down(c, config="config.yaml", env_file=None, out="_build", volumes=False, ye
     """Stop and remove the stack's containers; volumes are kept unless --volumes --yes."""
     try:
         # Without a generated project (a fresh checkout, a new --out) generate one to know the stack.
-        build_dir = ROOT / out if not Path(out).is_absolute() else Path(out)
-        _stack(config, env_file, out, generate_first=not (build_dir / "compose.yaml").exists()).down(volumes=volumes, yes=yes)
+        _stack(config, env_file, out, generate_first=not (_out_dir(out) / "compose.yaml").exists()).down(volumes=volumes, yes=yes)
     except PlatformError as exc:
         raise _fail(exc) from None
 

@@ -43,6 +43,19 @@ def plan_for(loaded: Loaded, test_cluster: bool = True, host: str | None = None)
         raise PlatformError(str(exc.args[0])) from None
 
 
+def generation_report(plan: compose.Plan, written: list[Path], out_dir: Path, root: Path) -> list[str]:
+    """What `inv generate` prints: detection, overlays, profiles, files, and the equivalent
+    plain Compose command (runnable from the repository root)."""
+    lines = [plan.gpu.describe() + (f"; host {plan.host}" if plan.host else "")]
+    lines.append("overlays: " + (", ".join(str(relative(f, root)) for f in plan.files[1:]) or "none"))
+    lines.append("profiles: " + (", ".join(plan.active_profiles) or "none") + " (active; set by COMPOSE_PROFILES in the env file)")
+    lines += [f"wrote {relative(path, root)} (mode {path.stat().st_mode & 0o777:04o})" for path in written]
+    files = [relative(out_dir / f.name if f.name in plan.generated else f, root) for f in plan.files]
+    cmd = compose.compose_command(files, ["config"], env_file=relative(out_dir / ".env", root), profiles=plan.profiles)
+    lines.append("equivalent: " + shell_join(cmd))
+    return lines
+
+
 def shell_join(cmd: list[str]) -> str:
     return " ".join(shlex.quote(str(c)) for c in cmd)
 

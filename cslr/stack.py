@@ -428,3 +428,19 @@ def ray_version_problems(stack: Stack, run: Runner, result: Preflight) -> list[s
         elif got != want:
             result.problems.append(f"{key} {image} carries Ray {got}, expected ray.version {want} (every Ray node and the notebook must match)")
     return notes
+
+
+def bring_up(stack: Stack, timeout: float = 600.0, build: bool = False) -> list[dict]:
+    """`inv up` after generation: preflight, images, Ray versions, start, wait. Raises StackError."""
+    checks = preflight(stack)
+    if checks.problems:
+        raise StackError("preflight failed:\n  " + "\n  ".join(checks.problems))
+    for line in ensure_images(stack):
+        stack.out(line)
+    versions = Preflight()
+    for note in ray_version_problems(stack, stack.run, versions):
+        stack.out(note)
+    if versions.problems:
+        raise StackError("preflight failed:\n  " + "\n  ".join(versions.problems))
+    stack.out(f"starting {stack.project}; waiting up to {timeout:.0f} s for health:")
+    return stack.up(timeout=timeout, build=build)
