@@ -306,6 +306,7 @@ class Config:
     head_loss_grace: float = 45.0
     peer_dead_after: float = 10.0
     split_check_interval: float = 5.0
+    election_settle: float = 0.5
     stop_timeout: float = 8.0
     poll_interval: float = 0.1
 
@@ -378,6 +379,7 @@ def load_config(environ: Mapping[str, str], resolve: Callable[[str], str] = None
         head_loss_grace=_opt_float(env, "HEAD_LOSS_GRACE_S", 45.0),
         peer_dead_after=_opt_float(env, "PEER_DEAD_AFTER_S", 10.0),
         split_check_interval=_opt_float(env, "SPLIT_CHECK_INTERVAL_S", 5.0),
+        election_settle=_opt_float(env, "ELECTION_SETTLE_S", 0.5),
         stop_timeout=_opt_float(env, "RAY_STOP_TIMEOUT_S", 8.0),
     )
     for name, value in [("RAY_HEAD_PORT", head_port)] + list(cfg.ports.items()):
@@ -763,6 +765,11 @@ class NodeRunner:
             return None
         my_state = DECIDING
         self.publish(DECIDING)
+        if me > 0:
+            # Give higher-priority candidates started at about the same moment time to open
+            # their agents: an agent not listening yet reads as "not running", which would
+            # let priority be decided by start-up jitter. (Safety never depends on this.)
+            self.sleep(cfg.election_settle)
         while not self.stop.is_set():
             if deadline is not None and self.clock() > deadline:
                 self.publish(DECIDING)
