@@ -102,16 +102,21 @@ def _render(value: object) -> str:
     return str(value)
 
 
+PROXY_ADDRESS = "ray://health:10001"  # the health service's Ray client proxy (compose.yaml)
+
+
 def client_address(cfg: Config) -> str:
-    """`ray://HEAD:CLIENT_PORT` for processes that are not Ray nodes (notebook, test runner).
+    """`RAY_ADDRESS` for processes that are not Ray nodes (notebook, test runner).
 
     A plain GCS address only works for a driver on a machine that runs a raylet; everything
-    else goes through the Ray client server on the head.
+    else goes through a Ray client server. Normally that is the health service's proxy, which
+    follows the elected head; a stack that joins an external head (`HEAD_ADDRESS` /
+    `nodes.head_address`) talks to that head's client server directly.
     """
-    head = head_address(cfg)
-    if not head:
-        return ""
-    return f"ray://{head.rsplit(':', 1)[0]}:{cfg.get('ray', 'client_port')}"
+    explicit = cfg.get("nodes", "head_address")
+    if explicit:
+        return f"ray://{explicit.rsplit(':', 1)[0] if ':' in explicit else explicit}:{cfg.get('ray', 'client_port')}"
+    return PROXY_ADDRESS
 
 
 def head_address(cfg: Config) -> str:
@@ -157,6 +162,7 @@ def compose_env(cfg: Config, gpu: GpuState) -> dict[str, str]:
     env["RAY_GPU_NUM_GPUS"] = str(gpu.count) if gpus == "all" and gpu.count else ("" if gpus == "all" else str(gpus))
     env["RAY_GCS_FT"] = "1" if cfg.get("ray", "gcs_fault_tolerance") else "0"
     env["RAY_ADDRESS"] = client_address(cfg)
+    env["RAY_CLIENT_PORTS"] = ""  # single host: every node's client server is on RAY_CLIENT_SERVER_PORT
 
     user, db = cfg.get("services", "postgres", "user"), cfg.get("services", "postgres", "db")
     pg_password = cfg.get("secrets", "postgres_password") or ""

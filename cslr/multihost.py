@@ -128,9 +128,10 @@ def host_env(cfg: Config, host: dict) -> dict[str, str]:
     env["RAY_REDIS_ADDRESS"] = redis
     env["REDIS_URL"] = f"redis://:{quote(password, safe='')}@{redis}/0" if redis else ""
     env["MLFLOW_TRACKING_URI"] = f"http://{mlflow}" if mlflow else ""
-    first = whitelist(cfg)[0].partition(":")[0] if whitelist(cfg) else ""
-    head = cfg.get("nodes", "head_address") or first
-    env["RAY_ADDRESS"] = f"ray://{head.partition(':')[0]}:{cfg.get('ray', 'cpu', 'ports', 'client')}" if head else ""
+    explicit = cfg.get("nodes", "head_address")
+    env["RAY_ADDRESS"] = f"ray://{explicit.partition(':')[0]}:{cfg.get('ray', 'cpu', 'ports', 'client')}" if explicit else "ray://health:10001"
+    # The proxy of every host's health service must know each possible head's client port.
+    env["RAY_CLIENT_PORTS"] = ",".join(f"{n.name}={n.client}" for n in nodes(cfg))
     hosts_allowed = list(cfg.get("services", "mlflow", "allowed_hosts") or [])
     for h in cfg.get("hosts") or []:
         hosts_allowed += [h["address"], f"{h['address']}:*"]
@@ -195,6 +196,7 @@ def problems(cfg: Config) -> Iterable[Problem]:
     # Host networking: the CPU and GPU node of a host share its ports, and so do the services.
     used: dict[int, str] = {
         cfg.get("services", "health", "port"): "services.health.port",
+        cfg.get("services", "health", "ray_client_port"): "services.health.ray_client_port",
     }
     for svc in ("redis", "mlflow", "marimo"):
         if cfg.get("services", svc, "enabled"):

@@ -87,15 +87,16 @@ def client_url(head: str, client_port: int) -> str:
 
 
 def ray_address(environ: Dict[str, str]) -> str:
-    """The head the health service knows beats the static RAY_ADDRESS (the election may differ).
+    """RAY_ADDRESS (normally the health service's Ray client proxy, which follows the head);
+    without it, the head the health service knows, at RAY_CLIENT_SERVER_PORT.
 
-    This container is no Ray node, so it connects through the head's Ray client server.
+    This container is no Ray node, so it connects through a Ray client server.
     """
+    if environ.get("RAY_ADDRESS"):
+        return environ["RAY_ADDRESS"]
     port = int(environ.get("RAY_CLIENT_SERVER_PORT") or 10001)
     head = known_head(environ.get("HEALTH_URL", "")) if environ.get("HEALTH_URL") else None
-    if head:
-        return client_url(head, port)
-    return environ.get("RAY_ADDRESS", "")
+    return client_url(head, port) if head else ""
 
 
 def check_ray(address: str) -> List[Result]:
@@ -108,7 +109,16 @@ def check_ray(address: str) -> List[Result]:
         if time.monotonic() > deadline:
             return [("FAIL", "ray", f"head {address} does not accept TCP")]
         time.sleep(1)
-    ray.init(address=address, log_to_driver=False)
+    # The proxy accepts as soon as the health service runs; the head's client server may still
+    # be starting (and a failover moves it): retry the connection a few times.
+    for attempt in range(1, 7):
+        try:
+            ray.init(address=address, log_to_driver=False)
+            break
+        except ConnectionError:
+            if attempt == 6 or time.monotonic() > deadline + 60:
+                raise
+            time.sleep(5)
     try:
         alive = [n for n in ray.nodes() if n.get("Alive")]
 

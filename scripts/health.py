@@ -30,9 +30,17 @@ HTTP interface (all bodies are JSON, ``Content-Type: application/json``)
     head ports supplies it (the document's rule: a head is a whitelisted node whose
     head port accepts TCP).
 
+Ray client proxy
+    With RAY_CLIENT_PROXY_PORT set, every TCP connection to that port is relayed to the
+    Ray client server of the known head (its registered ``client_port``, else
+    RAY_CLIENT_SERVER_PORT), so clients that are not Ray nodes (the notebook, the test
+    runner, a laptop through the published port) keep one stable address across head
+    failovers. A connection made while no head is known is closed at once.
+
 Environment
     HEALTH_BIND (0.0.0.0), HEALTH_PORT (8080), HEALTH_NODE_TTL (15),
-    HEAD_WHITELIST (""), RAY_HEAD_PORT (6379).  See docs/runtime.md.
+    HEAD_WHITELIST (""), RAY_HEAD_PORT (6379), RAY_CLIENT_PROXY_PORT (off),
+    RAY_CLIENT_SERVER_PORT (10001), RAY_CLIENT_PORTS ("name=port,...").  See docs/runtime.md.
 
 Outputs
     One start line and one stop line on stderr; per-request logs are suppressed.
@@ -112,11 +120,12 @@ def validate_node(payload: object, require_full: bool) -> Tuple[Optional[dict], 
         if role not in ROLES:
             return None, f"role must be one of {', '.join(ROLES)}"
         clean["role"] = role
-    port = payload.get("port")
-    if port is not None:
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
-            return None, "port must be an integer 0..65535"
-        clean["port"] = port
+    for key in ("port", "client_port"):
+        port = payload.get(key)
+        if port is not None:
+            if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+                return None, f"{key} must be an integer 0..65535"
+            clean[key] = port
     if require_full:
         if "address" not in clean:
             return None, "address is required"
@@ -222,6 +231,17 @@ class Registry:
         with self._lock:
             head = pick_known_head(self._nodes, now, self.ttl, self.whitelist, self.default_port)
         return head or self.probed_head
+
+    def head_client(self, default_port: int, ports: Optional[Mapping[str, int]] = None) -> Optional[Tuple[str, int]]:
+        """(host, Ray client port) of the known head: its registered client_port, else the
+        RAY_CLIENT_PORTS entry for its name, else ``default_port``."""
+        head = self.known_head()
+        if not head:
+            return None
+        host = head.rsplit(":", 1)[0]
+        with self._lock:
+            node = self._nodes.get(host.lower(), {})
+        return host, int(node.get("client_port") or (ports or {}).get(host.lower()) or default_port)
 
     def status(self) -> dict:
         nodes = self.nodes()
@@ -374,6 +394,71 @@ def probe_loop(registry: Registry, stop: threading.Event, interval: float = 2.0,
         stop.wait(interval)
 
 
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+            try:
+                sock.shutdown(how)
+            except OSError:
+                pass
+
+
+def forward_connection(client: socket.socket, target: Optional[Tuple[str, int]], connect_timeout: float = 3.0) -> bool:
+    """Relay one accepted connection to ``target`` both ways until either side closes."""
+    if target is None:
+        client.close()
+        return False
+    try:
+        upstream = socket.create_connection(target, timeout=connect_timeout)
+    except (OSError, ValueError):
+        client.close()
+        return False
+    upstream.settimeout(None)
+    back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+    back.start()
+    _pump(client, upstream)
+    back.join()
+    client.close()
+    upstream.close()
+    return True
+
+
+def parse_client_ports(text: str) -> Dict[str, int]:
+    """``"ray-cpu-a=10011, ray-gpu-a=10012"`` -> {name: port}; bad entries are skipped."""
+    out: Dict[str, int] = {}
+    for item in (text or "").split(","):
+        name, _, port = item.strip().partition("=")
+        if name and port.isdigit() and 0 < int(port) < 65536:
+            out[name.strip().lower()] = int(port)
+    return out
+
+
+def client_proxy_loop(listener: socket.socket, registry: Registry, default_port: int, stop: threading.Event,
+                      ports: Optional[Mapping[str, int]] = None) -> None:
+    """Ray client proxy: every connection goes to the current head's Ray client server, so a
+    notebook's RAY_ADDRESS (ray://health:PORT) survives a head failover."""
+    listener.settimeout(0.5)
+    while not stop.is_set():
+        try:
+            client, _ = listener.accept()
+        except socket.timeout:
+            continue
+        except OSError:
+            return
+        client.settimeout(None)
+        target = registry.head_client(default_port, ports)
+        threading.Thread(target=forward_connection, args=(client, target), daemon=True).start()
+    listener.close()
+
+
 def check(url: str, timeout: float = 3.0) -> int:
     """Exit code 0 iff GET url answers 200."""
     try:
@@ -409,6 +494,12 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         print(exc, file=sys.stderr)
         return 2
     bind = env.get("HEALTH_BIND", "").strip() or "0.0.0.0"
+    try:
+        proxy_port = int(_env_number(env, "RAY_CLIENT_PROXY_PORT", 0, int))
+        client_port = int(_env_number(env, "RAY_CLIENT_SERVER_PORT", 10001, int))
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
     registry = Registry(ttl=ttl, whitelist=parse_whitelist(env.get("HEAD_WHITELIST", ""), head_port),
                         default_port=head_port)
     try:
@@ -427,6 +518,16 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         signal.signal(signal.SIGINT, _stop)
     if registry.whitelist:
         threading.Thread(target=probe_loop, args=(registry, stop), daemon=True).start()
+    if proxy_port:
+        try:
+            listener = socket.create_server((bind, proxy_port))
+        except OSError as exc:
+            print(f"health: cannot listen on {bind}:{proxy_port} (RAY_CLIENT_PROXY_PORT): {exc}", file=sys.stderr)
+            server.server_close()
+            return 2
+        ports = parse_client_ports(env.get("RAY_CLIENT_PORTS", ""))
+        threading.Thread(target=client_proxy_loop, args=(listener, registry, client_port, stop, ports), daemon=True).start()
+        print(f"health: Ray client proxy on {bind}:{listener.getsockname()[1]} -> the known head", file=sys.stderr, flush=True)
     print(f"health: listening on {bind}:{server.server_address[1]}", file=sys.stderr, flush=True)
     if ready is not None:
         ready(server)

@@ -801,7 +801,8 @@ class NodeRunner:
         d = self.decision
         return {"hostname": self.cfg.hostname, "address": self.cfg.node_ip,
                 "role": d.role if d else "unknown", "head_address": d.head_address if d else "",
-                "port": self.cfg.own_port, "state": self.agent.state if self.agent else ""}
+                "port": self.cfg.own_port, "client_port": self.cfg.client_server_port,
+                "state": self.agent.state if self.agent else ""}
 
     def _heartbeats(self) -> None:
         base = self.cfg.health_url.rstrip("/")

@@ -228,3 +228,70 @@ def test_check_fails_when_nothing_listens():
 
 def test_bad_port_is_exit_2():
     assert hs.main([], environ={"HEALTH_PORT": "eighty"}) == 2
+
+
+# ----------------------------------------------------------------- Ray client proxy
+
+def _echo_server():
+    """A TCP peer on loopback that answers each message with a tag and the message. The proxy
+    is protocol-agnostic, so any byte stream stands for Ray's client server here; the tag says
+    which "head" answered."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    tag = f"{srv.getsockname()[1]}:".encode()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+
+            def one(c=conn):
+                with c:
+                    while True:
+                        data = c.recv(4096)
+                        if not data:
+                            return
+                        c.sendall(tag + data)
+
+            threading.Thread(target=one, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, srv.getsockname()[1]
+
+
+def _ask(port, message=b"ping"):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        try:
+            c.sendall(message)
+            return c.recv(4096)
+        except ConnectionResetError:  # closed by the proxy before reading what we sent
+            return b""
+
+
+def test_client_port_is_validated():
+    assert hs.validate_node({"hostname": "a", "client_port": 10001}, False)[0]["client_port"] == 10001
+    assert hs.validate_node({"hostname": "a", "client_port": "10001"}, False)[0] is None
+
+
+def test_client_proxy_follows_the_known_head():
+    head1, port1 = _echo_server()
+    head2, port2 = _echo_server()
+    now = [0.0]
+    reg = hs.Registry(ttl=15, whitelist=[("127.0.0.1", 6379)], clock=lambda: now[0])
+    listener = socket.create_server(("127.0.0.1", 0))
+    proxy_port = listener.getsockname()[1]
+    stop = threading.Event()
+    threading.Thread(target=hs.client_proxy_loop, args=(listener, reg, 10001, stop), daemon=True).start()
+    try:
+        # No head known: the connection is closed at once instead of hanging.
+        assert _ask(proxy_port) == b""
+        reg.register({"hostname": "127.0.0.1", "address": "127.0.0.1", "role": "head", "client_port": port1})
+        assert _ask(proxy_port, b"hello") == f"{port1}:hello".encode()
+        # The head fails over: the same proxy address now reaches the new head.
+        reg.register({"hostname": "127.0.0.1", "address": "127.0.0.1", "role": "head", "client_port": port2})
+        assert _ask(proxy_port, b"again") == f"{port2}:again".encode()
+    finally:
+        stop.set()
+        head1.close()
+        head2.close()

@@ -46,6 +46,8 @@ def test_worker_only_host_points_at_the_services_host(project):
     assert b["REDIS_URL"] == "redis://:redis-secret@192.168.1.10:6381/0"
     assert b["RAY_REDIS_ADDRESS"] == "192.168.1.10:6381"
     assert b["HEALTH_URL"] == "http://127.0.0.1:8888"
+    assert b["RAY_ADDRESS"] == "ray://health:10001"
+    assert b["RAY_CLIENT_PORTS"] == "ray-cpu-host-a=10011,ray-gpu-host-a=10012,ray-cpu-host-b=10011,ray-gpu-host-b=10012"
     assert (b["RAY_CPU_NODE_NAME"], b["HOST_ADDRESS"]) == ("ray-cpu-host-b", "192.168.1.11")
     assert multihost.host_profiles(cfg, multihost.this_host(cfg, "host-b")) == []
     a = multihost.host_env(cfg, multihost.this_host(cfg, "host-a"))
@@ -103,8 +105,8 @@ def test_firewall_rules_allow_only_peers_and_exact_ports(project):
     text = multihost.firewall_rules(load(project), "host-a")
     ufw = [l for l in text.splitlines() if l.startswith("sudo ufw")]
     assert ufw == [
-        "sudo ufw allow proto tcp from 192.168.1.11 to 192.168.1.10 port 6379,7379,10001,20000,20001,20002,20003,20004,20005,20100:20199 comment 'cslr ray-cpu-host-a'",
-        "sudo ufw allow proto tcp from 192.168.1.11 to 192.168.1.10 port 6380,7380,10002,21000,21001,21002,21003,21004,21005,21100:21199 comment 'cslr ray-gpu-host-a'",
+        "sudo ufw allow proto tcp from 192.168.1.11 to 192.168.1.10 port 6379,7379,10011,20000,20001,20002,20003,20004,20005,20100:20199 comment 'cslr ray-cpu-host-a'",
+        "sudo ufw allow proto tcp from 192.168.1.11 to 192.168.1.10 port 6380,7380,10012,21000,21001,21002,21003,21004,21005,21100:21199 comment 'cslr ray-gpu-host-a'",
         "sudo ufw allow proto tcp from 192.168.1.11 to 192.168.1.10 port 6381 comment 'cslr redis'",
         "sudo ufw allow proto tcp from 192.168.1.11 to 192.168.1.10 port 5000 comment 'cslr mlflow'",
     ]

@@ -69,7 +69,7 @@ def test_published_ports_bind_to_loopback_by_default(project, tmp_path):
     published = [(name, p) for name, svc in doc["services"].items() for p in svc.get("ports", [])]
     assert published, "the stack publishes ports"
     assert {p["host_ip"] for _, p in published} == {"127.0.0.1"}
-    assert {int(p["published"]) for _, p in published} == {8888, 6379, 8265, 10001, 6380, 8266, 10002, 6381, 5000, 8080}
+    assert {int(p["published"]) for _, p in published} == {8888, 10001, 6379, 8265, 6380, 8266, 6381, 5000, 8080}
 
 
 def test_static_addresses_and_data_volumes(project, tmp_path):
@@ -98,7 +98,10 @@ def test_nodes_and_notebook_get_ray_and_mlflow_addresses(project, tmp_path):
         env = doc["services"][name]["environment"]
         assert env["RAY_ADDRESS"] and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["REDIS_URL"].startswith("redis://")
         assert env["RAY_AUTH_TOKEN"] == "ray-secret" and env["RAY_AUTH_MODE"] == "token"
-    assert doc["services"]["marimo"]["environment"]["RAY_ADDRESS"] == "ray://ray-cpu:10001"
+    assert doc["services"]["marimo"]["environment"]["RAY_ADDRESS"] == "ray://health:10001"  # the proxy follows the head
+    health = doc["services"]["health"]
+    assert health["environment"]["RAY_CLIENT_PROXY_PORT"] == "10001"
+    assert [(p["published"], p["target"]) for p in health["ports"]] == [("8888", 8080), ("10001", 10001)]
     gpu_env = doc["services"]["ray-gpu"]["environment"]
     assert (gpu_env["NODE_HOSTNAME"], gpu_env["NODE_IP"], gpu_env["RAY_NUM_GPUS"]) == ("ray-gpu", "172.28.0.11", "1")
 

@@ -109,8 +109,62 @@ def test_status_shows_two_alive_nodes_and_one_head(inv):
 def test_test_cluster_passes(inv):
     proc = inv("test-cluster", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "PASS ray: 2/2 alive nodes ran a task" in proc.stdout
+    assert "PASS ray: 2/2 alive nodes ran a task" in proc.stdout and "head ray://health:10001" in proc.stdout
     assert "PASS mlflow:" in proc.stdout and "PASS redis:" in proc.stdout
+
+
+def client_nodes(inv) -> list:
+    """Alive Ray nodes as a script on the host sees them through the published client proxy."""
+    token = dict(line.split("=", 1) for line in (inv.workdir / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))["RAY_AUTH_TOKEN"]
+    code = "import ray; ray.init('ray://127.0.0.1:11001'); print(sorted(n['NodeManagerHostname'] for n in ray.nodes() if n['Alive']))"
+    env = {**clean_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token.strip("'")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return eval(proc.stdout.strip().splitlines()[-1])  # a list literal printed by the snippet
+
+
+def try_nodes(inv):
+    try:
+        return client_nodes(inv)
+    except (AssertionError, subprocess.TimeoutExpired):
+        return None  # the head is still starting
+
+
+def known_head() -> str:
+    try:
+        return requests.get("http://127.0.0.1:18888/", timeout=5).json().get("known_head") or ""
+    except requests.RequestException:
+        return ""
+
+
+def wait_until(predicate, seconds: float, what: str):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(2)
+    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+
+
+def test_ray_client_from_the_host_through_the_published_proxy(inv):
+    # What a researcher's script on the host does: ray.init("ray://127.0.0.1:PORT") with the token.
+    assert client_nodes(inv) == ["ray-cpu", "ray-gpu"]
+
+
+def test_head_failover_keeps_the_client_address(inv):
+    compose = ["docker", "compose", "--env-file", str(inv.workdir / "_build" / ".env"), "-f", str(inv.workdir / "_build" / "compose.yaml")]
+    assert known_head().startswith("ray-cpu:")
+    subprocess.run(compose + ["stop", "ray-cpu"], check=True, capture_output=True, env=clean_env())
+    # The worker notices the head loss, re-elects and becomes head; the proxy follows.
+    wait_until(lambda: known_head().startswith("ray-gpu:"), 180, "ray-gpu to become head")
+    assert wait_until(lambda: try_nodes(inv) == ["ray-gpu"] or None, 120, "the client to reach ray-gpu") is True
+    # The old head comes back and joins the incumbent instead of taking over.
+    subprocess.run(compose + ["start", "ray-cpu"], check=True, capture_output=True, env=clean_env())
+    wait_until(lambda: try_nodes(inv) == ["ray-cpu", "ray-gpu"] or None, 180, "ray-cpu to rejoin")
+    assert known_head().startswith("ray-gpu:")
 
 
 def test_published_ports_are_on_loopback_only(inv):
