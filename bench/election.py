@@ -31,7 +31,6 @@ import importlib.util
 import platform
 import random
 import socket
-import statistics
 import sys
 import threading
 import time

@@ -7,7 +7,6 @@ import ipaddress
 import json
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -229,7 +228,7 @@ def service_urls(cfg: Config) -> dict[str, str]:
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     token = cfg.get("secrets", "marimo_token") or ""
     return {
-        "health": f"http://{host}:{cfg.get('services', 'health', 'port')}/",
+        "health": f"http://{host}:{cfg.get('services', 'health', 'port')}/ (Ray client: ray://{host}:{cfg.get('services', 'health', 'ray_client_port')})",
         "ray-cpu": f"http://{host}:{cfg.get('ray', 'cpu', 'ports', 'dashboard')}/ (dashboard, if head)",
         "ray-gpu": f"http://{host}:{cfg.get('ray', 'gpu', 'ports', 'dashboard')}/ (dashboard, if head)",
         "mlflow": f"http://{host}:{cfg.get('services', 'mlflow', 'port')}/",

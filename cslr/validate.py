@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from pathlib import Path
 from typing import Any, Iterable
 
 import jsonschema

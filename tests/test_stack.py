@@ -38,7 +38,7 @@ def test_service_urls_use_bind_address_and_token(project):
     assert urls["mlflow"] == "http://127.0.0.1:5500/"
     assert urls["marimo"] == "http://127.0.0.1:8080/?access_token=marimo-secret"
     wide = config.load(project("network: {bind_address: 0.0.0.0}\n"), environ={})
-    assert stack.service_urls(wide)["health"] == "http://127.0.0.1:8888/"
+    assert stack.service_urls(wide)["health"] == "http://127.0.0.1:8888/ (Ray client: ray://127.0.0.1:10001)"
 
 
 def test_format_status_lists_nodes_head_first():

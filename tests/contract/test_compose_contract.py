@@ -146,7 +146,7 @@ def test_multihost_projects_are_valid_compose(host, services, project, tmp_path,
         svc = doc["services"][f"ray-{kind}"]
         assert svc["network_mode"] == "host" and "networks" not in svc and "ports" not in svc
         assert svc["environment"]["NODE_HOSTNAME"] == svc["hostname"] == f"ray-{kind}-{host}"
-        assert f"ray-cpu-host-a=192.168.1.10" in svc["extra_hosts"] and f"host-b=192.168.1.11" in svc["extra_hosts"]
+        assert "ray-cpu-host-a=192.168.1.10" in svc["extra_hosts"] and "host-b=192.168.1.11" in svc["extra_hosts"]
         assert svc["environment"]["HEAD_WHITELIST"] == "ray-cpu-host-a:6379,ray-gpu-host-a:6380"
     gpu_env = doc["services"]["ray-gpu"]["environment"]
     assert (gpu_env["RAY_HEAD_PORT"], gpu_env["NODE_AGENT_PORT"], gpu_env["RAY_MIN_WORKER_PORT"]) == ("6380", "7380", "21100")

@@ -7,7 +7,6 @@ with the product's own command, dumps `ps` and logs when anything fails, and alw
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
