@@ -119,19 +119,6 @@ def client_address(cfg: Config) -> str:
     return PROXY_ADDRESS
 
 
-def head_address(cfg: Config) -> str:
-    """Where a non-whitelisted node goes: HEAD_ADDRESS, else nodes.head_address, else whitelist[0]."""
-    port = cfg.get("ray", "head_port")
-    explicit = cfg.get("nodes", "head_address")
-    if explicit:
-        return explicit if ":" in explicit else f"{explicit}:{port}"
-    whitelist = cfg.get("nodes", "head_whitelist") or []
-    if not whitelist:
-        return ""
-    first = whitelist[0]
-    return first if ":" in first else f"{first}:{port}"
-
-
 def compose_env(cfg: Config, gpu: GpuState) -> dict[str, str]:
     """Every variable the compose files interpolate, rendered from the merged config.
 
@@ -175,11 +162,6 @@ def compose_env(cfg: Config, gpu: GpuState) -> dict[str, str]:
     env["REDIS_URL"] = f"redis://:{quote(redis_password, safe='')}@redis:6379/0" if redis_on else ""
     env["RAY_REDIS_ADDRESS"] = "redis:6379" if redis_on else ""
     return env
-
-
-def public_env_keys() -> set[str]:
-    """Variables that hold secrets (or embed them): never printed."""
-    return {f.env for f in env_fields() if f.secret} | {"MLFLOW_BACKEND_STORE_URI", "REDIS_URL"}
 
 
 @dataclass(frozen=True)

@@ -268,7 +268,6 @@ def format_status(report: dict) -> str:
 @dataclass
 class Preflight:
     problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def docker_available(run: Runner = subprocess.run) -> str | None:

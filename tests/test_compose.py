@@ -76,7 +76,6 @@ def test_head_address_priority_env_then_config_then_whitelist(project):
     assert (from_env["HEAD_ADDRESS"], from_env["CFG_HEAD_ADDRESS"], from_env["RAY_ADDRESS"]) == ("env-head:7000", "cfg-head", "ray://env-head:10001")
     bare = compose.compose_env(config.load(project("nodes:\n  head_whitelist: [first, second]\n"), environ={}), NO_GPU)
     assert bare["RAY_ADDRESS"] == "ray://health:10001"  # no fixed head: the health service's proxy
-    assert compose.head_address(config.load(project("nodes:\n  head_whitelist: ['first:7001']\n"), environ={})) == "first:7001"
 
 
 def test_explicit_gpu_count_wins_over_detection(project):
