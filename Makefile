@@ -1,9 +1,10 @@
 # CSLR Experiment Platform — the two commands that matter:
-#   make up     set up this machine (venv, Docker engine, .env) and bring the stack up
+#   make up     bring the stack up on this machine (uses the Docker you have; see README)
 #   make test   set up everything the tests need and run every tier (what CI runs)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-PY ?= python3
+# The lock files install on CPython 3.11, the version the tests run on (pyproject.toml).
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
@@ -12,61 +13,88 @@ define run_pytest
 	$(PYTEST) $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 endef
 
-.PHONY: help venv deps engine images init up down test unit contract integration e2e bench lock docs clean
+.PHONY: help venv venv-test deps engine ensure-engine wheelhouse bases images init up down test unit contract integration e2e lint format bench lock docs clean
 
 help:
-	@echo "make up | down | test | unit | contract | integration | e2e | bench | lock | docs"
+	@echo "make up | down | test | unit | contract | integration | e2e | lint | bench | lock | docs"
+	@echo "make engine  (root, Debian/Ubuntu without any Docker: installs Debian's docker.io)"
+	@echo "make bases   (root: local stand-ins of the official base images, docs/images.md)"
 
-$(BIN)/.stamp: requirements.lock
+# Runtime venv: only what `inv` needs (requirements.lock).
+$(BIN)/.stamp-runtime: requirements.lock
+	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "need CPython 3.11 for the venv (found " + sys.version.split()[0] + "); set PY=/path/to/python3.11")'
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	touch $@
 
-venv: $(BIN)/.stamp
+# Test venv: the runtime set plus the test tiers' tools (requirements-test.lock).
+$(BIN)/.stamp-test: $(BIN)/.stamp-runtime requirements-test.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-test.lock
+	touch $@
+
+venv: $(BIN)/.stamp-runtime
+venv-test: $(BIN)/.stamp-test
 
 deps:                      ## system packages the integration tier needs (redis-server, iproute2)
 	bash tools/ci-deps.sh
 
-engine: venv               ## install and start the Docker engine; link Compose v2 as a CLI plugin
-	bash tools/docker-engine.sh $(VENV)
+engine:                    ## explicit: install + start Debian's docker.io (root; refused if another Docker is installed)
+	bash tools/docker-engine.sh
 
-images: engine             ## local test images (no registry here): Debian rootfs + offline wheels
-	bash tools/build-test-images.sh
+ensure-engine:             ## a working engine is used as it is; installs one only where there is no Docker at all
+	@bash tools/docker-engine.sh --if-absent
+
+wheelhouse: venv           ## every wheel the images' pip layers need, into wheelhouse/
+	$(BIN)/inv wheelhouse
+
+bases: wheelhouse          ## local stand-ins of the official bases (root): tools/build-local-bases.sh
+	bash tools/build-local-bases.sh
+
+images: bases
 
 init: venv
 	$(BIN)/inv init
 
-up: engine init
+up: venv ensure-engine init
 	$(BIN)/inv up
 
 down: venv
 	$(BIN)/inv down
 
-unit: venv
+unit: venv-test
 	$(call run_pytest,-m "not contract and not integration and not e2e")
 
-contract: venv
+contract: venv-test
 	$(call run_pytest,-m contract)
 
-integration: venv deps
+integration: venv-test deps
 	$(call run_pytest,-m integration)
 
-e2e: images
+e2e: venv-test engine bases
 	$(call run_pytest,-m e2e)
 
-test: venv deps images     ## every tier, as CI runs it
+lint: venv-test            ## one linter and one formatter, as CI runs them
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: venv-test deps engine bases lint  ## every tier, as CI runs it
 	$(call run_pytest,)
 
-bench: venv
+bench: venv-test
 	$(BIN)/python bench/generate.py
 
 docs: venv
 	$(BIN)/inv schema --docs
 
-lock: venv                 ## re-pin requirements.lock from requirements.in
-	$(BIN)/python -m pip install --quiet -r requirements.in
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
+lock:                      ## re-pin both lock files from the .in files (fresh throwaway venvs)
+	rm -rf /tmp/cslr-lock && $(PY) -m venv /tmp/cslr-lock/rt && /tmp/cslr-lock/rt/bin/pip install --quiet -r requirements.in
+	/tmp/cslr-lock/rt/bin/pip freeze --exclude-editable > requirements.lock
+	$(PY) -m venv /tmp/cslr-lock/test && /tmp/cslr-lock/test/bin/pip install --quiet -r requirements-test.in
+	/tmp/cslr-lock/test/bin/pip freeze --exclude-editable > requirements-test.lock
 
 clean:
 	rm -rf _build .pytest_cache

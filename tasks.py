@@ -10,7 +10,8 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from cslr import compose, config, schema_docs
+from cslr import compose, config, images, lifecycle, schema_docs
+from cslr import report as report_mod
 from cslr import stack as stack_mod
 from cslr.errors import PlatformError
 from cslr.init import init as init_files
@@ -66,7 +67,9 @@ def generate(c, config="config.yaml", env_file=None, out="_build", test_cluster=
     """Validate, choose overlays, merge them with `docker compose config` into _build/compose.yaml."""
     loaded = _loaded(config, env_file)
     try:
-        plan = plan_for(loaded, test_cluster=test_cluster, host=host)
+        source, why = lifecycle.resolve_image_source(loaded.cfg, images.services_of(loaded.cfg, loaded.gpu.node_enabled), probe_pull=False)
+        print(f"{why} -> {source}")
+        plan = plan_for(loaded, test_cluster=test_cluster, host=host, image_source=source)
     except PlatformError as exc:
         raise _fail(exc) from None
     out_dir = _out_dir(out)
@@ -97,12 +100,15 @@ def schema(c, output=None, docs=False):
 # ----------------------------------------------------------------------------- the running stack
 
 
-def _stack(config, env_file, out="_build", generate_first=False, host=None):
+def _stack(config, env_file, out="_build", generate_first=False, host=None, probe_pull=False):
     loaded = _loaded(config, env_file)
     build_dir = _out_dir(out)
     if generate_first:
         try:
-            compose.generate(plan_for(loaded, host=host), build_dir)
+            source, why = lifecycle.resolve_image_source(loaded.cfg, images.services_of(loaded.cfg, loaded.gpu.node_enabled), probe_pull=probe_pull)
+            if probe_pull:
+                print(why)
+            compose.generate(plan_for(loaded, host=host, image_source=source), build_dir)
         except PlatformError as exc:
             raise _fail(exc) from None
     elif not (build_dir / "compose.yaml").exists():
@@ -113,15 +119,27 @@ def _stack(config, env_file, out="_build", generate_first=False, host=None):
 OUT_HELP = "directory of the generated project (default: _build)"
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "timeout": "seconds to wait for every service to become healthy", "build": "rebuild the MLflow and Marimo images", "host": HOST_HELP})
-def up(c, config="config.yaml", env_file=None, out="_build", timeout=600, build=False, host=None):
-    """Generate, preflight, start the stack and wait until every service is healthy."""
-    st = _stack(config, env_file, out, generate_first=True, host=host)
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "timeout": "seconds to wait for every service to become healthy", "build": "rebuild the project's images even when their tags exist", "host": HOST_HELP, "show_secrets": "print the Marimo token in full in the table"})
+def up(c, config="config.yaml", env_file=None, out="_build", timeout=600, build=False, host=None, show_secrets=False):
+    """Generate, preflight, make the images present, start the stack and wait until it is healthy."""
+    st = _stack(config, env_file, out, generate_first=True, host=host, probe_pull=True)
     try:
-        rows = stack_mod.bring_up(st, timeout=float(timeout), build=build)
+        rows = lifecycle.bring_up(st, lifecycle.UpOptions(timeout=float(timeout), build=build))
     except PlatformError as exc:
         raise _fail(exc) from None
-    print(st.table(rows))
+    print(st.table(rows, show_secrets=show_secrets))
+
+
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "dest": "folder to download into (default: wheelhouse/)", "force": "download again even when complete"})
+def wheelhouse(c, config="config.yaml", env_file=None, dest=None, force=False):
+    """Download every wheel the images' pip layers need (bases, project images, experiment)."""
+    from cslr import wheelhouse as wh
+
+    loaded = _loaded(config, env_file)
+    try:
+        print(wh.ensure(loaded.cfg, Path(dest) if dest else wh.DEFAULT_DIR, force=force))
+    except PlatformError as exc:
+        raise _fail(exc) from None
 
 
 @task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "volumes": "also delete every volume (MLflow runs, Postgres, Redis, notebooks); needs --yes", "yes": "confirm --volumes"})
@@ -134,12 +152,12 @@ def down(c, config="config.yaml", env_file=None, out="_build", volumes=False, ye
         raise _fail(exc) from None
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP})
-def ps(c, config="config.yaml", env_file=None, out="_build"):
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "show_secrets": "print the Marimo token in full"})
+def ps(c, config="config.yaml", env_file=None, out="_build", show_secrets=False):
     """List the stack's containers with state and health."""
     st = _stack(config, env_file, out)
     try:
-        print(st.table(st.services()))
+        print(st.table(st.services(), show_secrets=show_secrets))
     except PlatformError as exc:
         raise _fail(exc) from None
 
@@ -162,7 +180,7 @@ def status(c, config="config.yaml", env_file=None, out="_build"):
         report = st.status()
     except PlatformError as exc:
         raise _fail(exc) from None
-    print(stack_mod.format_status(report))
+    print(report_mod.format_status(report))
     if not report["ray_nodes"] or report["head"] is None:
         raise Exit("no live Ray head", code=1)
 

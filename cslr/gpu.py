@@ -11,6 +11,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .errors import Location, Problem
+
 QUERY = ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader"]
 
 
@@ -40,6 +42,14 @@ class GpuState:
         found = ", ".join(f"#{g.index} {g.name} ({g.memory})" for g in self.gpus) or "none"
         node = "GPU node on" if self.node_enabled else "GPU node off"
         return f"gpu: {self.mode}; detected: {found}{f' ({self.detail})' if self.detail else ''}; {node}"
+
+
+def on_without_gpu(state: GpuState, where: Location) -> Problem | None:
+    """`gpu: on` where nvidia-smi finds nothing: a warning that gives nvidia-smi's reason."""
+    if state.mode != "on" or state.count:
+        return None
+    reason = state.detail or "nvidia-smi listed no GPU"
+    return Problem(where, "$.gpu", f"on, but no GPU was detected ({reason}); the GPU node will start without GPUs unless the engine can hand them out", "warning")
 
 
 def parse_nvidia_smi(output: str) -> tuple[Gpu, ...]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from . import compose, config, gpu, validate
-from .errors import PlatformError, Problem
+from . import compose, config, gpu, images, validate
+from .errors import ConfigError, PlatformError, Problem
 
 
 @dataclass
@@ -33,12 +33,16 @@ def load_validated(
     mode = cfg.get("gpu") if cfg.get("gpu") in ("auto", "on", "off") else "auto"
     state = detect(mode)
     problems = validate.validate(cfg, gpu_node=state.node_enabled)
-    return Loaded(cfg, state, problems)
+    problems += images.problems(cfg)
+    if any(p.severity == "error" for p in problems):
+        raise ConfigError(problems)
+    gpu_warning = gpu.on_without_gpu(state, cfg.location(("gpu",)))
+    return Loaded(cfg, state, problems + ([gpu_warning] if gpu_warning else []))
 
 
-def plan_for(loaded: Loaded, test_cluster: bool = True, host: str | None = None) -> compose.Plan:
+def plan_for(loaded: Loaded, test_cluster: bool = True, host: str | None = None, image_source: str = "pull") -> compose.Plan:
     try:
-        return compose.plan(loaded.cfg, loaded.gpu, test_cluster=test_cluster, host=host)
+        return compose.plan(loaded.cfg, loaded.gpu, test_cluster=test_cluster, host=host, image_source=image_source)
     except KeyError as exc:
         raise PlatformError(str(exc.args[0])) from None
 

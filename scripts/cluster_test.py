@@ -99,7 +99,7 @@ def ray_address(environ: Dict[str, str]) -> str:
     return client_url(head, port) if head else ""
 
 
-def check_ray(address: str) -> List[Result]:
+def check_ray(address: str, mlflow_uri: str = "") -> List[Result]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -132,6 +132,9 @@ def check_ray(address: str) -> List[Result]:
         ok, detail = node_coverage(alive, [r["node"] for r in ran])
         results: List[Result] = [("PASS" if ok and len(alive) >= 1 else "FAIL", "ray", f"{detail}; head {address}")]
 
+        if mlflow_uri:
+            results += guarded("mlflow-from-nodes", lambda: [nodes_log_to_mlflow(alive, mlflow_uri)])
+
         gpu_nodes = [n for n in alive if n.get("Resources", {}).get("GPU", 0) > 0]
         if not gpu_nodes:
             results.append(("SKIP", "gpu", "no node offers GPUs"))
@@ -147,6 +150,33 @@ def check_ray(address: str) -> List[Result]:
         return results
     finally:
         ray.shutdown()
+
+
+def nodes_log_to_mlflow(alive: List[Dict], uri: str) -> Result:
+    """What an experiment does: a task on every node logs to MLflow with the node's own client
+    (the project's Ray image carries it) and the node's MLFLOW_TRACKING_URI; read back here."""
+    import mlflow
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment("cslr-test-cluster").experiment_id
+    run_id = MlflowClient(uri).create_run(experiment, run_name=f"from-nodes-{uuid.uuid4().hex[:8]}").info.run_id
+
+    @ray.remote(num_cpus=0)
+    def log_from_node(run: str) -> str:
+        import mlflow as node_mlflow  # the node's own MLflow client, its own tracking URI
+
+        host = socket.gethostname()
+        node_mlflow.MlflowClient().log_param(run, f"node.{host}", "logged")
+        return host
+
+    refs = [log_from_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(run_id) for n in alive]
+    hosts = sorted(ray.get(refs, timeout=180))
+    params = MlflowClient(uri).get_run(run_id).data.params
+    ok = len(hosts) == len(alive) and all(params.get(f"node.{h}") == "logged" for h in hosts)
+    return ("PASS" if ok else "FAIL", "mlflow-from-nodes", f"a task on each of {len(hosts)}/{len(alive)} nodes ({', '.join(hosts)}) logged to run {run_id}" if ok else f"params read back: {params}")
 
 
 def check_mlflow(uri: str) -> List[Result]:
@@ -200,7 +230,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Dict[str, str]] = N
         print("RAY_ADDRESS is not set and the health service knows no head", file=sys.stderr)
         return 2
     results: List[Result] = []
-    results += guarded("ray", lambda: check_ray(address))
+    results += guarded("ray", lambda: check_ray(address, env.get("MLFLOW_TRACKING_URI", "")))
     if env.get("MLFLOW_TRACKING_URI"):
         results += guarded("mlflow", lambda: check_mlflow(env["MLFLOW_TRACKING_URI"]))
     else:

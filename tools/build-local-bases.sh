@@ -1,53 +1,57 @@
 #!/usr/bin/env bash
-# tools/build-test-images.sh [--force] [IMAGE...]      IMAGE: postgres redis ray (default: all)
+# tools/build-local-bases.sh [--force] [IMAGE...]      IMAGE: ray mlflow postgres redis (default: all)
 #
-# Builds, locally and without any container registry, the images the
-# end-to-end tests use (linux/amd64, Debian bookworm minbase rootfs made with
-# debootstrap, packages installed in a chroot, then `docker import`ed):
-#   cslr-test/postgres:15     Debian PostgreSQL 15 + official-style entrypoint
-#   cslr-test/redis:7         Debian redis-server 7 + official-style entrypoint
-#   cslr-test/ray:2.60.0      python3 + ray[default], mlflow, marimo, psycopg2, redis, requests
-#     (same image also tagged cslr-test/mlflow:3.17.2, cslr-test/mlflow:3.18.0,
-#      cslr-test/marimo:0.25.2 -- see tools/test-images/ray/requirements.txt)
+# The `local` image source (config.yaml images.source: local, or auto without a registry): builds,
+# from Debian packages and PyPI wheels only, base images that reproduce the documented contract
+# of the official images and nothing more (docs/images.md lists every fact and its source):
+#   cslr-local/ray:$RAY_VERSION        stands for rayproject/ray:$RAY_VERSION-py311-{cpu,gpu} (no CUDA)
+#   cslr-local/mlflow:$MLFLOW_VERSION  stands for ghcr.io/mlflow/mlflow:v$MLFLOW_VERSION
+#   cslr-local/postgres:15             stands for postgres:15 (Debian's PostgreSQL 15)
+#   cslr-local/redis:7                 stands for redis:7 (Debian's redis-server 7)
+# The project's own images (compose/*/Dockerfile) are then built FROM these exactly as FROM the
+# official ones. Called by `inv up` (cslr/images.py) and `make bases`; needs root (debootstrap,
+# chroot) and a running engine. Python wheels come from the wheelhouse (`inv wheelhouse`,
+# $CSLR_WHEELHOUSE, default <repo>/wheelhouse), installed with --no-index: nothing is fetched
+# from PyPI inside the chroot.
 #
-# Idempotent: every image carries LABEL org.cslr.test.inputs-hash = sha256 of
-# its inputs (this script + tools/test-images/<name>/*); it is rebuilt only
-# when that hash changed (or with --force). Caches (outside the repo):
-#   $CSLR_TEST_CACHE (default /var/cache/cslr-test)/
-#     debootstrap/   bookworm minbase rootfs tarball
-#     apt-archives/  .deb files used in the chroots
-#     wheels/ray-<hash>/  wheels of requirements.lock (pip download on the host)
-# Needs root and a running engine (tools/docker-engine.sh).
+# Idempotent: every image carries LABEL org.cslr.local.inputs-hash = sha256 of its inputs (this
+# script, tools/local-bases/<name>/*, the versions); rebuilt only when that changed (or --force).
+# Cache (outside the repo): $CSLR_LOCAL_CACHE (default /var/cache/cslr-local)/
+#     debootstrap/   bookworm minbase rootfs tarball;  apt-archives/  .deb files
+# Exit codes: 0 built or up to date; 1 a build step failed; 2 bad arguments / not root / no engine.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SELF="$REPO/tools/build-test-images.sh"
-IMGDIR="$REPO/tools/test-images"
-CACHE="${CSLR_TEST_CACHE:-/var/cache/cslr-test}"
+SELF="$REPO/tools/build-local-bases.sh"
+IMGDIR="$REPO/tools/local-bases"
+CACHE="${CSLR_LOCAL_CACHE:-${CSLR_TEST_CACHE:-/var/cache/cslr-local}}"
+WHEELHOUSE="${CSLR_WHEELHOUSE:-$REPO/wheelhouse}"
+RAY_VERSION="${RAY_VERSION:-2.60.0}"
+MLFLOW_VERSION="${MLFLOW_VERSION:-3.17.2}"
 SUITE=bookworm
 ARCH=amd64
 MIRROR="${CSLR_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SECURITY_MIRROR="${CSLR_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
-LABEL_KEY=org.cslr.test.inputs-hash
-PIP="${CSLR_HOST_PIP:-}"
+LABEL_KEY=org.cslr.local.inputs-hash
 
 FORCE=0
 WANT=()
 for a in "$@"; do
   case "$a" in
     --force) FORCE=1 ;;
-    -h|--help) sed -n '2,25p' "$SELF"; exit 0 ;;
-    postgres|redis|ray) WANT+=("$a") ;;
+    -h|--help) sed -n '2,22p' "$SELF"; exit 0 ;;
+    postgres|redis|ray|mlflow) WANT+=("$a") ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
-[ ${#WANT[@]} -eq 0 ] && WANT=(postgres redis ray)
+[ ${#WANT[@]} -eq 0 ] && WANT=(postgres redis ray mlflow)
 
-log() { echo "[build-test-images $(date +%H:%M:%S)] $*" >&2; }
-die() { echo "[build-test-images] ERROR: $*" >&2; exit 1; }
+log() { echo "[build-local-bases $(date +%H:%M:%S)] $*" >&2; }
+die() { echo "[build-local-bases] ERROR: $*" >&2; exit 1; }
+usage() { echo "[build-local-bases] $*" >&2; exit 2; }
 
-[ "$(id -u)" = 0 ] || die "must run as root (debootstrap/chroot)"
-docker info >/dev/null 2>&1 || die "docker engine not answering; run tools/docker-engine.sh first"
+[ "$(id -u)" = 0 ] || usage "must run as root (debootstrap/chroot): sudo make bases"
+docker info >/dev/null 2>&1 || usage "the Docker engine is not answering"
 
 # Image definitions: tags (first = primary) and `docker import --change` lines.
 COMMON_ENV=(
@@ -55,22 +59,29 @@ COMMON_ENV=(
   "ENV LC_ALL=C.UTF-8"
 )
 image_def() {
-  TAGS=(); CHANGES=("${COMMON_ENV[@]}")
+  TAGS=(); CHANGES=("${COMMON_ENV[@]}"); NEEDS_WHEELS=0
   case "$1" in
-    ray)
-      TAGS=(cslr-test/ray:2.60.0 cslr-test/mlflow:3.17.2 cslr-test/mlflow:3.18.0 cslr-test/marimo:0.25.2)
+    ray)  # docker/base-deps/Dockerfile of ray-project/ray
+      TAGS=("cslr-local/ray:$RAY_VERSION"); NEEDS_WHEELS=1
+      CHANGES+=(
+        "ENV PATH=/home/ray/anaconda3/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        "ENV TZ=America/Los_Angeles"
+        "ENV HOME=/home/ray"
+        "USER 1000"
+        "WORKDIR /home/ray"
+        'CMD ["/bin/bash"]'
+        "LABEL org.cslr.local.stands-for=rayproject/ray:$RAY_VERSION-py311"
+      ) ;;
+    mlflow)  # docker/Dockerfile of mlflow/mlflow
+      TAGS=("cslr-local/mlflow:$MLFLOW_VERSION"); NEEDS_WHEELS=1
       CHANGES+=(
         "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        "ENV PYTHONUNBUFFERED=1"
-        "ENV PIP_NO_CACHE_DIR=1"
-        "ENV PIP_DISABLE_PIP_VERSION_CHECK=1"
-        "ENV PIP_BREAK_SYSTEM_PACKAGES=1"
         "WORKDIR /"
         'CMD ["python3"]'
-        "LABEL org.cslr.test.versions=ray==2.60.0,mlflow==3.17.2,marimo==0.25.2"
+        "LABEL org.cslr.local.stands-for=ghcr.io/mlflow/mlflow:v$MLFLOW_VERSION"
       ) ;;
     postgres)
-      TAGS=(cslr-test/postgres:15)
+      TAGS=(cslr-local/postgres:15)
       CHANGES+=(
         "ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         "ENV PG_MAJOR=15"
@@ -80,9 +91,10 @@ image_def() {
         "STOPSIGNAL SIGINT"
         'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]'
         'CMD ["postgres"]'
+        "LABEL org.cslr.local.stands-for=postgres:15"
       ) ;;
     redis)
-      TAGS=(cslr-test/redis:7)
+      TAGS=(cslr-local/redis:7)
       CHANGES+=(
         "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         "VOLUME /data"
@@ -90,6 +102,7 @@ image_def() {
         "EXPOSE 6379"
         'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]'
         'CMD ["redis-server"]'
+        "LABEL org.cslr.local.stands-for=redis:7"
       ) ;;
   esac
 }
@@ -116,7 +129,7 @@ sha() { sha256sum | cut -c1-64; }
 
 inputs_hash() {  # inputs_hash NAME
   {
-    echo "suite=$SUITE arch=$ARCH"
+    echo "suite=$SUITE arch=$ARCH ray=$RAY_VERSION mlflow=$MLFLOW_VERSION"
     echo "== build script"; cat "$SELF"
     local f
     while IFS= read -r f; do
@@ -206,42 +219,6 @@ EOF
   log "base rootfs: built in $((SECONDS - t0))s -> $BASE_TAR ($(du -h "$BASE_TAR" | cut -f1))"
 }
 
-# --- wheels for the ray image (pip download on the host, cached) ----------------
-host_pip() {
-  if [ -n "$PIP" ]; then echo "$PIP"; return; fi
-  local py
-  for py in "$REPO/.venv/bin/python" python3.11 python3; do
-    if command -v "$py" >/dev/null 2>&1 && "$py" -m pip --version >/dev/null 2>&1; then
-      "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || continue
-      echo "$py -m pip"; return
-    fi
-  done
-  die "no Python 3.11 with pip on the host (needed to download cp311 wheels)"
-}
-ensure_wheels() {  # ensure_wheels NAME -> sets WHEELS
-  local lock="$IMGDIR/$1/requirements.lock" key
-  key="$(sha <"$lock" | cut -c1-16)"
-  WHEELS="$CACHE/wheels/$1-$key"
-  [ -f "$WHEELS/.complete" ] && { log "wheels: cached $WHEELS ($(ls "$WHEELS" | wc -l) files)"; return 0; }
-  local pip t0=$SECONDS; pip="$(host_pip)"
-  mkdir -p "$WHEELS"
-  log "wheels: $pip download -r $lock -> $WHEELS"
-  # wheels only, for the host's CPython 3.11 / glibc x86_64 = bookworm's python3
-  # reuse wheels of a previous lock of this image instead of downloading them again
-  local seed=() d
-  for d in "$CACHE/wheels/$1"-*; do
-    [ "$d" != "$WHEELS" ] && [ -f "$d/.complete" ] && seed+=(--find-links "$d")
-  done
-  $pip download --quiet --dest "$WHEELS" --only-binary=:all: "${seed[@]}" -r "$lock" \
-    >&2 2> >(grep -v '^WARNING: Location' >&2) || die "pip download failed"
-  touch "$WHEELS/.complete"
-  # keep only the current wheel set of this image
-  for d in "$CACHE/wheels/$1"-*; do
-    [ "$d" != "$WHEELS" ] && [ -d "$d" ] && rm -rf "$d" && log "wheels: pruned old $d"
-  done
-  log "wheels: downloaded in $((SECONDS - t0))s ($(du -sh "$WHEELS" | cut -f1))"
-}
-
 # --- one image -------------------------------------------------------------------
 image_label() { docker image inspect -f "{{ index .Config.Labels \"$LABEL_KEY\" }}" "$1" 2>/dev/null || true; }
 
@@ -262,7 +239,9 @@ build_one() {
   local old_id; old_id="$(docker image inspect -f '{{.Id}}' "$primary" 2>/dev/null || true)"
   ensure_base
   WHEELS=""
-  [ -f "$IMGDIR/$name/requirements.lock" ] && ensure_wheels "$name"
+  if [ "$NEEDS_WHEELS" = 1 ]; then
+    WHEELS="$(cd "$WHEELHOUSE" 2>/dev/null && pwd)" || usage "no wheelhouse at $WHEELHOUSE: run \`inv wheelhouse\` first"
+  fi
 
   local root="$CACHE/build/$name.$$"
   ACTIVE_ROOT="$root"
@@ -272,6 +251,7 @@ build_one() {
   printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"; chmod 755 "$root/usr/sbin/policy-rc.d"
   mkdir -p "$root/tmp/image"
   cp -a "$IMGDIR/$name/." "$root/tmp/image/"
+  printf 'RAY_VERSION=%s\nMLFLOW_VERSION=%s\n' "$RAY_VERSION" "$MLFLOW_VERSION" >"$root/tmp/image/versions.env"
   mount -t proc proc "$root/proc"
   mount --bind "$CACHE/apt-archives" "$root/var/cache/apt/archives"
   if [ -n "$WHEELS" ]; then
@@ -285,7 +265,7 @@ build_one() {
         HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive \
         /bin/bash -euxo pipefail -c 'apt-get update -qq && bash /tmp/image/setup.sh' >"$blog" 2>&1; then
     tail -n 40 "$blog" >&2
-    die "$name: setup in chroot failed (full log: $blog)"
+    die "$name: setup in chroot failed (full log: $blog; a missing wheel means: run \`inv wheelhouse\`)"
   fi
   # clean up the rootfs
   umount_all "$root" || die "$name: cannot unmount chroot mounts"
@@ -303,7 +283,7 @@ build_one() {
   # docker import cannot set STOPSIGNAL on engine 20.10, so the rootfs is
   # imported bare and the config is applied by a one-step (legacy, offline)
   # `docker build` FROM it: all instructions below are metadata-only.
-  local tmp_tag="cslr-test/rootfs-$name:$hash" ctx="$CACHE/build/$name.ctx.$$"
+  local tmp_tag="cslr-local/rootfs-$name:$hash" ctx="$CACHE/build/$name.ctx.$$"
   log "$name: docker import rootfs -> $tmp_tag"
   tar --numeric-owner --xattrs -C "$root" -c \
       --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' . \
@@ -313,7 +293,7 @@ build_one() {
   {
     echo "FROM $tmp_tag"
     printf '%s\n' "${CHANGES[@]}"
-    echo "LABEL org.cslr.test.base=debian-$SUITE-minbase"
+    echo "LABEL org.cslr.local.base=debian-$SUITE-minbase"
     echo "LABEL $LABEL_KEY=$hash"
   } >"$ctx/Dockerfile"
   log "$name: docker build (config only) -> $primary"
@@ -335,4 +315,4 @@ build_one() {
 T0=$SECONDS
 for n in "${WANT[@]}"; do build_one "$n"; done
 log "done in $((SECONDS - T0))s"
-docker images --filter 'reference=cslr-test/*' --format '{{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.Size}}' >&2
+docker images --filter 'reference=cslr-local/*' --format '{{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.Size}}' >&2

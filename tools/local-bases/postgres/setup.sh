@@ -1,5 +1,5 @@
 #!/bin/bash
-# Runs inside the image's chroot (see tools/build-test-images.sh).
+# Runs inside the image's chroot (see tools/build-local-bases.sh).
 set -euxo pipefail
 # like the official image: no Debian "main" cluster
 apt-get install -y --no-install-recommends postgresql-common

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Entrypoint of cslr-test/postgres:15 (Debian's PostgreSQL 15), following the
+# Entrypoint of cslr-local/postgres:15 (Debian's PostgreSQL 15), following the
 # contract of the official postgres image's docker-entrypoint.sh:
 #   POSTGRES_USER      superuser name            (default: postgres)
 #   POSTGRES_PASSWORD  its password; required unless POSTGRES_HOST_AUTH_METHOD=trust

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Entrypoint of cslr-test/redis:7, modelled on the official redis image:
+# Entrypoint of cslr-local/redis:7, modelled on the official redis image:
 #  - `docker run IMAGE --opt ...` or `IMAGE x.conf` runs redis-server with them;
 #  - the official image compiles redis with protected-mode off; Debian's
 #    redis-server has it on, so unless a config file or --protected-mode is

@@ -1,0 +1,171 @@
+"""`inv up` as an ordered list of phases, each a small step with one job.
+
+    1. preflight (no impact yet): engine, Compose, ports, subnet, NVIDIA runtime
+    2. images: resolve images.source, then pull or build the bases, build the project's images
+    3. Ray versions: every Ray image and the notebook carry ray.version
+    4. start (impacting things): `compose up -d`, one line per service state change, until every
+       service is healthy; a failure names the service, its last log lines and healthcheck output
+
+Modelled on getsentry/self-hosted's install/: nothing is changed before phase 4 but images.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import compose, images, preflight
+from .report import is_ready
+from .stack import Stack, StackError
+
+
+@dataclass
+class UpOptions:
+    timeout: float = 600.0
+    build: bool = False
+
+
+def check_preflight(stack: Stack, run=subprocess.run, routes: Callable[[], list] = preflight.host_routes) -> list[str]:
+    """Every finding of phase 1 (engine and Compose first: without them the rest cannot run)."""
+    findings = preflight.docker_available(run) + preflight.compose_available(run)
+    if findings:
+        return findings
+    from .validate import published_ports
+
+    cfg = stack.cfg
+    services = stack.expected_services()
+    running = {r["Service"] for r in stack.services() if r.get("State") == "running"}
+    owners = {"health": "health", "redis": "redis", "mlflow": "mlflow", "marimo": "marimo", "cpu": "ray-cpu", "gpu": "ray-gpu"}
+    findings += preflight.busy_ports(cfg.get("network", "bind_address"), published_ports(cfg, "ray-gpu" in services), lambda path: owners.get(path[1], "") in running)
+    import ipaddress
+
+    findings += preflight.subnet_overlaps(ipaddress.IPv4Network(cfg.get("network", "subnet")), preflight.docker_subnets(stack.project, run), routes())
+    if preflight.wants_nvidia_devices(stack.doc(), services):
+        findings += preflight.gpu_runtime(run)
+    return findings
+
+
+def ensure_images(stack: Stack, build: bool = False, docker: images.Docker | None = None) -> list[str]:
+    """Phase 2 on a generated project: bases, wheelhouse when offline, the project's images."""
+    from . import wheelhouse
+
+    env = stack.env()
+    docker = docker or images.Docker(stack.run)
+    return images.ensure(
+        env,
+        stack.expected_services() + (["test-cluster"] if "test-cluster" in stack.doc().get("services", {}) else []),
+        build=stack.build,
+        out=stack.out,
+        docker=docker,
+        build_local_bases=lambda names, _env: images.run_local_bases_script(names, _env, images.versions(stack.cfg)),
+        wheelhouse=lambda: stack.out(wheelhouse.ensure(stack.cfg)),
+        force_build=build,
+    )
+
+
+def ray_image_findings(stack: Stack, run=subprocess.run) -> list[str]:
+    """Phase 3: the project's Ray images (and the notebook's) carry ray.version."""
+    env, services = stack.env(), stack.expected_services()
+    wanted = {"images.ray (project image)": env.get("RAY_IMAGE", "")}
+    if "ray-gpu" in services:
+        wanted["images.ray_gpu (project image)"] = env.get("RAY_GPU_IMAGE", "")
+    if "marimo" in services:
+        wanted["the notebook image"] = env.get("MARIMO_IMAGE", "")
+    return preflight.ray_versions({k: v for k, v in wanted.items() if v}, stack.cfg.get("ray", "version"), run)
+
+
+def base_ray_findings(stack: Stack, run=subprocess.run) -> list[str]:
+    """Before building: a pulled Ray base that carries another Ray version is refused early."""
+    env, services = stack.env(), stack.expected_services()
+    wanted = {"images.ray": env.get("RAY_BASE_IMAGE", "")}
+    if "ray-gpu" in services:
+        wanted["images.ray_gpu"] = env.get("RAY_GPU_BASE_IMAGE", "")
+    return preflight.ray_versions({k: v for k, v in wanted.items() if v}, stack.cfg.get("ray", "version"), run)
+
+
+def fail(findings: list[str]) -> None:
+    if findings:
+        raise StackError("preflight failed:\n  " + "\n  ".join(findings))
+
+
+def bring_up(stack: Stack, options: UpOptions = UpOptions()) -> list[dict]:
+    """Phases 1–4 on a generated project. Raises StackError / PlatformError."""
+    stack.out(f"compose: {compose.compose_binary()}")
+    fail(check_preflight(stack, stack.run))
+    source = stack.env().get("CSLR_IMAGE_SOURCE", "pull")
+    stack.out(f"images: {source} bases")
+    fail(base_ray_findings(stack, stack.run))
+    for line in ensure_images(stack, build=options.build):
+        stack.out(line)
+    fail(ray_image_findings(stack, stack.run))
+    stack.out(f"starting {stack.project}; waiting up to {options.timeout:.0f} s for health:")
+    return watch_up(stack, timeout=options.timeout)
+
+
+def watch_up(stack: Stack, timeout: float = 600.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> list[dict]:
+    """`compose up -d` in the background while printing one line per service state change;
+    returns when every service is running and healthy, raises with the failing service's
+    last log lines otherwise."""
+    # The images are built by phase 2; `up` must not build or pull anything else behind our back.
+    args = ["up", "-d", "--remove-orphans", "--no-build", "--pull", "never"]
+    # `up -d` itself blocks on `depends_on: service_healthy`; watch while it does.
+    proc = subprocess.Popen(stack.command(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=compose.subprocess_env())
+    expected = set(stack.expected_services())
+    checked = stack.healthchecked_services()
+    seen: dict[str, tuple] = {}
+    deadline = clock() + timeout
+    try:
+        while True:
+            rows = [r for r in stack.services() if r["Service"] in expected]
+            for row in rows:
+                key = (row.get("State"), row.get("Health") or "")
+                if seen.get(row["Service"]) != key:
+                    seen[row["Service"]] = key
+                    stack.out(f"  {row['Service']:<10} {key[0]}{' (' + key[1] + ')' if key[1] else ''}")
+            failed = [r for r in rows if r.get("State") in ("exited", "dead", "restarting") or r.get("Health") == "unhealthy"]
+            if failed:
+                bad = failed[0]
+                raise StackError(failure(stack, bad["Service"], f"is {bad.get('State')} {bad.get('Health') or ''}".strip(), bad.get("Name")))
+            done = proc.poll()
+            if done not in (None, 0):
+                output = proc.stdout.read() if proc.stdout else ""
+                raise StackError(f"docker compose up failed (exit {done}):\n{output.strip()[-3000:]}")
+            ready = {r["Service"] for r in rows if is_ready(r, r["Service"] in checked)}
+            if done == 0 and ready >= expected:
+                return rows
+            if clock() > deadline:
+                late = sorted(expected - ready) or sorted(expected)
+                raise StackError(failure(stack, late[0], f"did not become healthy within {timeout:.0f} s (also waiting: {', '.join(late[1:]) or 'none'})"))
+            sleep(1.0)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def failure(stack: Stack, service: str, what: str, container: str | None = None) -> str:
+    text = f"{service} {what}. Its last log lines:\n{stack.logs_tail(service)}"
+    if container:
+        probe = stack.run(["docker", "inspect", "--format", "{{json .State.Health}}", container], capture_output=True, text=True)
+        try:
+            log = (json.loads(probe.stdout or "null") or {}).get("Log") or []
+        except json.JSONDecodeError:
+            log = []
+        if log:
+            last = log[-1]
+            text += f"\nIts last healthcheck (exit {last.get('ExitCode')}): {(last.get('Output') or '').strip()[-500:]}"
+    return text
+
+
+def resolve_image_source(cfg, services: list[str], probe_pull: bool, run=subprocess.run) -> tuple[str, str]:
+    """images.source for `generate` (no pulls) and `up` (one probe pull when undecided)."""
+    engine_ok = not preflight.docker_available(run)
+    return images.resolve_source(cfg, images.Docker(run) if engine_ok else None, services, probe_pull)
