@@ -73,9 +73,10 @@ def download_command(cfg: Config, dest: Path, root: Path = ROOT, python: str = s
 def inputs_hash(cfg: Config, root: Path = ROOT, arch: str | None = None) -> str:
     h = hashlib.sha256(f"{IMAGE_PYTHON} {platforms(machine_arch(arch))}\n".encode())
     for line in requirement_lines(cfg, root):
-        h.update(line.encode() + b"\n")
-        if line.startswith("-r"):
-            h.update(Path(line[2:]).read_bytes())
+        if line.startswith("-r"):  # by content, so that a clone elsewhere has the same hash
+            h.update(b"-r\n" + Path(line[2:]).read_bytes())
+        else:
+            h.update(line.encode() + b"\n")
     return h.hexdigest()[:16]
 
 

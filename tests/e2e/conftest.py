@@ -1,4 +1,21 @@
+"""The e2e tier's shared fixtures: the stack, brought up once per session by the product's own
+`inv up` as a non-root docker-group user, dumped (ps + logs) when a test fails, always torn down.
+
+Modelled on getsentry/self-hosted's integration tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
+
+from cslr import compose
+
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -7,3 +24,109 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+E2E = Path(__file__).resolve().parent
+PROJECT = "cslr-e2e"
+# The tier runs the product as a user does: not root, a member of the `docker` group, in a clone
+# of their own with the venv `make venv` gives them (runtime dependencies only).
+E2E_USER = "cslr-e2e"
+
+def clean_env() -> dict:
+    # The stack's settings come from the test's config and .env only, never from the caller's shell.
+    drop = ("RAY_", "CSLR_", "HEAD_", "MLFLOW_", "REDIS_", "POSTGRES_", "MARIMO_", "COMPOSE_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
+def compose_cmd(build: Path) -> list[str]:
+    return [compose.compose_binary(), "--env-file", str(build / ".env"), "-f", str(build / "compose.yaml")]
+
+
+class Inv:
+    """`inv` as the e2e user, from that user's clone (`prefix` = runuser ... when we are root)."""
+
+    def __init__(self, workdir: Path, repo: Path = ROOT, prefix: list[str] | None = None, env: dict | None = None):
+        self.workdir, self.repo, self.prefix, self.env = workdir, repo, prefix or [], env or clean_env()
+
+    def __call__(self, *args: str, timeout: float = 900, check: bool = False) -> subprocess.CompletedProcess:
+        python = str(self.repo / ".venv" / "bin" / "python") if self.prefix else sys.executable
+        cmd = [*self.prefix, python, "-m", "invoke", "--search-root", str(self.repo), *args]
+        if args[0] not in ("init", "schema", "wheelhouse"):
+            cmd += ["--config", str(self.workdir / "config.yaml"), "--out", str(self.workdir / "_build")]
+        proc = subprocess.run(cmd, cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=timeout)
+        sys.stdout.write(f"\n$ inv {' '.join(args)}  -> exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
+        if check and proc.returncode != 0:
+            raise AssertionError(f"inv {' '.join(args)} failed with exit {proc.returncode}")
+        return proc
+
+
+def dump(inv: Inv) -> None:
+    build = inv.workdir / "_build"
+    if not (build / "compose.yaml").exists():
+        return
+    for args in (["ps", "-a"], ["logs", "--no-color", "--tail", "80"]):
+        proc = subprocess.run(compose_cmd(build) + args, capture_output=True, text=True, env=clean_env())
+        sys.stdout.write(f"\n$ docker compose {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+
+
+def user_clone(tmp_root: Path) -> tuple[Path, list[str], dict]:
+    """As root: the e2e user (docker group), a clone of this checkout it owns, and its own venv
+    made by `make venv`. Wheels are hard links into the checkout's wheelhouse (same content)."""
+    if subprocess.run(["id", "-u", E2E_USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--create-home", "--groups", "docker", E2E_USER], check=True)
+    else:
+        subprocess.run(["usermod", "-aG", "docker", E2E_USER], check=True)
+    clone = Path(tempfile.mkdtemp(prefix="cslr-e2e-clone-", dir=tmp_root))
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True, check=True).stdout
+    for rel in filter(None, listed.decode().split("\0")):
+        if (ROOT / rel).is_file():
+            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, clone / rel)
+    for wheel in list((ROOT / "wheelhouse").glob("*.whl")) + list((ROOT / "wheelhouse").glob(".complete-*")):
+        try:
+            os.link(wheel, clone / "wheelhouse" / wheel.name)
+        except OSError:
+            shutil.copy2(wheel, clone / "wheelhouse" / wheel.name)
+    subprocess.run(["chown", "-R", f"{E2E_USER}:", str(clone)], check=True)
+    os.chmod(clone, 0o755)
+    home = Path(f"~{E2E_USER}").expanduser()
+    env = {**clean_env(), "HOME": str(home), "USER": E2E_USER, "LOGNAME": E2E_USER, "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    prefix = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", E2E_USER, "--"]
+    made = subprocess.run([*prefix, "make", "-C", str(clone), "venv"], env=env, capture_output=True, text=True, timeout=900)
+    assert made.returncode == 0, made.stdout + made.stderr
+    return clone, prefix, env
+
+
+@pytest.fixture(scope="session")
+def inv(tmp_path_factory):
+    if shutil.which("docker") is None:
+        pytest.fail("the e2e tier needs the Docker engine and the local bases; run `make e2e`")
+    if os.geteuid() == 0:
+        repo, prefix, env = user_clone(Path(tempfile.gettempdir()))
+        workdir = repo / "_e2e"
+        subprocess.run([*prefix, "mkdir", "-p", str(workdir)], check=True)
+    else:  # a developer in the docker group runs the tier as themselves
+        repo, prefix, env = ROOT, [], clean_env()
+        workdir = tmp_path_factory.mktemp("e2e")
+    for name in ("config.yaml", "no-gpu-devices.yaml"):
+        shutil.copy(E2E / name, workdir / name)
+        if prefix:
+            subprocess.run(["chown", f"{E2E_USER}:", str(workdir / name)], check=True)
+    runner = Inv(workdir, repo, prefix, env)
+    runner("init", "--config", str(workdir / "config.yaml"), check=True)
+    runner("down", "--volumes", "--yes")  # leftovers of an interrupted earlier run
+    try:
+        up = runner("up", "--timeout", "600")
+        if up.returncode != 0:
+            dump(runner)
+            pytest.fail(f"inv up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
+        runner.up_output = up.stdout + up.stderr
+        yield runner
+    except BaseException:
+        dump(runner)
+        raise
+    finally:
+        runner("down", "--volumes", "--yes", timeout=300)
+        if prefix:
+            shutil.rmtree(repo, ignore_errors=True)

@@ -8,77 +8,19 @@ with the product's own command, dumps `ps` and logs when anything fails, and alw
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
-E2E = Path(__file__).resolve().parent
-PROJECT = "cslr-e2e"
-IMAGES = ["cslr-test/ray:2.60.0", "cslr-test/mlflow:3.17.2", "cslr-test/postgres:15", "cslr-test/redis:7"]
+from tests.e2e.conftest import E2E_USER, clean_env, compose_cmd, dump
+
 MLFLOW = "http://127.0.0.1:15000"
+PROJECT = "cslr-e2e"
 
 pytestmark = pytest.mark.e2e
-
-
-def clean_env() -> dict:
-    # The stack's settings come from the test's config and .env only, never from the caller's shell.
-    drop = ("RAY_", "CSLR_", "HEAD_", "MLFLOW_", "REDIS_", "POSTGRES_", "MARIMO_", "COMPOSE_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-
-
-class Inv:
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-
-    def __call__(self, *args: str, timeout: float = 900, check: bool = False) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args]
-        if args[0] not in ("init", "schema"):
-            cmd += ["--config", str(self.workdir / "config.yaml"), "--out", str(self.workdir / "_build")]
-        proc = subprocess.run(cmd, cwd=self.workdir, env=clean_env(), capture_output=True, text=True, timeout=timeout)
-        sys.stdout.write(f"\n$ inv {' '.join(args)}  -> exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
-        if check and proc.returncode != 0:
-            raise AssertionError(f"inv {' '.join(args)} failed with exit {proc.returncode}")
-        return proc
-
-
-def dump(inv: Inv) -> None:
-    build = inv.workdir / "_build"
-    if not (build / "compose.yaml").exists():
-        return
-    base = ["docker", "compose", "--env-file", str(build / ".env"), "-f", str(build / "compose.yaml")]
-    for args in (["ps", "-a"], ["logs", "--no-color", "--tail", "80"]):
-        proc = subprocess.run(base + args, capture_output=True, text=True, env=clean_env())
-        sys.stdout.write(f"\n$ docker compose {' '.join(args)}\n{proc.stdout}{proc.stderr}")
-
-
-@pytest.fixture(scope="session")
-def inv(tmp_path_factory):
-    missing = [i for i in IMAGES if subprocess.run(["docker", "image", "inspect", i], capture_output=True).returncode != 0]
-    if shutil.which("docker") is None or missing:
-        pytest.fail(f"the e2e tier needs the Docker engine and the local test images (missing: {missing}); run `make e2e`")
-    workdir = tmp_path_factory.mktemp("e2e")
-    for name in ("config.yaml", "no-gpu-devices.yaml"):
-        shutil.copy(E2E / name, workdir / name)
-    runner = Inv(workdir)
-    runner("init", "--config", str(workdir / "config.yaml"), check=True)
-    runner("down", "--volumes", "--yes")  # leftovers of an interrupted earlier run
-    try:
-        up = runner("up", "--timeout", "600")
-        if up.returncode != 0:
-            dump(runner)
-            pytest.fail(f"inv up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
-        yield runner
-    except BaseException:
-        dump(runner)
-        raise
-    finally:
-        runner("down", "--volumes", "--yes", timeout=300)
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +29,28 @@ def dump_on_failure(request, inv):
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
         dump(inv)
+
+
+def test_a_non_root_docker_group_user_ran_the_stack(inv):
+    # In CI (root) every `inv` above ran through runuser as the e2e user, from its own clone
+    # whose venv holds the runtime dependencies only.
+    if os.geteuid() != 0:
+        pytest.skip("run as a non-root user already")
+    ident = subprocess.run([*inv.prefix, "id", "-un"], capture_output=True, text=True, env=inv.env).stdout.split()
+    groups = subprocess.run([*inv.prefix, "id", "-Gn"], capture_output=True, text=True, env=inv.env).stdout.split()
+    assert ident == [E2E_USER] and "docker" in groups and "root" not in groups
+    venv = subprocess.run([str(inv.repo / ".venv" / "bin" / "python"), "-c", "import importlib.util as u; print(bool(u.find_spec('ray')), bool(u.find_spec('pytest')))"], capture_output=True, text=True)
+    assert venv.stdout.split() == ["False", "False"], venv.stdout + venv.stderr
+
+
+def test_up_used_the_local_bases_and_built_the_projects_images(inv):
+    out = inv.up_output
+    assert "images.source auto: the local bases are present" in out or "the registry cannot be reached" in out
+    env = dict(line.split("=", 1) for line in (inv.workdir / "_build" / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    assert env["CSLR_IMAGE_SOURCE"] == "local" and env["PIP_NO_INDEX"] == "1"
+    assert env["RAY_BASE_IMAGE"] == "cslr-local/ray:2.60.0" and env["RAY_IMAGE"].startswith("cslr/ray:2.60.0-")
+    for var in ("RAY_IMAGE", "RAY_GPU_IMAGE", "MLFLOW_IMAGE", "MARIMO_IMAGE"):
+        assert subprocess.run(["docker", "image", "inspect", env[var]], capture_output=True).returncode == 0, env[var]
 
 
 def test_every_service_healthy(inv):
@@ -110,6 +74,9 @@ def test_test_cluster_passes(inv):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS ray: 2/2 alive nodes ran a task" in proc.stdout and "head ray://health:10001" in proc.stdout
     assert "PASS mlflow:" in proc.stdout and "PASS redis:" in proc.stdout
+    # A Ray task on each node logs to MLflow with the node's own client (the project's image).
+    assert "PASS mlflow-from-nodes: a task on each of 2/2 nodes (ray-cpu, ray-gpu) logged to run" in proc.stdout
+    assert "4 passed, 0 failed" in proc.stdout
 
 
 def client_nodes(inv) -> list:
@@ -154,7 +121,7 @@ def test_ray_client_from_the_host_through_the_published_proxy(inv):
 
 
 def test_head_failover_keeps_the_client_address(inv):
-    compose = ["docker", "compose", "--env-file", str(inv.workdir / "_build" / ".env"), "-f", str(inv.workdir / "_build" / "compose.yaml")]
+    compose = compose_cmd(inv.workdir / "_build")
     assert known_head().startswith("ray-cpu:")
     subprocess.run(compose + ["stop", "ray-cpu"], check=True, capture_output=True, env=clean_env())
     # The worker notices the head loss, re-elects and becomes head; the proxy follows.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_stack import ROOT, clean_env
+from tests.e2e.conftest import ROOT, clean_env
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +20,7 @@ extra_overlays: [failing-health.yaml]
 network:
   subnet: 172.30.0.0/16
   addresses: {health: 172.30.0.2, ray_cpu: 172.30.0.10, ray_gpu: 172.30.0.11, redis: 172.30.0.20, mlflow: 172.30.0.30, postgres: 172.30.0.31, marimo: 172.30.0.40}
-images: {ray: cslr-test/ray:2.60.0}
+images: {source: local}
 ray:
   cpu: {cpus: 1, memory: 2g, shm_size: 1g, ports: {gcs: 26379, dashboard: 28265, client: 21001}}
 services:
@@ -63,10 +63,12 @@ def test_preflight_refuses_a_busy_host_port_before_starting_anything(tmp_path):
 
 
 def test_preflight_refuses_a_ray_version_mismatch(tmp_path):
-    run, where = prepare(tmp_path, CONFIG.replace("ray:\n", "ray:\n  version: 2.59.0\n"))
+    # A pulled base (here the local one, named as images.ray) that carries another Ray version.
+    config = CONFIG.replace("ray:\n", "ray:\n  version: 2.59.0\n").replace("images: {source: local}", "images: {source: pull, ray: cslr-local/ray:2.60.0}")
+    run, where = prepare(tmp_path, config)
     up = run("up", *where)
     assert up.returncode == 1, up.stdout + up.stderr
-    assert "images.ray cslr-test/ray:2.60.0 carries Ray 2.60.0, expected ray.version 2.59.0" in up.stderr
+    assert "images.ray cslr-local/ray:2.60.0 carries Ray 2.60.0, expected ray.version 2.59.0" in up.stderr
     assert containers() == []
 
 

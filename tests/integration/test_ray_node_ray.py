@@ -62,10 +62,25 @@ print("RESULT", *ray.get(c.bump.remote(), timeout=60))
 """
 
 
+def _ephemeral_range() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def _free_block(ip: str, size: int = 70) -> int:
+    """A block of ports nobody else will be handed: outside the kernel's ephemeral range (any
+    outgoing connection on the machine may take a port from there between our check and Ray's
+    bind — the race that once failed this module under load) and outside Ray's default worker
+    port range (10002-19999)."""
     rng = random.Random()
+    ephemeral = _ephemeral_range()
     for _ in range(500):
-        base = rng.randrange(42000, 60000 - size)
+        base = rng.randrange(21000, 32000 - 1000 - size)
+        if any(p in ephemeral for p in (base, base + size, base + 1000)):
+            continue
         try:
             for p in list(range(base, base + 14)) + [base + 1000]:
                 with socket.socket() as s:
