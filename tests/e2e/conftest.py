@@ -70,14 +70,26 @@ def dump(inv: Inv) -> None:
         sys.stdout.write(f"\n$ docker compose {' '.join(args)}\n{proc.stdout}{proc.stderr}")
 
 
-def user_clone(tmp_root: Path) -> tuple[Path, list[str], dict]:
-    """As root: the e2e user (docker group), a clone of this checkout it owns, and its own venv
-    made by `make venv`. Wheels are hard links into the checkout's wheelhouse (same content)."""
+def ensure_user() -> None:
     if subprocess.run(["id", "-u", E2E_USER], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "--create-home", "--groups", "docker", E2E_USER], check=True)
     else:
         subprocess.run(["usermod", "-aG", "docker", E2E_USER], check=True)
-    clone = Path(tempfile.mkdtemp(prefix="cslr-e2e-clone-", dir=tmp_root))
+
+
+def user_env(path_prefix: str = "") -> dict:
+    home = Path(f"~{E2E_USER}").expanduser()
+    return {**clean_env(), "HOME": str(home), "USER": E2E_USER, "LOGNAME": E2E_USER, "PATH": path_prefix + "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+
+
+RUNUSER = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", E2E_USER, "--"]
+
+
+def clone_for_user(tmp_root: Path, prefix: str = "cslr-e2e-clone-") -> Path:
+    """As root: a copy of this checkout's files (what `git clone` gives, plus uncommitted work)
+    owned by the e2e user. Wheels are hard links into the checkout's wheelhouse (same content)."""
+    ensure_user()
+    clone = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_root))
     listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True, check=True).stdout
     for rel in filter(None, listed.decode().split("\0")):
         if (ROOT / rel).is_file():
@@ -90,12 +102,15 @@ def user_clone(tmp_root: Path) -> tuple[Path, list[str], dict]:
             shutil.copy2(wheel, clone / "wheelhouse" / wheel.name)
     subprocess.run(["chown", "-R", f"{E2E_USER}:", str(clone)], check=True)
     os.chmod(clone, 0o755)
-    home = Path(f"~{E2E_USER}").expanduser()
-    env = {**clean_env(), "HOME": str(home), "USER": E2E_USER, "LOGNAME": E2E_USER, "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
-    prefix = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", E2E_USER, "--"]
-    made = subprocess.run([*prefix, "make", "-C", str(clone), "venv"], env=env, capture_output=True, text=True, timeout=900)
+    return clone
+
+
+def user_clone(tmp_root: Path) -> tuple[Path, list[str], dict]:
+    """The e2e user's clone with the venv `make venv` gives it."""
+    clone, env = clone_for_user(tmp_root), user_env()
+    made = subprocess.run([*RUNUSER, "make", "-C", str(clone), "venv"], env=env, capture_output=True, text=True, timeout=900)
     assert made.returncode == 0, made.stdout + made.stderr
-    return clone, prefix, env
+    return clone, list(RUNUSER), env
 
 
 @pytest.fixture(scope="session")
