@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import compose, config, gpu, validate
-from .errors import PlatformError, Problem
+from .errors import Problem
 
 
 @dataclass
@@ -37,10 +37,7 @@ def load_validated(
 
 
 def plan_for(loaded: Loaded, test_cluster: bool = True, host: str | None = None) -> compose.Plan:
-    try:
-        return compose.plan(loaded.cfg, loaded.gpu, test_cluster=test_cluster, host=host)
-    except KeyError as exc:
-        raise PlatformError(str(exc.args[0])) from None
+    return compose.plan(loaded.cfg, loaded.gpu, test_cluster=test_cluster, host=host)
 
 
 def generation_report(plan: compose.Plan, written: list[Path], out_dir: Path, root: Path) -> list[str]:

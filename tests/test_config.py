@@ -82,7 +82,7 @@ def test_gpu_on_stays_a_string_not_a_yaml11_boolean(project):
 
 
 def test_top_level_must_be_a_mapping(project):
-    with pytest.raises(ConfigSyntaxError, match="top level must be a mapping"):
+    with pytest.raises(ConfigSyntaxError, match=r"config.yaml:1:1: syntax error: found a list at the top level, expected a mapping"):
         config.load(project("- a\n- b\n"), environ={})
 
 
