@@ -78,13 +78,30 @@ _MISSING = object()
 # .env files
 #
 # The dialect is Docker Compose's env-file format, restricted to one line per entry: `KEY=VALUE`
-# with optional `export `; unquoted values end at ` #`; single quotes are literal; double quotes
-# take the escapes Compose takes (\\ \" \$ $$ \n \t \r \a \b \f \v; other backslashes stay).
+# with optional `export `; unquoted values end at ` #`; single quotes are literal except that
+# \' is a quote; double quotes take Compose's escapes (\\ \" \$ $$ \n \t \r \a \b \f \v; other
+# backslashes stay).
 # `${VAR}` is not expanded. Errors name the key and the line, never the value (it may be a secret).
 
 _ENV_KEY = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
 _ESCAPES = {"\\": "\\", '"': '"', "$": "$", "n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v"}
 _UNQUOTED_SAFE = re.compile(r"[A-Za-z0-9_./:,@%+*=-]*")
+
+
+def _single_quoted(body: str) -> tuple[str, str] | None:
+    """Decode a single-quoted value as Compose does: literal, except that a quote after an odd
+    number of backslashes is part of the value (and loses that one backslash)."""
+    out, run = [], 0
+    for i, ch in enumerate(body):
+        if ch == "'":
+            if run % 2 == 0:
+                return "".join(out), body[i + 1 :]
+            out[-1] = "'"
+            run = 0
+            continue
+        run = run + 1 if ch == "\\" else 0
+        out.append(ch)
+    return None
 
 
 def _double_quoted(body: str) -> tuple[str, str] | None:
@@ -126,10 +143,10 @@ def parse_dotenv(text: str, filename: str) -> dict[str, tuple[str, Location]]:
         if control is not None:
             raise ConfigSyntaxError(where, f"{key}: found the control character U+{ord(control):04X} in the value, expected printable text")
         if rest.startswith("'"):
-            close = rest.find("'", 1)
-            if close < 0:
+            decoded = _single_quoted(rest[1:])
+            if decoded is None:
                 raise ConfigSyntaxError(where, f"{key}: found an unterminated single quote, expected the value to end on the same line")
-            value, after = rest[1:close], rest[close + 1 :]
+            value, after = decoded
         elif rest.startswith('"'):
             decoded = _double_quoted(rest[1:])
             if decoded is None:
@@ -161,8 +178,8 @@ def format_dotenv_value(key: str, value: object) -> str:
                                "expected a single line of printable text")
     if _UNQUOTED_SAFE.fullmatch(text):
         return f"{key}={text}"
-    if "'" not in text:
-        return f"{key}='{text}'"  # literal in Compose: no escapes, no interpolation
+    if "'" not in text and "\\" not in text:
+        return f"{key}='{text}'"  # literal in Compose: no interpolation, and no backslash to escape
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
     return f'{key}="{escaped}"'
 
