@@ -238,6 +238,22 @@ def check_secrets(cfg: Config) -> Iterable[Problem]:
             yield Problem(Location(".env" if cfg.env_path is None else cfg.env_path.name), cfg.display_name(path), f"found no {env}, expected a secret: run `inv init` to generate .env")
 
 
+def check_env_values(cfg: Config) -> Iterable[Problem]:
+    """Every value reaches Compose through an env file line: no control characters (tab aside)."""
+    import unicodedata
+
+    for fld in env_fields():
+        value = cfg.get(*fld.path)
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                continue
+            bad = next((c for c in item if unicodedata.category(c) == "Cc" and c != "\t"), None)
+            if bad is not None:
+                path = (*fld.path, i) if isinstance(value, list) else fld.path
+                yield _p(cfg, path, f"found the control character U+{ord(bad):04X} in the value, expected printable text on one line")
+
+
 def check_features(cfg: Config) -> Iterable[Problem]:
     if cfg.get("ray", "gcs_fault_tolerance") and not cfg.get("services", "redis", "enabled"):
         yield _p(cfg, ("ray", "gcs_fault_tolerance"), "found true with services.redis.enabled false; expected Redis on (GCS fault tolerance keeps its state there)")
@@ -269,13 +285,14 @@ def check_extra_overlays(cfg: Config) -> Iterable[Problem]:
 # Each rule runs only on schema-valid data: it names the subtrees it reads, and it is skipped
 # while the schema refuses anything in, above or below one of them (the schema's own message
 # already says what to fix). A rule may then assume every type the schema states.
-RULES: list[tuple[tuple[tuple, ...], Callable[[Config, bool], Iterable[Problem]]]] = [
+RULES: list[tuple[tuple[tuple, ...] | Callable[[], tuple[tuple, ...]], Callable[[Config, bool], Iterable[Problem]]]] = [
     ((("network",),), lambda cfg, gpu_node: check_network(cfg)),
     ((("ray", "cpu"), ("ray", "gpu")), lambda cfg, gpu_node: check_sizes(cfg)),
     ((("nodes",), ("hosts",), ("ray", "cpu", "hostname"), ("ray", "gpu", "hostname"), ("gpu",)), lambda cfg, gpu_node: check_nodes(cfg, gpu_node)),
     ((("secrets",), ("ray", "auth")), lambda cfg, gpu_node: check_secrets(cfg)),
     ((("ray", "gcs_fault_tolerance"), ("services", "redis", "enabled")), lambda cfg, gpu_node: check_features(cfg)),
     ((), lambda cfg, gpu_node: check_legacy(cfg)),
+    (lambda: tuple(f.path for f in env_fields()), lambda cfg, gpu_node: check_env_values(cfg)),
     ((("extra_overlays",),), lambda cfg, gpu_node: check_extra_overlays(cfg)),
     ((("services",), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("hosts",)), check_ports),
     ((("hosts",), ("services",), ("network", "bind_address"), ("nodes", "head_whitelist"), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("secrets",)),
@@ -308,7 +325,7 @@ def validate(cfg: Config, gpu_node: bool = False, extra: Iterable[Problem] = ())
     found, invalid = schema_check(cfg)
     problems += found
     for reads, rule in RULES:
-        if not _touches(reads, invalid):
+        if not _touches(reads() if callable(reads) else reads, invalid):
             problems.extend(rule(cfg, gpu_node))
     problems.extend(extra)
     problems = _dedupe(problems)

@@ -222,3 +222,8 @@ def test_dotenv_latin1_is_refused_with_position(project, tmp_path):
 def test_explicit_env_file_that_is_missing(project, tmp_path):
     path = project()
     assert "missing.env: cannot read: file not found" in str(refusal(path, env_path=tmp_path / "missing.env"))
+
+
+def test_control_characters_written_as_yaml_escapes_are_refused(project):
+    err = refusal(project('images:\n  ray: "rayproject/ray\\nEVIL=1"\n'))
+    assert "config.yaml:2:8: $.images.ray (RAY_IMAGE): found the control character U+000A in the value, expected printable text on one line" in str(err)
