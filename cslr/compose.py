@@ -103,6 +103,9 @@ def _render(value: object) -> str:
 
 
 PROXY_ADDRESS = "ray://health:10001"  # the health service's Ray client proxy (compose.yaml)
+# Ports inside a bridge-networked Ray node's container (compose/compose.yaml states them; a test
+# holds the two equal). They are not settings: each node's own ports are `ray.<kind>.ports.*`.
+CONTAINER_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
 
 
 def client_address(cfg: Config) -> str:
@@ -115,7 +118,7 @@ def client_address(cfg: Config) -> str:
     """
     explicit = cfg.get("nodes", "head_address")
     if explicit:
-        return f"ray://{explicit.rsplit(':', 1)[0] if ':' in explicit else explicit}:{cfg.get('ray', 'client_port')}"
+        return f"ray://{explicit.rsplit(':', 1)[0] if ':' in explicit else explicit}:{CONTAINER_PORTS['client']}"
     return PROXY_ADDRESS
 
 
@@ -149,7 +152,7 @@ def compose_env(cfg: Config, gpu: GpuState) -> dict[str, str]:
     env["RAY_GPU_NUM_GPUS"] = str(gpu.count) if gpus == "all" and gpu.count else ("" if gpus == "all" else str(gpus))
     env["RAY_GCS_FT"] = "1" if cfg.get("ray", "gcs_fault_tolerance") else "0"
     env["RAY_ADDRESS"] = client_address(cfg)
-    env["RAY_CLIENT_PORTS"] = ""  # single host: every node's client server is on RAY_CLIENT_SERVER_PORT
+    env["RAY_CLIENT_PORTS"] = ""  # single host: every node's client server is on CONTAINER_PORTS["client"]
 
     user, db = cfg.get("services", "postgres", "user"), cfg.get("services", "postgres", "db")
     pg_password = cfg.get("secrets", "postgres_password") or ""

@@ -352,7 +352,7 @@ def load(
     if not isinstance(yaml_data, dict):
         raise ConfigSyntaxError(positions.get((), Location(cfg_name, 1, 1)), f"found {_kind(yaml_data)} at the top level, expected a mapping")
 
-    problems: list[Problem] = list(removed_in_yaml(yaml_data, positions, cfg_name))
+    problems: list[Problem] = list(removed_in_yaml(yaml_data, positions, cfg_name))  # and drops them
     data = _merge(defaults(), yaml_data)
     sources: dict[tuple, Location] = {}
     for path in _leaf_paths(data):
@@ -411,25 +411,41 @@ def _kind(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # Removed settings: each names the one setting that replaced it (as the legacy nodes.yaml does).
 
-REMOVED: dict[tuple, tuple[str, str | None, str]] = {}  # path -> (old env, new env, what to do)
+# path -> (old environment name, what to use instead). Inside a bridge-networked Ray container
+# the ports are fixed (compose.CONTAINER_PORTS); the settings are the per-node ports.
+REMOVED: dict[tuple, tuple[str, str]] = {
+    ("ray", "head_port"): ("RAY_HEAD_PORT", "set each node's GCS port with ray.cpu.ports.gcs (RAY_CPU_GCS_HOST_PORT) and "
+                           "ray.gpu.ports.gcs (RAY_GPU_GCS_HOST_PORT); inside a container it is always 6379"),
+    ("ray", "dashboard_port"): ("RAY_DASHBOARD_PORT", "set each node's dashboard port with ray.cpu.ports.dashboard (RAY_CPU_DASHBOARD_HOST_PORT) and "
+                                "ray.gpu.ports.dashboard (RAY_GPU_DASHBOARD_HOST_PORT); inside a container it is always 8265"),
+    ("ray", "client_port"): ("RAY_CLIENT_SERVER_PORT", "clients reach the head through services.health.ray_client_port (RAY_CLIENT_HOST_PORT); "
+                             "in a multi-host cluster each node's client server port is ray.cpu.ports.client / ray.gpu.ports.client; "
+                             "inside a container it is always 10001"),
+}
 
 
 def removed_in_yaml(data: dict, positions: dict, filename: str) -> Iterator[Problem]:
-    for path, (_env, _new_env, advice) in REMOVED.items():
-        node: Any = data
-        for part in path:
-            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
-        if node is not _MISSING:
+    """A migration error for every removed key in `data`, which loses those keys (so that the
+    schema does not call them unknown as well)."""
+    for path, (_env, advice) in REMOVED.items():
+        parent: Any = data
+        for part in path[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and path[-1] in parent:
+            del parent[path[-1]]
             loc = positions.get((*path, yamlpos.KEY)) or positions.get(path) or Location(filename)
             yield Problem(loc, yamlpos.dotted(path), f"found a removed setting; {advice}")
 
 
 def removed_in_env(dotenv: Mapping[str, tuple[str, Location]], environ: Mapping[str, str]) -> Iterator[Problem]:
-    for path, (env, _new_env, advice) in REMOVED.items():
+    """In .env (the project's file) a removed name is an error; in the process environment,
+    where other programs may use the same name (Ray's own containers set RAY_HEAD_PORT), it is
+    ignored with a warning."""
+    for path, (env, advice) in REMOVED.items():
         if env in dotenv:
             yield Problem(dotenv[env][1], f"{yamlpos.dotted(path)} ({env})", f"found a removed setting; {advice}")
         elif env in environ:
-            yield Problem(Location(f"environment ${env}"), f"{yamlpos.dotted(path)} ({env})", f"found a removed setting; {advice}")
+            yield Problem(Location(f"environment ${env}"), f"{yamlpos.dotted(path)} ({env})", f"is no longer a setting and is ignored; {advice}", "warning")
 
 
 # ---------------------------------------------------------------------------------------------

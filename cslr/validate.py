@@ -209,6 +209,16 @@ def check_nodes(cfg: Config, gpu_node: bool = True) -> Iterable[Problem]:
         seen.add(host.lower())
     if not whitelist and not cfg.get("nodes", "head_address"):
         yield _p(cfg, wl_path, "found an empty whitelist and no nodes.head_address: no node could ever become head or find one; expected at least one hostname")
+    if not cfg.get("hosts") and whitelist and not cfg.get("nodes", "head_address"):
+        # One host: the candidates are this stack's nodes; a whitelist naming none of them (e.g.
+        # only the GPU node while it is off) leaves the cluster without a head, for ever.
+        running = [cfg.get("ray", "cpu", "hostname")] + ([cfg.get("ray", "gpu", "hostname")] if gpu_node else [])
+        listed = {str(e).partition(":")[0].lower() for e in whitelist}
+        if not listed & {n.lower() for n in running}:
+            gpu_name = cfg.get("ray", "gpu", "hostname")
+            why = f" ({gpu_name} runs only with the GPU node, which is off)" if gpu_name.lower() in listed and not gpu_node else ""
+            yield _p(cfg, wl_path, f"found {shorten(whitelist)}: no node of this stack can ever become head{why}; "
+                     f"expected at least one of: {', '.join(running)} (or nodes.head_address to join an external head)")
     if not cfg.get("hosts") and whitelist:
         names = {cfg.get("ray", "cpu", "hostname"), cfg.get("ray", "gpu", "hostname")}
         for i, entry in enumerate(whitelist):

@@ -84,7 +84,7 @@ def test_explicit_gpu_count_wins_over_detection(project):
 
 
 def test_subprocess_env_drops_config_variables():
-    env = compose.subprocess_env({"PATH": "/bin", "RAY_HEAD_PORT": "1", "HEAD_ADDRESS": "x", "COMPOSE_PROFILES": "a", "HOME": "/root"})
+    env = compose.subprocess_env({"PATH": "/bin", "RAY_CPU_GCS_HOST_PORT": "1", "HEAD_ADDRESS": "x", "COMPOSE_PROFILES": "a", "HOME": "/root"})
     assert env == {"PATH": "/bin", "HOME": "/root"}
 
 
