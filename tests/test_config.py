@@ -128,3 +128,33 @@ def test_every_env_name_is_unique_and_documented():
             walk(node["items"], f"{path}[]")
 
     walk(config.schema(), "$")
+
+
+def test_default_config_is_found_in_the_project_when_not_in_the_working_directory(tmp_path, monkeypatch):
+    project_dir = tmp_path / "checkout"
+    project_dir.mkdir()
+    (project_dir / "config.yaml").write_text("gpu: off\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(config, "ROOT", project_dir)  # the checkout that holds tasks.py
+    assert config.locate("config.yaml") == project_dir / "config.yaml"
+    assert config.load("config.yaml", environ={}).get("gpu") == "off"
+    (elsewhere / "config.yaml").write_text("gpu: on\n")
+    assert config.load("config.yaml", environ={}).get("gpu") == "on"  # the working directory's wins
+
+
+def test_missing_config_says_exactly_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "ROOT", tmp_path / "checkout")
+    with pytest.raises(ConfigSyntaxError) as info:
+        config.load("config.yaml", environ={})
+    assert str(info.value) == (f"config.yaml: cannot read: file not found; looked for {tmp_path}/config.yaml and {tmp_path}/checkout/config.yaml; "
+                               "run `inv init` to create it, or pass --config PATH")
+    assert info.value.exit_code == 2
+
+
+def test_explicit_config_path_is_not_searched(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigSyntaxError, match=r"^sub/config.yaml: cannot read: file not found"):
+        config.load("sub/config.yaml", environ={})
