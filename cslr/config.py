@@ -378,7 +378,8 @@ def load(
         try:
             value = convert_env_value(raw, fld)
         except ValueError as exc:
-            shown = "a value (secret, not shown)" if fld.secret else shorten(raw)
+            from_file = not loc.file.startswith("environment")
+            shown = "a value (secret, not shown)" if fld.secret else ("the value set there (not shown: .env may hold secrets)" if from_file else shorten(raw))
             problems.append(Problem(loc, f"{yamlpos.dotted(fld.path)} ({fld.env})", f"found {shown}, {exc}"))
             continue
         _set(data, fld.path, value)

@@ -16,6 +16,7 @@ import yaml
 
 from . import yamlpos
 from .config import Config, env_fields, parse_size, schema, shorten
+from .config import display_path as config_display
 from .errors import ConfigError, ConfigSyntaxError, Location, Problem
 
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
@@ -72,8 +73,15 @@ def schema_check(cfg: Config) -> tuple[list[Problem], set[tuple]]:
     validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     secret_paths = {f.path for f in env_fields() if f.secret}
 
+    env_file = cfg.env_path.name if cfg.env_path is not None else None
+
     def shown(path: tuple, value: Any) -> str:
-        return "a value (secret, not shown)" if tuple(path) in secret_paths else shorten(value)
+        if tuple(path) in secret_paths:
+            return "a value (secret, not shown)"
+        src = cfg.sources.get(tuple(path))
+        if src is not None and env_file is not None and src.file == config_display(cfg.env_path):
+            return "the value set there (not shown: .env may hold secrets)"
+        return shorten(value)
 
     problems, invalid = [], set()
     for err in validator.iter_errors(cfg.data):

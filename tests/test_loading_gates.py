@@ -227,3 +227,13 @@ def test_explicit_env_file_that_is_missing(project, tmp_path):
 def test_control_characters_written_as_yaml_escapes_are_refused(project):
     err = refusal(project('images:\n  ray: "rayproject/ray\\nEVIL=1"\n'))
     assert "config.yaml:2:8: $.images.ray (RAY_IMAGE): found the control character U+000A in the value, expected printable text on one line" in str(err)
+
+
+def test_dotenv_values_are_never_shown_in_type_errors(project, tmp_path):
+    from tests.conftest import SECRETS
+
+    path = project("{}\n", env={**SECRETS, "REDIS_HOST_PORT": "hunter2", "CSLR_GPU": "hunter3"})
+    err = str(refusal(path))
+    assert ".env:5:1: $.services.redis.port (REDIS_HOST_PORT): found the value set there (not shown: .env may hold secrets), expected an integer" in err
+    assert ".env:6:1: $.gpu (CSLR_GPU): found the value set there (not shown: .env may hold secrets), expected one of: auto, on, off" in err
+    assert "hunter" not in err
