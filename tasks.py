@@ -10,7 +10,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from cslr import compose, config, images, lifecycle, schema_docs
+from cslr import compose, config, effective, images, lifecycle, schema_docs
 from cslr import report as report_mod
 from cslr import stack as stack_mod
 from cslr.errors import PlatformError
@@ -18,6 +18,7 @@ from cslr.init import init as init_files
 from cslr.project import generation_report, load_validated, plan_for, relative
 
 ROOT = Path(__file__).resolve().parent
+_config_mod = config  # the `config` module, reachable inside tasks whose --config parameter shadows it
 CONFIG_HELP = "config.yaml to read (default: ./config.yaml)"
 ENV_HELP = ".env to read (default: the .env beside the config file)"
 
@@ -57,6 +58,16 @@ def validate(c, config="config.yaml", env_file=None):
     loaded = _loaded(config, env_file)
     print(loaded.gpu.describe())
     print(f"{config}: valid")
+
+
+@task(name="config", help={"config": CONFIG_HELP, "env_file": ENV_HELP})
+def show_config(c, config="config.yaml", env_file=None):
+    """Show every setting's effective value and its origin (schema default, config.yaml:LINE, .env:LINE, environment); secrets masked."""
+    try:
+        cfg = _config_mod.load(config, env_file)
+    except PlatformError as exc:
+        raise _fail(exc) from None
+    print(effective.table(effective.rows(cfg)))
 
 
 HOST_HELP = "multi-host: the host of config.yaml's `hosts:` to act for (default: this machine's hostname)"

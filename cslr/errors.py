@@ -45,10 +45,34 @@ class ConfigSyntaxError(PlatformError):
     """The YAML (or .env) could not be parsed at all: reported apart from validation errors."""
 
     exit_code = 2
+    kind = "syntax error"
 
     def __init__(self, location: Location, message: str):
-        super().__init__(f"{location}: syntax error: {message}")
+        super().__init__(f"{location}: {self.kind}: {message}")
         self.location = location
+        self.message = message
+
+
+class ConfigFileError(ConfigSyntaxError):
+    """The file itself was refused before parsing: missing, not a regular file, too large, not UTF-8."""
+
+    kind = "cannot read"
+
+
+class UsageError(PlatformError, KeyError):
+    """The user asked for something the configuration does not have (e.g. `--host` of no host).
+
+    The `KeyError` base is transitional: `tasks.firewall` still catches `KeyError`; once it
+    catches `PlatformError` the base can go.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        PlatformError.__init__(self, message)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class ConfigError(PlatformError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .config import Config
-from .errors import Problem
+from .errors import Problem, UsageError
 
 KINDS = ("cpu", "gpu")
 AGENT_OFFSET = 1000  # the election agent listens on GCS port + 1000 (scripts/ray_node.py)
@@ -80,13 +80,13 @@ def services_host(cfg: Config, service: str) -> dict | None:
 
 
 def this_host(cfg: Config, name: str | None) -> dict:
-    """The host entry for `name` (default: this machine's hostname); KeyError says which exist."""
+    """The host entry for `name` (default: this machine's hostname); UsageError says which exist."""
     wanted = name or socket.gethostname()
     for host in cfg.get("hosts") or []:
         if host["name"].lower() == wanted.lower():
             return host
     known = ", ".join(h["name"] for h in cfg.get("hosts") or [])
-    raise KeyError(f"host {wanted!r} is not in config.yaml's hosts ({known}); pass --host NAME")
+    raise UsageError(f"host {wanted!r} is not in config.yaml's hosts ({known}); pass --host NAME")
 
 
 def whitelist(cfg: Config) -> list[str]:
@@ -227,7 +227,7 @@ def problems(cfg: Config) -> Iterable[Problem]:
 def firewall_rules(cfg: Config, host_name: str | None) -> str:
     """ufw and iptables rules that let the other hosts reach what this host serves, nothing more."""
     if not cfg.get("hosts"):
-        raise KeyError("config.yaml has no `hosts:`: a single-host stack publishes on network.bind_address only and needs no rules")
+        raise UsageError("config.yaml has no `hosts:`: a single-host stack publishes on network.bind_address only and needs no rules")
     host = this_host(cfg, host_name)
     peers = [h["address"] for h in cfg.get("hosts") if h["name"] != host["name"]]
     groups: list[tuple[str, list[str]]] = []

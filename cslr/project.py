@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import compose, config, gpu, images, validate
-from .errors import ConfigError, PlatformError, Problem
+from .errors import ConfigError, Problem
 
 
 @dataclass
@@ -41,10 +41,7 @@ def load_validated(
 
 
 def plan_for(loaded: Loaded, test_cluster: bool = True, host: str | None = None, image_source: str = "pull") -> compose.Plan:
-    try:
-        return compose.plan(loaded.cfg, loaded.gpu, test_cluster=test_cluster, host=host, image_source=image_source)
-    except KeyError as exc:
-        raise PlatformError(str(exc.args[0])) from None
+    return compose.plan(loaded.cfg, loaded.gpu, test_cluster=test_cluster, host=host, image_source=image_source)
 
 
 def generation_report(plan: compose.Plan, written: list[Path], out_dir: Path, root: Path) -> list[str]:

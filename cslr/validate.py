@@ -9,14 +9,15 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jsonschema
 import yaml
 
 from . import yamlpos
-from .config import Config, parse_size, schema
-from .errors import ConfigError, Location, Problem
+from .config import Config, env_fields, parse_size, schema, shorten
+from .config import display_path as config_display
+from .errors import ConfigError, ConfigSyntaxError, Location, Problem
 
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 SHM_WARN_RATIO = 0.30  # Ray's own rule of thumb: object store ~30 % of memory lives in /dev/shm
@@ -32,48 +33,69 @@ def _expected_types(types: Any) -> str:
     return " or ".join(names.get(t, t) for t in types)
 
 
-def _describe_schema_error(err: jsonschema.ValidationError) -> list[tuple[tuple, str, bool]]:
-    """(path, message, point_at_key) for one jsonschema error."""
+def _describe_schema_error(err: jsonschema.ValidationError, shown: Callable[[tuple, Any], str]) -> list[tuple[tuple, str, bool]]:
+    """(path, message, point_at_key) for one jsonschema error. `shown(path, value)` renders a
+    found value (short; a secret's is never shown)."""
     path = tuple(err.absolute_path)
     value = err.instance
     v = err.validator
+    found = shown(path, value)
     if v == "additionalProperties":
         allowed = list(err.schema.get("properties", {}))
         out = []
         for key in sorted(set(value) - set(allowed)):
             hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
             did = f" (did you mean {hint[0]!r}?)" if hint else ""
-            out.append(((*path, key), f"unknown key {key!r}{did}; expected one of: {', '.join(allowed)}", True))
+            out.append(((*path, key), f"unknown key {shorten(key)}{did}; expected one of: {', '.join(allowed)}", True))
         return out
     if v == "type":
-        return [(path, f"found {value!r} ({_type_name(value)}), expected {_expected_types(err.validator_value)}", False)]
+        return [(path, f"found {found} ({_type_name(value)}), expected {_expected_types(err.validator_value)}", False)]
     if v == "enum":
-        return [(path, f"found {value!r}, expected one of: {', '.join(map(str, err.validator_value))}", False)]
+        return [(path, f"found {found}, expected one of: {', '.join(map(str, err.validator_value))}", False)]
     if v == "pattern":
-        return [(path, f"found {value!r}, expected a value matching {err.validator_value}", False)]
+        return [(path, f"found {found}, expected a value matching {err.validator_value}", False)]
     if v == "format":
-        return [(path, f"found {value!r}, expected an {err.validator_value} address", False)]
+        return [(path, f"found {found}, expected an {err.validator_value} address", False)]
     if v in ("minimum", "maximum"):
         op = "≥" if v == "minimum" else "≤"
-        return [(path, f"found {value!r}, expected {op} {err.validator_value}", False)]
+        return [(path, f"found {found}, expected {op} {err.validator_value}", False)]
     if v == "required":
         missing = [k for k in err.validator_value if k not in value]
         return [(path, f"missing key {k!r}", False) for k in missing]
     if v == "uniqueItems":
-        return [(path, f"found duplicate items in {value!r}, expected unique items", False)]
-    return [(path, f"found {value!r}: {err.message}", False)]
+        return [(path, f"found duplicate items in {found}, expected unique items", False)]
+    return [(path, f"found {found}: {err.message[:120]}", False)]
 
 
-def schema_problems(cfg: Config) -> list[Problem]:
+def schema_check(cfg: Config) -> tuple[list[Problem], set[tuple]]:
+    """The schema gate: its problems, and the paths whose values it refused (a rule that reads
+    one of them, or anything inside or around it, does not run)."""
     validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
-    problems = []
+    secret_paths = {f.path for f in env_fields() if f.secret}
+
+    env_file = cfg.env_path.name if cfg.env_path is not None else None
+
+    def shown(path: tuple, value: Any) -> str:
+        if tuple(path) in secret_paths:
+            return "a value (secret, not shown)"
+        src = cfg.sources.get(tuple(path))
+        if src is not None and env_file is not None and src.file == config_display(cfg.env_path):
+            return "the value set there (not shown: .env may hold secrets)"
+        return shorten(value)
+
+    problems, invalid = [], set()
     for err in validator.iter_errors(cfg.data):
         if err.validator in ("oneOf", "anyOf") and err.context:
             err = min(err.context, key=lambda e: len(e.schema_path))
-        for path, message, at_key in _describe_schema_error(err):
+        for path, message, at_key in _describe_schema_error(err, shown):
             loc = cfg.key_location(path) if at_key else cfg.location(path)
             problems.append(Problem(loc, cfg.display_name(path), message))
-    return problems
+            invalid.add(path)
+    return problems, invalid
+
+
+def schema_problems(cfg: Config) -> list[Problem]:
+    return schema_check(cfg)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +201,7 @@ def _split_entry(entry: str) -> tuple[str, int | None]:
     return host, int(port) if port.isdigit() else (None if not port else -1)
 
 
-def check_nodes(cfg: Config) -> Iterable[Problem]:
+def check_nodes(cfg: Config, gpu_node: bool = True) -> Iterable[Problem]:
     wl_path = ("nodes", "head_whitelist")
     whitelist = cfg.get(*wl_path) or []
     seen: set[str] = set()
@@ -195,6 +217,16 @@ def check_nodes(cfg: Config) -> Iterable[Problem]:
         seen.add(host.lower())
     if not whitelist and not cfg.get("nodes", "head_address"):
         yield _p(cfg, wl_path, "found an empty whitelist and no nodes.head_address: no node could ever become head or find one; expected at least one hostname")
+    if not cfg.get("hosts") and whitelist and not cfg.get("nodes", "head_address"):
+        # One host: the candidates are this stack's nodes; a whitelist naming none of them (e.g.
+        # only the GPU node while it is off) leaves the cluster without a head, for ever.
+        running = [cfg.get("ray", "cpu", "hostname")] + ([cfg.get("ray", "gpu", "hostname")] if gpu_node else [])
+        listed = {str(e).partition(":")[0].lower() for e in whitelist}
+        if not listed & {n.lower() for n in running}:
+            gpu_name = cfg.get("ray", "gpu", "hostname")
+            why = f" ({gpu_name} runs only with the GPU node, which is off)" if gpu_name.lower() in listed and not gpu_node else ""
+            yield _p(cfg, wl_path, f"found {shorten(whitelist)}: no node of this stack can ever become head{why}; "
+                     f"expected at least one of: {', '.join(running)} (or nodes.head_address to join an external head)")
     if not cfg.get("hosts") and whitelist:
         names = {cfg.get("ray", "cpu", "hostname"), cfg.get("ray", "gpu", "hostname")}
         for i, entry in enumerate(whitelist):
@@ -224,6 +256,22 @@ def check_secrets(cfg: Config) -> Iterable[Problem]:
             yield Problem(Location(".env" if cfg.env_path is None else cfg.env_path.name), cfg.display_name(path), f"found no {env}, expected a secret: run `inv init` to generate .env")
 
 
+def check_env_values(cfg: Config) -> Iterable[Problem]:
+    """Every value reaches Compose through an env file line: no control characters (tab aside)."""
+    import unicodedata
+
+    for fld in env_fields():
+        value = cfg.get(*fld.path)
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                continue
+            bad = next((c for c in item if unicodedata.category(c) == "Cc" and c != "\t"), None)
+            if bad is not None:
+                path = (*fld.path, i) if isinstance(value, list) else fld.path
+                yield _p(cfg, path, f"found the control character U+{ord(bad):04X} in the value, expected printable text on one line")
+
+
 def check_features(cfg: Config) -> Iterable[Problem]:
     if cfg.get("ray", "gcs_fault_tolerance") and not cfg.get("services", "redis", "enabled"):
         yield _p(cfg, ("ray", "gcs_fault_tolerance"), "found true with services.redis.enabled false; expected Redis on (GCS fault tolerance keeps its state there)")
@@ -233,9 +281,11 @@ def check_legacy(cfg: Config) -> Iterable[Problem]:
     legacy = cfg.config_path.parent / "nodes.yaml"
     if not legacy.exists():
         return
+    from . import textfile, yamlpos as _yp
+
     try:
-        content = yaml.safe_load(legacy.read_text()) or {}
-    except yaml.YAMLError:
+        content = _yp.load(textfile.read_text(legacy, legacy.name), legacy.name)[0] or {}
+    except ConfigSyntaxError:
         content = {}
     nodes = content.get("nodes", content) if isinstance(content, dict) else {}
     snippet = yaml.safe_dump({"nodes": nodes if isinstance(nodes, dict) else {}}, sort_keys=False).strip()
@@ -246,19 +296,55 @@ def check_legacy(cfg: Config) -> Iterable[Problem]:
 def check_extra_overlays(cfg: Config) -> Iterable[Problem]:
     base = cfg.config_path.resolve().parent
     for i, rel in enumerate(cfg.get("extra_overlays") or []):
-        if isinstance(rel, str) and not (base / rel).is_file():
+        if isinstance(rel, str) and not _is_file(base / rel):
             yield _p(cfg, ("extra_overlays", i), f"found {rel!r}, which is not a file (relative to {cfg.config_path.name}); expected a Compose file")
 
 
-def validate(cfg: Config, gpu_node: bool = False, extra: Iterable[Problem] = ()) -> list[Problem]:
-    """Return every problem (errors and warnings); raise ConfigError if any is an error."""
-    problems = list(cfg.problems) + schema_problems(cfg)
-    for rule in (check_network, check_sizes, check_nodes, check_secrets, check_features, check_legacy, check_extra_overlays):
-        problems.extend(rule(cfg))
-    problems.extend(check_ports(cfg, gpu_node))
+# Each rule runs only on schema-valid data: it names the subtrees it reads, and it is skipped
+# while the schema refuses anything in, above or below one of them (the schema's own message
+# already says what to fix). A rule may then assume every type the schema states.
+RULES: list[tuple[tuple[tuple, ...] | Callable[[], tuple[tuple, ...]], Callable[[Config, bool], Iterable[Problem]]]] = [
+    ((("network",),), lambda cfg, gpu_node: check_network(cfg)),
+    ((("ray", "cpu"), ("ray", "gpu")), lambda cfg, gpu_node: check_sizes(cfg)),
+    ((("nodes",), ("hosts",), ("ray", "cpu", "hostname"), ("ray", "gpu", "hostname"), ("gpu",)), lambda cfg, gpu_node: check_nodes(cfg, gpu_node)),
+    ((("secrets",), ("ray", "auth")), lambda cfg, gpu_node: check_secrets(cfg)),
+    ((("ray", "gcs_fault_tolerance"), ("services", "redis", "enabled")), lambda cfg, gpu_node: check_features(cfg)),
+    ((), lambda cfg, gpu_node: check_legacy(cfg)),
+    (lambda: tuple(f.path for f in env_fields()), lambda cfg, gpu_node: check_env_values(cfg)),
+    ((("extra_overlays",),), lambda cfg, gpu_node: check_extra_overlays(cfg)),
+    ((("services",), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("hosts",)), check_ports),
+    ((("hosts",), ("services",), ("network", "bind_address"), ("nodes", "head_whitelist"), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("secrets",)),
+     lambda cfg, gpu_node: _multihost_problems(cfg)),
+]
+
+
+def _multihost_problems(cfg: Config) -> Iterable[Problem]:
     from . import multihost
 
-    problems.extend(multihost.problems(cfg))
+    return multihost.problems(cfg)
+
+
+def _touches(paths: Iterable[tuple], invalid: set[tuple]) -> bool:
+    return any(bad[: len(p)] == p or p[: len(bad)] == bad for p in paths for bad in invalid)
+
+
+def _is_file(path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, an embedded NUL
+        return False
+
+
+def validate(cfg: Config, gpu_node: bool = False, extra: Iterable[Problem] = ()) -> list[Problem]:
+    """Return every problem (errors and warnings); raise ConfigError if any is an error.
+
+    The gates after loading: the schema, then the rules on the subtrees it accepted."""
+    problems = list(cfg.problems)
+    found, invalid = schema_check(cfg)
+    problems += found
+    for reads, rule in RULES:
+        if not _touches(reads() if callable(reads) else reads, invalid):
+            problems.extend(rule(cfg, gpu_node))
     problems.extend(extra)
     problems = _dedupe(problems)
     problems.sort(key=_order)

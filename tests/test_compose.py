@@ -84,7 +84,7 @@ def test_explicit_gpu_count_wins_over_detection(project):
 
 
 def test_subprocess_env_drops_config_variables():
-    env = compose.subprocess_env({"PATH": "/bin", "RAY_HEAD_PORT": "1", "HEAD_ADDRESS": "x", "COMPOSE_PROFILES": "a", "HOME": "/root"})
+    env = compose.subprocess_env({"PATH": "/bin", "RAY_CPU_GCS_HOST_PORT": "1", "HEAD_ADDRESS": "x", "COMPOSE_PROFILES": "a", "HOME": "/root"})
     assert env == {"PATH": "/bin", "HOME": "/root"}
 
 
@@ -94,3 +94,20 @@ def test_auth_disabled_passes_no_token(project):
     assert (env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"]) == ("disabled", "")
     env = compose.compose_env(config.load(project("{}\n"), environ={}), NO_GPU)
     assert (env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"]) == ("token", "ray-secret")
+
+
+def test_leftover_render_directories_are_swept_but_a_live_runs_is_kept(tmp_path):
+    import os
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that has exited: its render directory is a leftover
+    legacy = tmp_path / ".render-abc123"
+    gone = tmp_path / f".render-{dead.pid}-xyz"
+    live = tmp_path / f".render-{os.getpid()}-xyz"
+    for d in (legacy, gone, live):
+        d.mkdir()
+        (d / ".env").write_text("SECRET=x\n")
+    (tmp_path / ".render-file").write_text("not a directory")
+    assert sorted(compose.sweep_renders(tmp_path)) == sorted([legacy, gone])
+    assert live.is_dir() and (tmp_path / ".render-file").exists() and not legacy.exists() and not gone.exists()

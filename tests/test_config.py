@@ -11,29 +11,29 @@ from cslr.errors import ConfigSyntaxError
 def test_schema_defaults_fill_an_empty_config(project):
     cfg = config.load(project("{}\n"), environ={})
     assert cfg.get("network", "subnet") == "172.28.0.0/16"
-    assert cfg.get("ray", "head_port") == 6379
+    assert cfg.get("ray", "cpu", "ports", "gcs") == 6379
     assert cfg.get("nodes", "head_whitelist") == ["ray-cpu", "ray-gpu"]
-    assert str(cfg.location(("ray", "head_port"))) == "schema default"
+    assert str(cfg.location(("ray", "cpu", "ports", "gcs"))) == "schema default"
 
 
 def test_config_yaml_beats_defaults_and_records_its_line(project):
-    cfg = config.load(project("ray:\n  head_port: 7000\n"), environ={})
-    assert cfg.get("ray", "head_port") == 7000
-    assert str(cfg.location(("ray", "head_port"))) == "config.yaml:2:14"
+    cfg = config.load(project("ray:\n  cpu:\n    ports: {gcs: 7000}\n"), environ={})
+    assert cfg.get("ray", "cpu", "ports", "gcs") == 7000
+    assert str(cfg.location(("ray", "cpu", "ports", "gcs"))) == "config.yaml:3:18"
 
 
 def test_dotenv_beats_config_yaml(project, tmp_path):
-    path = project("ray:\n  head_port: 7000\n", env={"RAY_HEAD_PORT": "7100"})
+    path = project("ray:\n  cpu:\n    ports: {gcs: 7000}\n", env={"RAY_CPU_GCS_HOST_PORT": "7100"})
     cfg = config.load(path, environ={})
-    assert cfg.get("ray", "head_port") == 7100
-    assert str(cfg.location(("ray", "head_port"))) == ".env:1:1"
+    assert cfg.get("ray", "cpu", "ports", "gcs") == 7100
+    assert str(cfg.location(("ray", "cpu", "ports", "gcs"))) == ".env:1:1"
 
 
 def test_environment_beats_dotenv(project):
-    path = project("ray:\n  head_port: 7000\n", env={"RAY_HEAD_PORT": "7100"})
-    cfg = config.load(path, environ={"RAY_HEAD_PORT": "7200"})
-    assert cfg.get("ray", "head_port") == 7200
-    assert "environment $RAY_HEAD_PORT" in str(cfg.location(("ray", "head_port")))
+    path = project("ray:\n  cpu:\n    ports: {gcs: 7000}\n", env={"RAY_CPU_GCS_HOST_PORT": "7100"})
+    cfg = config.load(path, environ={"RAY_CPU_GCS_HOST_PORT": "7200"})
+    assert cfg.get("ray", "cpu", "ports", "gcs") == 7200
+    assert "environment $RAY_CPU_GCS_HOST_PORT" in str(cfg.location(("ray", "cpu", "ports", "gcs")))
 
 
 def test_env_file_flag_replaces_the_default_dotenv(project, tmp_path):
@@ -60,14 +60,14 @@ def test_environment_strings_take_the_schema_type(project, env, path, expected):
 
 
 def test_bad_environment_value_is_a_problem_with_its_origin(project):
-    cfg = config.load(project("{}\n"), environ={"RAY_HEAD_PORT": "sixty"})
+    cfg = config.load(project("{}\n"), environ={"RAY_CPU_GCS_HOST_PORT": "sixty"})
     assert len(cfg.problems) == 1
-    assert str(cfg.problems[0]) == "environment $RAY_HEAD_PORT: $.ray.head_port (RAY_HEAD_PORT): found 'sixty', expected an integer"
+    assert str(cfg.problems[0]) == "environment $RAY_CPU_GCS_HOST_PORT: $.ray.cpu.ports.gcs (RAY_CPU_GCS_HOST_PORT): found 'sixty', expected an integer"
 
 
 def test_yaml_syntax_error_has_line_and_column(project):
     with pytest.raises(ConfigSyntaxError) as info:
-        config.load(project("ray:\n  head_port: [1,\n"), environ={})
+        config.load(project("ray:\n  version: [1,\n"), environ={})
     assert str(info.value).startswith("config.yaml:3:1: syntax error:")
     assert info.value.exit_code == 2
 
@@ -82,7 +82,7 @@ def test_gpu_on_stays_a_string_not_a_yaml11_boolean(project):
 
 
 def test_top_level_must_be_a_mapping(project):
-    with pytest.raises(ConfigSyntaxError, match="top level must be a mapping"):
+    with pytest.raises(ConfigSyntaxError, match=r"config.yaml:1:1: syntax error: found a list at the top level, expected a mapping"):
         config.load(project("- a\n- b\n"), environ={})
 
 
@@ -128,3 +128,33 @@ def test_every_env_name_is_unique_and_documented():
             walk(node["items"], f"{path}[]")
 
     walk(config.schema(), "$")
+
+
+def test_default_config_is_found_in_the_project_when_not_in_the_working_directory(tmp_path, monkeypatch):
+    project_dir = tmp_path / "checkout"
+    project_dir.mkdir()
+    (project_dir / "config.yaml").write_text("gpu: off\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(config, "ROOT", project_dir)  # the checkout that holds tasks.py
+    assert config.locate("config.yaml") == project_dir / "config.yaml"
+    assert config.load("config.yaml", environ={}).get("gpu") == "off"
+    (elsewhere / "config.yaml").write_text("gpu: on\n")
+    assert config.load("config.yaml", environ={}).get("gpu") == "on"  # the working directory's wins
+
+
+def test_missing_config_says_exactly_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "ROOT", tmp_path / "checkout")
+    with pytest.raises(ConfigSyntaxError) as info:
+        config.load("config.yaml", environ={})
+    assert str(info.value) == (f"config.yaml: cannot read: file not found; looked for {tmp_path}/config.yaml and {tmp_path}/checkout/config.yaml; "
+                               "run `inv init` to create it, or pass --config PATH")
+    assert info.value.exit_code == 2
+
+
+def test_explicit_config_path_is_not_searched(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigSyntaxError, match=r"^sub/config.yaml: cannot read: file not found"):
+        config.load("sub/config.yaml", environ={})

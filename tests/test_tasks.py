@@ -67,7 +67,7 @@ def test_generate_is_deterministic_and_private(project, tmp_path):
 
 
 def test_generate_writes_nothing_on_invalid_config(project, tmp_path):
-    project("ray:\n  head_port: 0\n")
+    project("services:\n  mlflow: {port: 0}\n")
     out = inv("generate", "--out", str(tmp_path / "_build"), cwd=tmp_path)
     assert out.returncode == 2
     assert not (tmp_path / "_build").exists()

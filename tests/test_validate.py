@@ -39,13 +39,13 @@ def test_unknown_key_points_at_the_key_and_suggests(project):
 
 
 def test_type_error_says_found_and_expected(project):
-    out = errors(project("ray:\n  head_port: '6379'\n"))
-    assert out == ["config.yaml:2:14: $.ray.head_port (RAY_HEAD_PORT): found '6379' (a string), expected an integer"]
+    out = errors(project("services:\n  health: {port: '8888'}\n"))
+    assert out == ["config.yaml:2:18: $.services.health.port (HEALTH_HOST_PORT): found '8888' (a string), expected an integer"]
 
 
 def test_all_errors_in_one_run_in_file_order(project):
-    out = errors(project("gpu: maybe\nray:\n  head_port: 0\nnetwork:\n  subnet: 10.0.0.0/33\n"))
-    assert [line.split(": ")[0] for line in out] == ["config.yaml:1:6", "config.yaml:3:14", "config.yaml:5:11"]
+    out = errors(project("gpu: maybe\nservices:\n  mlflow: {port: 0}\nnetwork:\n  subnet: 10.0.0.0/33\n"))
+    assert [line.split(": ")[0] for line in out] == ["config.yaml:1:6", "config.yaml:3:18", "config.yaml:5:11"]
 
 
 @pytest.mark.parametrize("subnet", ["10.0.0.0/33", "10.0.0.1/24", "not-a-net", "fe80::/64"])
