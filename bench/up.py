@@ -2,7 +2,7 @@
 same `_build/compose.yaml`, with warm images, alternating in one run. Also samples the stack's
 memory (`docker stats`) and reports its peak.
 
-Uses the e2e stack (tests/e2e/config.yaml, local test images: run `make images` first).
+Uses the e2e stack (tests/e2e/config.yaml; its images on the local bases: run `make bases` first).
 Each start begins from the same state: containers removed, volumes kept.
 
     .venv/bin/python bench/up.py [--repeat 3]

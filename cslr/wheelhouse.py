@@ -63,7 +63,7 @@ def download_command(cfg: Config, dest: Path, root: Path = ROOT, python: str = s
     for line in requirement_lines(cfg, root):
         args += ["-r", line[2:]] if line.startswith("-r") else [line]
     return [
-        python, "-m", "pip", "download", "--disable-pip-version-check", "--dest", str(dest),
+        python, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--dest", str(dest),
         "--only-binary=:all:", "--implementation", "cp", "--python-version", IMAGE_PYTHON,
         "--abi", "cp" + IMAGE_PYTHON.replace(".", ""), *[x for tag in platforms(machine_arch(arch)) for x in ("--platform", tag)],
         *args,
