@@ -238,6 +238,24 @@ class Docker:
         except (OSError, subprocess.TimeoutExpired):
             return False
 
+    def present_refs(self, refs: list[str]) -> set[str] | None:
+        """Which of these images are present, in one engine call; None when the engine does not answer."""
+        if not refs:
+            return set()
+        try:
+            proc = self.run(["docker", "image", "inspect", "--format", "{{.Id}}", *refs], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if proc.returncode != 0 and not proc.stdout.strip():
+            err = (proc.stderr or "").lower()
+            if "no such image" not in err and "no such object" not in err:
+                return None  # not an answer about images: the engine is not there
+        # One line per image found, in argument order among the found ones: ask per ref only
+        # when some are missing (rare, and only then is the order ambiguous).
+        if proc.returncode == 0:
+            return set(refs)
+        return {ref for ref in refs if self.present(ref)}
+
     def pull(self, ref: str, quiet: bool = False) -> subprocess.CompletedProcess:
         # Progress goes to the user's terminal unless quiet (a probe).
         return self.run(["docker", "pull", ref], capture_output=quiet, text=True, timeout=None if not quiet else 120)
@@ -255,18 +273,20 @@ class Docker:
 
 
 def resolve_source(cfg: Config, docker: Docker | None, services: Iterable[str], probe_pull: bool) -> tuple[str, str]:
-    """Resolve images.source for these services; pulls one base as the probe only if asked."""
+    """Resolve images.source for these services; pulls one base as the probe only if asked.
+    Without an engine (docker None, or no answer) an undecided `auto` stays `pull`."""
     requested = cfg.get("images", "source") or "auto"
-    wanted = needed_bases(services)
     if requested != "auto" or docker is None:
         return choose_source(requested, False, False, None)
-    official = base_refs(cfg, "pull")
-    local = base_refs(cfg, "local")
-    official_present = all(docker.present(official[b]) for b in wanted)
-    local_present = all(docker.present(local[b]) for b in wanted)
-    missing = [official[b] for b in wanted if not docker.present(official[b])]
+    wanted = needed_bases(services)
+    official = [base_refs(cfg, "pull")[b] for b in wanted]
+    local = [base_refs(cfg, "local")[b] for b in wanted]
+    present = docker.present_refs(sorted(set(official + local)))
+    if present is None:
+        return choose_source(requested, False, False, None)
+    missing = [ref for ref in official if ref not in present]
     probe = (lambda: docker.can_pull(missing[0])) if probe_pull and missing else None
-    return choose_source(requested, official_present, local_present, probe)
+    return choose_source(requested, not missing, all(ref in present for ref in local), probe)
 
 
 def ensure(

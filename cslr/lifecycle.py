@@ -167,5 +167,4 @@ def failure(stack: Stack, service: str, what: str, container: str | None = None)
 
 def resolve_image_source(cfg, services: list[str], probe_pull: bool, run=subprocess.run) -> tuple[str, str]:
     """images.source for `generate` (no pulls) and `up` (one probe pull when undecided)."""
-    engine_ok = not preflight.docker_available(run)
-    return images.resolve_source(cfg, images.Docker(run) if engine_ok else None, services, probe_pull)
+    return images.resolve_source(cfg, images.Docker(run), services, probe_pull)

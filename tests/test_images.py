@@ -182,3 +182,27 @@ def test_wheelhouse_download_targets_the_images_python(project):
     assert "manylinux2014_x86_64" in cmd and "manylinux_2_35_x86_64" in cmd
     assert "ray[default]==2.60.0" in cmd and "mlflow==3.17.2" in cmd
     assert wheelhouse.machine_arch("arm64") == "aarch64"
+
+
+def test_present_refs_in_one_call_and_none_without_an_engine():
+    calls = []
+
+    def engine(found, err=""):
+        def run(cmd, **kw):
+            calls.append(cmd)
+            refs = cmd[5:] if cmd[2] == "inspect" and cmd[3] == "--format" else cmd[3:]
+            hits = [r for r in refs if r in found]
+            return subprocess.CompletedProcess(cmd, 0 if len(hits) == len(refs) else 1, "".join("sha\n" for _ in hits), err or "".join(f"Error: No such image: {r}\n" for r in refs if r not in found))
+        return run
+
+    assert images.Docker(engine({"a", "b"})).present_refs(["a", "b"]) == {"a", "b"} and len(calls) == 1
+    assert images.Docker(engine({"a"})).present_refs(["a", "b"]) == {"a"}
+    down = engine(set(), err="Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?")
+    assert images.Docker(down).present_refs(["a"]) is None
+
+
+def test_resolve_source_without_an_engine_stays_pull(project):
+    def no_engine(cmd, **kw):
+        raise FileNotFoundError("docker")
+
+    assert images.resolve_source(load(project), images.Docker(no_engine), ["ray-cpu"], probe_pull=True)[0] == "pull"

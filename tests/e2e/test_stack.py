@@ -139,6 +139,18 @@ def test_published_ports_are_on_loopback_only(inv):
     assert bindings and all(b.startswith("127.0.0.1:") for b in bindings), bindings
 
 
+def test_no_secret_is_in_any_process_command_line(inv):
+    # argv is visible to every local user (`ps`), container processes included: no secret of
+    # .env may appear there, whichever service or node it belongs to.
+    secrets = {k: v.strip("'\"") for k, v in (line.split("=", 1) for line in (inv.workdir / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))}
+    secrets = {k: v for k, v in secrets.items() if len(v) >= 16}
+    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "MARIMO_TOKEN", "RAY_AUTH_TOKEN"} <= set(secrets)
+    cmdlines = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True, check=True).stdout
+    assert "marimo edit" in cmdlines and "redis-server" in cmdlines and "ray_node.py" in cmdlines  # the stack is there
+    leaked = sorted(name for name, value in secrets.items() if value in cmdlines)
+    assert leaked == [], f"in argv: {leaked}"
+
+
 def mlflow_call(method: str, path: str, **kw) -> dict:
     resp = requests.request(method, f"{MLFLOW}/api/2.0/mlflow/{path}", timeout=30, **kw)
     resp.raise_for_status()
@@ -163,14 +175,3 @@ def test_a_run_survives_down_and_up_and_volumes_go_only_with_yes(inv):
     volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"], capture_output=True, text=True, check=True).stdout.split()
     assert volumes == []
 
-
-def test_no_secret_is_in_any_process_command_line(inv):
-    # argv is visible to every local user (`ps`), container processes included: no secret of
-    # .env may appear there, whichever service or node it belongs to.
-    secrets = {k: v.strip("'\"") for k, v in (line.split("=", 1) for line in (inv.workdir / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))}
-    secrets = {k: v for k, v in secrets.items() if len(v) >= 16}
-    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "MARIMO_TOKEN", "RAY_AUTH_TOKEN"} <= set(secrets)
-    cmdlines = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True, check=True).stdout
-    assert "marimo edit" in cmdlines and "redis-server" in cmdlines and "ray_node.py" in cmdlines  # the stack is there
-    leaked = sorted(name for name, value in secrets.items() if value in cmdlines)
-    assert leaked == [], f"in argv: {leaked}"
