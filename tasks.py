@@ -176,11 +176,14 @@ def test_cluster(c, config="config.yaml", env_file=None, out="_build"):
         raise Exit("test-cluster failed", code=code)
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "host": HOST_HELP})
-def firewall(c, config="config.yaml", env_file=None, host=None):
-    """Print the ufw and iptables rules this host needs in a multi-host cluster."""
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "host": HOST_HELP, "remove": "print the commands that remove the rules instead"})
+def firewall(c, config="config.yaml", env_file=None, host=None, remove=False):
+    """Print the iptables script (DOCKER-USER and INPUT) that admits only the other hosts; pipe it to `sudo sh`."""
     from cslr import multihost
 
+    if remove:
+        print(multihost.firewall_removal())
+        return
     loaded = _loaded(config, env_file)
     try:
         print(multihost.firewall_rules(loaded.cfg, host))
