@@ -39,12 +39,15 @@ def _loaded(config_path: str, env_file: str | None):
     return loaded
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "force": "overwrite existing files (regenerates every secret: existing databases keep the old password)"})
-def init(c, config="config.yaml", env_file=None, force=False):
-    """Write config.yaml (if absent) and .env with new random secrets (mode 0600)."""
+@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "force": "accepted for compatibility; replaces nothing",
+            "rotate_secrets": "replace every secret in .env (after a backup); refused while the Postgres or Redis volume exists",
+            "reset_config": "rewrite config.yaml from the template (after a backup)"})
+def init(c, config="config.yaml", env_file=None, force=False, rotate_secrets=False, reset_config=False):
+    """Write config.yaml (if absent) and .env with new random secrets (mode 0600); add missing secrets, keep the rest."""
     cfg_path = Path(config)
     try:
-        for line in init_files(cfg_path, Path(env_file) if env_file else cfg_path.parent / ".env", force=force):
+        for line in init_files(cfg_path, Path(env_file) if env_file else cfg_path.parent / ".env", force=force,
+                               rotate_secrets=rotate_secrets, reset_config=reset_config):
             print(line)
     except PlatformError as exc:
         raise _fail(exc) from None
