@@ -275,7 +275,7 @@ def firewall_rules(cfg: Config, host_name: str | None, chain: str = FIREWALL_CHA
         "#!/bin/sh",
         f"# Firewall of {host['name']} ({host['address']}) in a multi-host CSLR cluster, from config.yaml.",
         f"# Apply as root: inv firewall --host {host['name']} | sudo sh    (re-running replaces the rules;",
-        f"# `inv firewall --remove` prints the commands that take them out again).",
+        "# `inv firewall --remove` prints the commands that take them out again).",
         f"# Allowed: the other hosts ({', '.join(plan.peers) or 'none'}), loopback, this stack's containers",
         f"# ({plan.subnet}) and established connections. Everyone else is dropped on the ports below.",
         "#",

@@ -115,15 +115,17 @@ def test_schema_prints_the_schema(tmp_path):
 
 
 def _program():
-    import tasks
     from invoke import Collection, Program
+
+    import tasks
 
     return Program(namespace=Collection.from_module(tasks), binary="inv")
 
 
 def _task_names():
-    import tasks
     from invoke import Collection
+
+    import tasks
 
     return sorted(Collection.from_module(tasks).task_names)
 
@@ -138,8 +140,9 @@ def test_dash_h_is_help_in_every_task(capsys):
 
 
 def test_each_short_flag_means_one_option_in_every_task():
-    import tasks
     from invoke import Collection
+
+    import tasks
 
     coll = Collection.from_module(tasks)
     meaning: dict[str, set] = {}

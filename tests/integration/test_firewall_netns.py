@@ -47,11 +47,11 @@ for _tool in ("ip", "iptables", "iptables-save", "docker"):
         pytest.skip(f"`{_tool}` is not installed", allow_module_level=True)
 
 PID = os.getpid()
-TAG = f"cslrfw{PID}"                          # + "h0": at most 15 characters (pid <= 4194304)
+TAG = f"cslrfw{PID}"  # + "h0": at most 15 characters (pid <= 4194304)
 NS_PEER, NS_OTHER = f"cslrfw-{PID}-peer", f"cslrfw-{PID}-other"
 BRIDGE = f"{TAG}b"
 CONTAINER = f"cslrfw-{PID}"
-CHAIN = f"CSLRFW{PID}"                        # the production name is CSLR-FW; this run's own
+CHAIN = f"CSLRFW{PID}"  # the production name is CSLR-FW; this run's own
 NET = f"10.213.{100 + PID % 100}"
 HOST_IP, PEER_IP, OTHER_IP = f"{NET}.1", f"{NET}.2", f"{NET}.3"
 SECRETS = "POSTGRES_PASSWORD=pg-test\nREDIS_PASSWORD=redis-test\nMARIMO_TOKEN=marimo-test\nRAY_AUTH_TOKEN=ray-test\n"
@@ -76,8 +76,7 @@ def python_image() -> str | None:
     """A local image with python3 (none is pulled): CSLRFW_IMAGE, else a local Ray/MLflow image."""
     wanted = os.environ.get("CSLRFW_IMAGE")
     listed = sh("docker", "images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", check=False).stdout.split("\n")
-    candidates = [wanted] if wanted else [
-        line.split()[1] for line in listed if line.strip() and any(k in line.split()[0] for k in ("ray", "mlflow", "python"))]
+    candidates = [wanted] if wanted else [line.split()[1] for line in listed if line.strip() and any(k in line.split()[0] for k in ("ray", "mlflow", "python"))]
     for image in dict.fromkeys(candidates):
         probe = sh("docker", "run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c", "pass", check=False, timeout=120)
         if probe.returncode == 0:
@@ -127,7 +126,7 @@ def drop_counts(chain: str) -> dict[str, int]:
     counts = {}
     for line in sh("iptables-save", "-c", "-t", "filter").stdout.splitlines():
         if f"-A {chain} " in line and "-j DROP" in line and "--comment" in line:
-            packets = int(line[1:line.index(":")])
+            packets = int(line[1 : line.index(":")])
             comment = line.split("--comment ")[1].split(" -j")[0].strip('"')
             counts[comment] = counts.get(comment, 0) + packets
     return counts
@@ -208,10 +207,27 @@ def lab():
         publish = []
         for port in (health, proxy, redis, mlflow, marimo):
             publish += ["-p", f"0.0.0.0:{port}:{CONTAINER_PORT}"]
-        sh("docker", "run", "-d", "--rm", "--name", CONTAINER, "--label", "cslrfw.test=1", *publish, "--entrypoint", "python3",
-           image, "-m", "http.server", str(CONTAINER_PORT), "--bind", "0.0.0.0", timeout=120)
-        yield {"health": health, "proxy": proxy, "redis": redis, "mlflow": mlflow, "marimo": marimo,
-               "gcs": gcs, "dashboard": dashboard, "client": client}
+        sh(
+            "docker",
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            CONTAINER,
+            "--label",
+            "cslrfw.test=1",
+            *publish,
+            "--entrypoint",
+            "python3",
+            image,
+            "-m",
+            "http.server",
+            str(CONTAINER_PORT),
+            "--bind",
+            "0.0.0.0",
+            timeout=120,
+        )
+        yield {"health": health, "proxy": proxy, "redis": redis, "mlflow": mlflow, "marimo": marimo, "gcs": gcs, "dashboard": dashboard, "client": client}
     finally:
         remove_rules()
         sh("docker", "rm", "-f", CONTAINER, check=False, timeout=60)
@@ -254,17 +270,18 @@ def gcs_listener(lab):
 def write_config(tmp: Path, ports: dict) -> Path:
     (tmp / ".env").write_text(SECRETS)
     cfg = tmp / "config.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
+    cfg.write_text(
+        textwrap.dedent(f"""\
         network:
           bind_address: 0.0.0.0
         services:
-          health: {{port: {ports['health']}, ray_client_port: {ports['proxy']}}}
-          redis: {{enabled: true, port: {ports['redis']}}}
-          mlflow: {{enabled: true, port: {ports['mlflow']}}}
-          marimo: {{enabled: true, port: {ports['marimo']}}}
+          health: {{port: {ports["health"]}, ray_client_port: {ports["proxy"]}}}
+          redis: {{enabled: true, port: {ports["redis"]}}}
+          mlflow: {{enabled: true, port: {ports["mlflow"]}}}
+          marimo: {{enabled: true, port: {ports["marimo"]}}}
         ray:
           cpu:
-            ports: {{gcs: {ports['gcs']}, dashboard: {ports['dashboard']}, client: {ports['client']}}}
+            ports: {{gcs: {ports["gcs"]}, dashboard: {ports["dashboard"]}, client: {ports["client"]}}}
         nodes:
           head_whitelist: [ray-cpu-fwhost]
         hosts:
@@ -273,7 +290,8 @@ def write_config(tmp: Path, ports: dict) -> Path:
             services: [redis, mlflow, marimo]
           - name: fwpeer
             address: {PEER_IP}
-        """))
+        """)
+    )
     return cfg
 
 
@@ -286,7 +304,7 @@ def test_published_ports_admit_the_peer_and_drop_the_non_peer(lab, gcs_listener,
     assert not errors, errors
     script = multihost.firewall_rules(cfg, "fwhost", chain=CHAIN)
     published = {name: lab[name] for name in ("health", "proxy", "redis", "mlflow", "marimo")}
-    for port in published.values():   # the script drops exactly the ports this container publishes
+    for port in published.values():  # the script drops exactly the ports this container publishes
         assert f"--ctorigdstport {port} " in script
 
     # Without rules both namespaces reach everything: a later refusal is the firewall's doing.
@@ -305,8 +323,7 @@ def test_published_ports_admit_the_peer_and_drop_the_non_peer(lab, gcs_listener,
         assert not reaches(NS_OTHER, gcs_listener, "gcs", timeout=2.0), "the non-peer still reaches the GCS port"
         # The refusals are this script's DROP rules, not some other failure.
         dropped = drop_counts(CHAIN)
-        for path in ("services.health.port", "services.health.ray_client_port", "services.redis.port",
-                     "services.mlflow.port", "services.marimo.port"):
+        for path in ("services.health.port", "services.health.ray_client_port", "services.redis.port", "services.mlflow.port", "services.marimo.port"):
             assert dropped.get(f"cslr {path}", 0) > 0, (path, dropped)
         assert drop_counts(f"{CHAIN}-INPUT").get("cslr ray-cpu-fwhost", 0) > 0
 
