@@ -141,6 +141,8 @@ def init(config_path: Path, env_path: Path, force: bool = False, rotate_secrets:
     verb = "replaced" if rotate_secrets else "added"
     done.append(f"backed up {env_path} to {saved.name} (mode 0600)")
     done.append(f"{verb} {', '.join(changed)} in {env_path} (mode 0600); every other line kept")
+    if rotate_secrets:
+        done.append("run `inv up` so that every container gets the new values (running ones keep the old ones)")
     return done
 
 
