@@ -177,3 +177,16 @@ def test_a_platform_error_is_a_message_and_exit_code_not_a_traceback(tmp_path):
     (tmp_path / ".env").write_text("BROKEN LINE\n")
     out = inv("init", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr and ".env:1:1" in out.stderr
+
+
+def test_firewall_prints_the_script_for_the_named_host(project, tmp_path):
+    project((ROOT / "tests" / "contract" / "multihost-config.yaml").read_text())
+    out = inv("firewall", "-H", "host-b", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("#!/bin/sh\n# Firewall of host-b (192.168.1.11)")
+    assert "iptables -w -C DOCKER-USER -j CSLR-FW 2>/dev/null || iptables -w -I DOCKER-USER -j CSLR-FW" in out.stdout
+    unknown = inv("firewall", "-H", "host-z", cwd=tmp_path)
+    assert unknown.returncode == 2 and "host 'host-z' is not in config.yaml's hosts (host-a, host-b)" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    removal = inv("firewall", "--remove", cwd=tmp_path)
+    assert removal.returncode == 0 and "iptables -w -X CSLR-FW-INPUT" in removal.stdout
