@@ -1,14 +1,21 @@
 """Invoke tasks of the CSLR Experiment Platform. Thin: each calls the `cslr` package.
 
-    inv init | validate | generate | up | down | ps | logs | status | test-cluster | schema
+    inv init | validate | generate | up | down | ps | logs SERVICE | status | test-cluster | schema | firewall
+
+Conventions (tested in tests/test_tasks.py): `-h` is help in every task; a short flag means the
+same option in every task that has it (SHORT_FLAGS) and no other option gets one; shared options
+have one default and one help text (COMMON_HELP); `cli` turns a PlatformError into its message
+and exit code, never a traceback.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from pathlib import Path
 
-from invoke import Exit, task
+from invoke import Exit, Task, task
 
 from cslr import compose, config, effective, images, lifecycle, schema_docs
 from cslr import report as report_mod
@@ -19,8 +26,60 @@ from cslr.project import generation_report, load_validated, plan_for, relative
 
 ROOT = Path(__file__).resolve().parent
 _config_mod = config  # the `config` module, reachable inside tasks whose --config parameter shadows it
+CONFIG, OUT = "config.yaml", "_build"   # the defaults of --config and --out, for every task
 CONFIG_HELP = "config.yaml to read (default: ./config.yaml)"
 ENV_HELP = ".env to read (default: the .env beside the config file)"
+OUT_HELP = "directory of the generated project (default: _build)"
+HOST_HELP = "multi-host: the host of config.yaml's `hosts:` to act for (default: this machine's hostname)"
+COMMON_HELP = {"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "host": HOST_HELP}
+# The only short flags. -h stays Invoke's --help; -H is --host.
+SHORT_FLAGS = {"config": "c", "env_file": "e", "out": "o", "host": "H", "follow": "f", "tail": "n", "build": "b", "volumes": "v", "yes": "y"}
+
+
+class CliTask(Task):
+    """A task whose short flags come from SHORT_FLAGS only (Invoke would pick first free letters)."""
+
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        if name in SHORT_FLAGS:
+            opts["names"] = [*opts["names"], SHORT_FLAGS[name]]
+        return opts
+
+    def get_arguments(self, ignore_unknown_help=None):
+        saved = dict(self.help)  # Invoke consumes `help`; keep it for a second rendering (see _print_help)
+        try:
+            return super().get_arguments(ignore_unknown_help)
+        finally:
+            self.help = saved
+
+
+def cli(**kwargs):
+    """`@task` with the shared help texts and short flags; PlatformError -> its message and exit code."""
+
+    def wrap(body):
+        params = inspect.signature(body).parameters
+        helps = {k: v for k, v in COMMON_HELP.items() if k in params}
+        helps.update(kwargs.pop("help", {}))
+
+        @functools.wraps(body)
+        def run(c, *args, **kw):
+            # Invoke hands `-h` after a task with a positional to that positional: it is still help.
+            if any(kw.get(name) in ("-h", "--help") for name in kwargs.get("positional", ())):
+                return _print_help(kwargs.get("name") or body.__name__)
+            try:
+                return body(c, *args, **kw)
+            except PlatformError as exc:
+                raise _fail(exc) from None
+
+        return task(run, klass=CliTask, auto_shortflags=False, help=helps, **kwargs)
+
+    return wrap
+
+
+def _print_help(name: str) -> None:
+    from invoke import Collection, Program
+
+    Program(namespace=Collection.from_module(sys.modules[__name__]), binary="inv").run(["inv", "--help", name], exit=False)
 
 
 def _out_dir(out: str) -> Path:
@@ -41,57 +100,44 @@ def _loaded(config_path: str, env_file: str | None):
     return loaded
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "force": "overwrite existing files (regenerates every secret: existing databases keep the old password)"})
-def init(c, config="config.yaml", env_file=None, force=False):
-    """Write config.yaml (if absent) and .env with new random secrets (mode 0600)."""
+@cli(help={"force": "accepted for compatibility; replaces nothing",
+           "rotate_secrets": "replace every secret in .env (after a backup); refused while the Postgres or Redis volume exists",
+           "reset_config": "rewrite config.yaml from the template (after a backup)"})
+def init(c, config=CONFIG, env_file=None, force=False, rotate_secrets=False, reset_config=False):
+    """Write config.yaml (if absent) and .env with new random secrets (mode 0600); add missing secrets, keep the rest."""
     cfg_path = Path(config)
-    try:
-        for line in init_files(cfg_path, Path(env_file) if env_file else cfg_path.parent / ".env", force=force):
-            print(line)
-    except PlatformError as exc:
-        raise _fail(exc) from None
+    env_path = Path(env_file) if env_file else cfg_path.parent / ".env"
+    for line in init_files(cfg_path, env_path, force=force, rotate_secrets=rotate_secrets, reset_config=reset_config):
+        print(line)
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP})
-def validate(c, config="config.yaml", env_file=None):
+@cli()
+def validate(c, config=CONFIG, env_file=None):
     """Validate config.yaml, .env and the environment; report every problem (exit 2 on errors)."""
     loaded = _loaded(config, env_file)
     print(loaded.gpu.describe())
-    print(f"{config}: valid")
+    print(f"{loaded.cfg.config_path}: valid")
 
 
-@task(name="config", help={"config": CONFIG_HELP, "env_file": ENV_HELP})
-def show_config(c, config="config.yaml", env_file=None):
+@cli(name="config")
+def show_config(c, config=CONFIG, env_file=None):
     """Show every setting's effective value and its origin (schema default, config.yaml:LINE, .env:LINE, environment); secrets masked."""
-    try:
-        cfg = _config_mod.load(config, env_file)
-    except PlatformError as exc:
-        raise _fail(exc) from None
-    print(effective.table(effective.rows(cfg)))
+    print(effective.table(effective.rows(_config_mod.load(config, env_file))))
 
 
-HOST_HELP = "multi-host: the host of config.yaml's `hosts:` to act for (default: this machine's hostname)"
-
-
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": "output directory (default: _build)", "test_cluster": "include the test-cluster runner (profile `test`)", "host": HOST_HELP})
-def generate(c, config="config.yaml", env_file=None, out="_build", test_cluster=True, host=None):
+@cli(help={"test_cluster": "include the test-cluster runner (profile `test`)"})
+def generate(c, config=CONFIG, env_file=None, out=OUT, test_cluster=True, host=None):
     """Validate, choose overlays, merge them with `docker compose config` into _build/compose.yaml."""
     loaded = _loaded(config, env_file)
-    try:
-        source, why = lifecycle.resolve_image_source(loaded.cfg, images.services_of(loaded.cfg, loaded.gpu.node_enabled), probe_pull=False)
-        print(f"{why} -> {source}")
-        plan = plan_for(loaded, test_cluster=test_cluster, host=host, image_source=source)
-    except PlatformError as exc:
-        raise _fail(exc) from None
+    source, why = lifecycle.resolve_image_source(loaded.cfg, images.services_of(loaded.cfg, loaded.gpu.node_enabled), probe_pull=False)
+    print(f"{why} -> {source}")
+    plan = plan_for(loaded, test_cluster=test_cluster, host=host, image_source=source)
     out_dir = _out_dir(out)
-    try:
-        written = compose.generate(plan, out_dir)
-    except PlatformError as exc:
-        raise _fail(exc) from None
+    written = compose.generate(plan, out_dir)
     print("\n".join(generation_report(plan, written, out_dir, ROOT)))
 
 
-@task(help={"output": "write the schema to this file instead of printing it", "docs": "regenerate docs/config-reference.md from the schema"})
+@cli(help={"output": "write the schema to this file instead of printing it", "docs": "regenerate docs/config-reference.md from the schema"})
 def schema(c, output=None, docs=False):
     """Print the JSON Schema of config.yaml, or regenerate its reference documentation."""
     if docs:
@@ -111,107 +157,84 @@ def schema(c, output=None, docs=False):
 # ----------------------------------------------------------------------------- the running stack
 
 
-def _stack(config, env_file, out="_build", generate_first=False, host=None, probe_pull=False):
+def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pull=False):
     loaded = _loaded(config, env_file)
     build_dir = _out_dir(out)
     if generate_first:
-        try:
-            source, why = lifecycle.resolve_image_source(loaded.cfg, images.services_of(loaded.cfg, loaded.gpu.node_enabled), probe_pull=probe_pull)
-            if probe_pull:
-                print(why)
-            compose.generate(plan_for(loaded, host=host, image_source=source), build_dir)
-        except PlatformError as exc:
-            raise _fail(exc) from None
+        source, why = lifecycle.resolve_image_source(loaded.cfg, images.services_of(loaded.cfg, loaded.gpu.node_enabled), probe_pull=probe_pull)
+        if probe_pull:
+            print(why)
+        compose.generate(plan_for(loaded, host=host, image_source=source), build_dir)
     elif not (build_dir / "compose.yaml").exists():
         raise Exit(f"{build_dir / 'compose.yaml'} does not exist: run `inv generate` or `inv up` first", code=1)
     return stack_mod.Stack(loaded.cfg, build_dir)
 
 
-OUT_HELP = "directory of the generated project (default: _build)"
-
-
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "timeout": "seconds to wait for every service to become healthy", "build": "rebuild the project's images even when their tags exist", "host": HOST_HELP, "show_secrets": "print the Marimo token in full in the table"})
-def up(c, config="config.yaml", env_file=None, out="_build", timeout=600, build=False, host=None, show_secrets=False):
+@cli(help={"timeout": "seconds to wait for every service to become healthy", "build": "rebuild the project's images even when their tags exist",
+           "show_secrets": "print the Marimo token in full in the table"})
+def up(c, config=CONFIG, env_file=None, out=OUT, timeout=600, build=False, host=None, show_secrets=False):
     """Generate, preflight, make the images present, start the stack and wait until it is healthy."""
     st = _stack(config, env_file, out, generate_first=True, host=host, probe_pull=True)
-    try:
-        rows = lifecycle.bring_up(st, lifecycle.UpOptions(timeout=float(timeout), build=build))
-    except PlatformError as exc:
-        raise _fail(exc) from None
+    rows = lifecycle.bring_up(st, lifecycle.UpOptions(timeout=float(timeout), build=build))
     print(st.table(rows, show_secrets=show_secrets))
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "dest": "folder to download into (default: wheelhouse/)", "force": "download again even when complete"})
-def wheelhouse(c, config="config.yaml", env_file=None, dest=None, force=False):
+@cli(help={"dest": "folder to download into (default: wheelhouse/)", "force": "download again even when complete"})
+def wheelhouse(c, config=CONFIG, env_file=None, dest=None, force=False):
     """Download every wheel the images' pip layers need (bases, project images, experiment)."""
     from cslr import wheelhouse as wh
 
-    loaded = _loaded(config, env_file)
-    try:
-        print(wh.ensure(loaded.cfg, Path(dest) if dest else wh.DEFAULT_DIR, force=force))
-    except PlatformError as exc:
-        raise _fail(exc) from None
+    print(wh.ensure(_loaded(config, env_file).cfg, Path(dest) if dest else wh.DEFAULT_DIR, force=force))
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "volumes": "also delete every volume (MLflow runs, Postgres, Redis, notebooks); needs --yes", "yes": "confirm --volumes"})
-def down(c, config="config.yaml", env_file=None, out="_build", volumes=False, yes=False):
+@cli(help={"volumes": "also delete every volume (MLflow runs, Postgres, Redis, notebooks); needs --yes", "yes": "confirm --volumes"})
+def down(c, config=CONFIG, env_file=None, out=OUT, volumes=False, yes=False):
     """Stop and remove the stack's containers; volumes are kept unless --volumes --yes."""
-    try:
-        # Without a generated project (a fresh checkout, a new --out) generate one to know the stack.
-        _stack(config, env_file, out, generate_first=not (_out_dir(out) / "compose.yaml").exists()).down(volumes=volumes, yes=yes)
-    except PlatformError as exc:
-        raise _fail(exc) from None
+    # Without a generated project (a fresh checkout, a new --out) generate one to know the stack.
+    _stack(config, env_file, out, generate_first=not (_out_dir(out) / "compose.yaml").exists()).down(volumes=volumes, yes=yes)
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "show_secrets": "print the Marimo token in full"})
-def ps(c, config="config.yaml", env_file=None, out="_build", show_secrets=False):
+@cli(help={"show_secrets": "print the Marimo token in full"})
+def ps(c, config=CONFIG, env_file=None, out=OUT, show_secrets=False):
     """List the stack's containers with state and health."""
     st = _stack(config, env_file, out)
-    try:
-        print(st.table(st.services(), show_secrets=show_secrets))
-    except PlatformError as exc:
-        raise _fail(exc) from None
+    print(st.table(st.services(), show_secrets=show_secrets))
 
 
-@task(help={"service": "one service (default: all)", "follow": "keep following the output", "tail": "lines per service to show first", "config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP})
-def logs(c, service=None, follow=False, tail=200, config="config.yaml", env_file=None, out="_build"):
-    """Show the logs of the stack or of one service."""
+@cli(positional=["service"], help={"service": "the service, e.g. ray-cpu, or `all`", "follow": "keep following the output",
+                                   "tail": "lines per service to show first"})
+def logs(c, service, follow=False, tail=200, config=CONFIG, env_file=None, out=OUT):
+    """Show the logs of one service (`inv logs ray-cpu`) or of the whole stack (`inv logs all`)."""
     st = _stack(config, env_file, out)
-    args = ["logs", "--no-color", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
+    args = ["logs", "--no-color", "--tail", str(tail)] + (["--follow"] if follow else []) + ([] if service == "all" else [service])
     code = st.compose(args, capture=False).returncode
     if code:
         raise Exit(code=code)
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP})
-def status(c, config="config.yaml", env_file=None, out="_build"):
+@cli()
+def status(c, config=CONFIG, env_file=None, out=OUT):
     """Ray nodes (hostname, IP, role, CPUs, GPUs, alive), the head, MLflow and Redis reachability."""
-    st = _stack(config, env_file, out)
-    try:
-        report = st.status()
-    except PlatformError as exc:
-        raise _fail(exc) from None
+    report = _stack(config, env_file, out).status()
     print(report_mod.format_status(report))
     if not report["ray_nodes"] or report["head"] is None:
         raise Exit("no live Ray head", code=1)
 
 
-@task(name="test-cluster", help={"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP})
-def test_cluster(c, config="config.yaml", env_file=None, out="_build"):
+@cli(name="test-cluster")
+def test_cluster(c, config=CONFIG, env_file=None, out=OUT):
     """Run the test-cluster container against the running stack; the exit code says pass or fail."""
-    st = _stack(config, env_file, out)
-    code = st.test_cluster()
+    code = _stack(config, env_file, out).test_cluster()
     if code:
         raise Exit("test-cluster failed", code=code)
 
 
-@task(help={"config": CONFIG_HELP, "env_file": ENV_HELP, "host": HOST_HELP})
-def firewall(c, config="config.yaml", env_file=None, host=None):
-    """Print the ufw and iptables rules this host needs in a multi-host cluster."""
+@cli(help={"remove": "print the commands that remove the rules instead"})
+def firewall(c, config=CONFIG, env_file=None, host=None, remove=False):
+    """Print the iptables script (DOCKER-USER and INPUT) that admits only the other hosts; pipe it to `sudo sh`."""
     from cslr import multihost
 
-    loaded = _loaded(config, env_file)
-    try:
-        print(multihost.firewall_rules(loaded.cfg, host))
-    except KeyError as exc:
-        raise Exit(str(exc.args[0]), code=2) from None
+    if remove:
+        print(multihost.firewall_removal())
+        return
+    print(multihost.firewall_rules(_loaded(config, env_file).cfg, host))

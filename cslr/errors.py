@@ -59,20 +59,10 @@ class ConfigFileError(ConfigSyntaxError):
     kind = "cannot read"
 
 
-class UsageError(PlatformError, KeyError):
-    """The user asked for something the configuration does not have (e.g. `--host` of no host).
-
-    The `KeyError` base is transitional: `tasks.firewall` still catches `KeyError`; once it
-    catches `PlatformError` the base can go.
-    """
+class UsageError(PlatformError):
+    """The user asked for something the configuration does not have (e.g. `--host` of no host)."""
 
     exit_code = 2
-
-    def __init__(self, message: str):
-        PlatformError.__init__(self, message)
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 class ConfigError(PlatformError):

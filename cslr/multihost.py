@@ -224,27 +224,99 @@ def problems(cfg: Config) -> Iterable[Problem]:
 # ------------------------------------------------------------------------------ firewall
 
 
-def firewall_rules(cfg: Config, host_name: str | None) -> str:
-    """ufw and iptables rules that let the other hosts reach what this host serves, nothing more."""
+FIREWALL_CHAIN = "CSLR-FW"  # jumped to from DOCKER-USER; CSLR-FW-INPUT from INPUT
+FIREWALL_DOC = "https://docs.docker.com/engine/network/packet-filtering-firewalls/"
+
+
+@dataclass(frozen=True)
+class FirewallPlan:
+    """What `inv firewall` filters on one host: who is trusted, and which ports take which path."""
+
+    host: dict
+    peers: list[str]                      # the other hosts' addresses
+    subnet: str                           # this stack's containers (they reach the nodes via the host's address)
+    published: list[tuple[str, int]]      # (config path, host port): DNATed by Docker -> FORWARD -> DOCKER-USER
+    host_network: list[tuple[str, list[str]]]  # (node, ports in `a` / `a:b` form): host networking -> INPUT
+
+    @property
+    def trusted(self) -> list[str]:
+        return self.peers + [self.subnet]
+
+
+def firewall_plan(cfg: Config, host_name: str | None) -> FirewallPlan:
+    from .validate import published_ports
+
     if not cfg.get("hosts"):
         raise UsageError("config.yaml has no `hosts:`: a single-host stack publishes on network.bind_address only and needs no rules")
     host = this_host(cfg, host_name)
     peers = [h["address"] for h in cfg.get("hosts") if h["name"] != host["name"]]
-    groups: list[tuple[str, list[str]]] = []
-    for node in nodes(cfg):
-        if node.host == host["name"]:
-            groups.append((node.name, node.tcp_ports()))
-    for svc in ("redis", "mlflow"):
-        owner = services_host(cfg, svc)
-        if owner and owner["name"] == host["name"]:
-            groups.append((svc, [str(cfg.get("services", svc, "port"))]))
-    lines = [f"# Firewall rules for {host['name']} ({host['address']}), from config.yaml.",
-             f"# Allow only the other hosts ({', '.join(peers) or 'none'}) to reach this host's Ray and service ports.", "", "# ufw"]
-    for peer in peers:
-        for what, ports in groups:
-            lines.append(f"sudo ufw allow proto tcp from {peer} to {host['address']} port {','.join(ports)} comment 'cslr {what}'")
-    lines += ["", "# iptables (equivalent)"]
-    for peer in peers:
-        for what, ports in groups:
-            lines.append(f"sudo iptables -A INPUT -p tcp -s {peer} -d {host['address']} -m multiport --dports {','.join(ports)} -m comment --comment 'cslr {what}' -j ACCEPT")
+    mine = {n.kind for n in nodes(cfg) if n.host == host["name"]}
+    published = []
+    # Multi-host Ray nodes publish nothing (host networking): only the services' ports are DNATed.
+    for path, port in published_ports(cfg, gpu_node="gpu" in mine):
+        if path[0] != "services":
+            continue
+        if path[1] == "health" or (services_host(cfg, path[1]) or {}).get("name") == host["name"]:
+            published.append((".".join(path), port))
+    host_network = [(n.name, n.tcp_ports() + [str(n.dashboard)]) for n in nodes(cfg) if n.host == host["name"]]
+    return FirewallPlan(host, peers, cfg.get("network", "subnet"), published, host_network)
+
+
+def firewall_rules(cfg: Config, host_name: str | None, chain: str = FIREWALL_CHAIN) -> str:
+    """A shell script of iptables commands: only the other hosts reach what this host serves.
+
+    Idempotent: it refills two chains of its own (`chain`, jumped to from DOCKER-USER, and
+    `chain`-INPUT, jumped to from INPUT) and adds each jump only if it is missing.
+    """
+    plan = firewall_plan(cfg, host_name)
+    host, inp = plan.host, f"{chain}-INPUT"
+    ipt = "iptables -w"
+    lines = [
+        "#!/bin/sh",
+        f"# Firewall of {host['name']} ({host['address']}) in a multi-host CSLR cluster, from config.yaml.",
+        f"# Apply as root: inv firewall --host {host['name']} | sudo sh    (re-running replaces the rules;",
+        "# `inv firewall --remove` prints the commands that take them out again).",
+        f"# Allowed: the other hosts ({', '.join(plan.peers) or 'none'}), loopback, this stack's containers",
+        f"# ({plan.subnet}) and established connections. Everyone else is dropped on the ports below.",
+        "#",
+        "# Ports Docker publishes are DNATed to a container and pass the FORWARD chain, never INPUT: ufw,",
+        "# which writes INPUT rules, cannot filter them (`ufw deny PORT` leaves them open). They are",
+        "# filtered in Docker's DOCKER-USER chain on the port the client connected to (conntrack",
+        f"# --ctorigdstport), see {FIREWALL_DOC}",
+        "# The Ray nodes use host networking: their ports are filtered in INPUT. ufw may stay enabled.",
+        "# The rules do not survive a reboot or a firewall reload: save them (iptables-save,",
+        "# netfilter-persistent) or re-run this script. IPv4 only: the stack publishes no IPv6 port.",
+        "set -e",
+        "",
+        f"# Docker-published ports: {', '.join(f'{port} ({path})' for path, port in plan.published)}",
+        f"{ipt} -N {chain} 2>/dev/null || {ipt} -F {chain}",
+        f"{ipt} -A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"{ipt} -A {chain} -s 127.0.0.0/8 -j RETURN",
+    ]
+    lines += [f"{ipt} -A {chain} -s {src} -j RETURN" for src in plan.trusted]
+    lines += [f"{ipt} -A {chain} -p tcp -m conntrack --ctstate DNAT --ctorigdstport {port} -m comment --comment 'cslr {path}' -j DROP"
+              for path, port in plan.published]
+    lines += [f"{ipt} -N DOCKER-USER 2>/dev/null || true",  # Docker keeps an existing DOCKER-USER chain
+              f"{ipt} -C DOCKER-USER -j {chain} 2>/dev/null || {ipt} -I DOCKER-USER -j {chain}",
+              "",
+              f"# Host-network Ray nodes: {', '.join(name for name, _ in plan.host_network) or 'none on this host'}",
+              f"{ipt} -N {inp} 2>/dev/null || {ipt} -F {inp}",
+              f"{ipt} -A {inp} -i lo -j RETURN",
+              f"{ipt} -A {inp} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
+    for name, ports in plan.host_network:
+        dports = ",".join(ports)
+        lines += [f"{ipt} -A {inp} -p tcp -s {src} -m multiport --dports {dports} -m comment --comment 'cslr {name}' -j ACCEPT" for src in plan.trusted]
+        lines.append(f"{ipt} -A {inp} -p tcp -m multiport --dports {dports} -m comment --comment 'cslr {name}' -j DROP")
+    lines.append(f"{ipt} -C INPUT -j {inp} 2>/dev/null || {ipt} -I INPUT -j {inp}")
+    return "\n".join(lines)
+
+
+def firewall_removal(chain: str = FIREWALL_CHAIN) -> str:
+    """The commands that take `firewall_rules` out again (idempotent; nothing else is touched)."""
+    ipt = "iptables -w"
+    lines = ["#!/bin/sh", "# Removes the rules of `inv firewall`. Apply as root: inv firewall --remove | sudo sh"]
+    for parent, own in (("DOCKER-USER", chain), ("INPUT", f"{chain}-INPUT")):
+        lines += [f"while {ipt} -D {parent} -j {own} 2>/dev/null; do :; done",
+                  f"{ipt} -F {own} 2>/dev/null || true",
+                  f"{ipt} -X {own} 2>/dev/null || true"]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cslr import config, multihost, validate
-from cslr.errors import ConfigError
+from cslr.errors import ConfigError, UsageError
 
 TWO_HOSTS = (Path(__file__).parent / "contract" / "multihost-config.yaml").read_text()
 
@@ -57,7 +57,7 @@ def test_worker_only_host_points_at_the_services_host(project):
 
 
 def test_unknown_host_names_the_known_ones(project):
-    with pytest.raises(KeyError, match="host-a, host-b"):
+    with pytest.raises(UsageError, match="host-a, host-b"):
         multihost.this_host(load(project), "host-z")
 
 
@@ -101,18 +101,85 @@ def test_one_host_per_service(project):
     assert any("lists 'mlflow', which hosts[0] already runs" in e for e in out), out
 
 
-def test_firewall_rules_allow_only_peers_and_exact_ports(project):
-    text = multihost.firewall_rules(load(project), "host-a")
-    ufw = [l for l in text.splitlines() if l.startswith("sudo ufw")]
-    assert ufw == [
-        "sudo ufw allow proto tcp from 192.168.1.11 to 192.168.1.10 port 6379,7379,10011,20000,20001,20002,20003,20004,20005,20100:20199 comment 'cslr ray-cpu-host-a'",
-        "sudo ufw allow proto tcp from 192.168.1.11 to 192.168.1.10 port 6380,7380,10012,21000,21001,21002,21003,21004,21005,21100:21199 comment 'cslr ray-gpu-host-a'",
-        "sudo ufw allow proto tcp from 192.168.1.11 to 192.168.1.10 port 6381 comment 'cslr redis'",
-        "sudo ufw allow proto tcp from 192.168.1.11 to 192.168.1.10 port 5000 comment 'cslr mlflow'",
+def commands(text):
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_firewall_filters_docker_published_ports_in_docker_user(project):
+    lines = commands(multihost.firewall_rules(load(project), "host-a"))
+    ipt = "iptables -w"
+    docker = lines[lines.index("set -e") + 1:lines.index(f"{ipt} -N CSLR-FW-INPUT 2>/dev/null || {ipt} -F CSLR-FW-INPUT")]
+    assert docker == [
+        f"{ipt} -N CSLR-FW 2>/dev/null || {ipt} -F CSLR-FW",
+        f"{ipt} -A CSLR-FW -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"{ipt} -A CSLR-FW -s 127.0.0.0/8 -j RETURN",
+        f"{ipt} -A CSLR-FW -s 192.168.1.11 -j RETURN",
+        f"{ipt} -A CSLR-FW -s 172.28.0.0/16 -j RETURN",
+        f"{ipt} -A CSLR-FW -p tcp -m conntrack --ctstate DNAT --ctorigdstport 8888 -m comment --comment 'cslr services.health.port' -j DROP",
+        f"{ipt} -A CSLR-FW -p tcp -m conntrack --ctstate DNAT --ctorigdstport 10001 -m comment --comment 'cslr services.health.ray_client_port' -j DROP",
+        f"{ipt} -A CSLR-FW -p tcp -m conntrack --ctstate DNAT --ctorigdstport 6381 -m comment --comment 'cslr services.redis.port' -j DROP",
+        f"{ipt} -A CSLR-FW -p tcp -m conntrack --ctstate DNAT --ctorigdstport 5000 -m comment --comment 'cslr services.mlflow.port' -j DROP",
+        f"{ipt} -A CSLR-FW -p tcp -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment 'cslr services.marimo.port' -j DROP",
+        f"{ipt} -N DOCKER-USER 2>/dev/null || true",
+        f"{ipt} -C DOCKER-USER -j CSLR-FW 2>/dev/null || {ipt} -I DOCKER-USER -j CSLR-FW",
     ]
-    assert sum(l.startswith("sudo iptables -A INPUT -p tcp -s 192.168.1.11 -d 192.168.1.10 -m multiport --dports ") for l in text.splitlines()) == 4
+
+
+def test_firewall_filters_host_network_ray_ports_in_input(project):
+    lines = commands(multihost.firewall_rules(load(project), "host-b"))
+    ipt = "iptables -w"
+    cpu = "6379,7379,10011,20000,20001,20002,20003,20004,20005,20100:20199,8265"
+    gpu = "6380,7380,10012,21000,21001,21002,21003,21004,21005,21100:21199,8266"
+    start = lines.index(f"{ipt} -N CSLR-FW-INPUT 2>/dev/null || {ipt} -F CSLR-FW-INPUT")
+    assert lines[start:] == [
+        f"{ipt} -N CSLR-FW-INPUT 2>/dev/null || {ipt} -F CSLR-FW-INPUT",
+        f"{ipt} -A CSLR-FW-INPUT -i lo -j RETURN",
+        f"{ipt} -A CSLR-FW-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"{ipt} -A CSLR-FW-INPUT -p tcp -s 192.168.1.10 -m multiport --dports {cpu} -m comment --comment 'cslr ray-cpu-host-b' -j ACCEPT",
+        f"{ipt} -A CSLR-FW-INPUT -p tcp -s 172.28.0.0/16 -m multiport --dports {cpu} -m comment --comment 'cslr ray-cpu-host-b' -j ACCEPT",
+        f"{ipt} -A CSLR-FW-INPUT -p tcp -m multiport --dports {cpu} -m comment --comment 'cslr ray-cpu-host-b' -j DROP",
+        f"{ipt} -A CSLR-FW-INPUT -p tcp -s 192.168.1.10 -m multiport --dports {gpu} -m comment --comment 'cslr ray-gpu-host-b' -j ACCEPT",
+        f"{ipt} -A CSLR-FW-INPUT -p tcp -s 172.28.0.0/16 -m multiport --dports {gpu} -m comment --comment 'cslr ray-gpu-host-b' -j ACCEPT",
+        f"{ipt} -A CSLR-FW-INPUT -p tcp -m multiport --dports {gpu} -m comment --comment 'cslr ray-gpu-host-b' -j DROP",
+        f"{ipt} -C INPUT -j CSLR-FW-INPUT 2>/dev/null || {ipt} -I INPUT -j CSLR-FW-INPUT",
+    ]
+    # A worker-only host publishes only its health service and proxy; Redis and MLflow live on host-a.
+    drops = [line.split("--ctorigdstport ")[1].split()[0] for line in lines if "--ctorigdstport" in line]
+    assert drops == ["8888", "10001"]
+
+
+def test_firewall_covers_every_published_service_port_of_the_services_host(project):
+    """The ports come from validate.published_ports, the list preflight checks: a switched-off service is absent."""
+    text = TWO_HOSTS.replace("services: [redis, mlflow, marimo]", "services: [redis, mlflow]") + "services:\n  marimo:\n    enabled: false\n"
+    cfg = load(project, text)
+    lines = commands(multihost.firewall_rules(cfg, "host-a"))
+    drops = sorted(int(line.split("--ctorigdstport ")[1].split()[0]) for line in lines if "--ctorigdstport" in line)
+    expected = sorted(port for path, port in validate.published_ports(cfg, gpu_node=True) if path[0] == "services")
+    assert drops == expected == [5000, 6381, 8888, 10001]
+
+
+def test_firewall_script_is_valid_sh_and_removal_undoes_it(project, tmp_path):
+    import subprocess
+
+    for text in (multihost.firewall_rules(load(project), "host-a"), multihost.firewall_removal()):
+        assert subprocess.run(["sh", "-n"], input=text, text=True).returncode == 0
+    removal = commands(multihost.firewall_removal("X"))
+    assert removal == [
+        "while iptables -w -D DOCKER-USER -j X 2>/dev/null; do :; done",
+        "iptables -w -F X 2>/dev/null || true",
+        "iptables -w -X X 2>/dev/null || true",
+        "while iptables -w -D INPUT -j X-INPUT 2>/dev/null; do :; done",
+        "iptables -w -F X-INPUT 2>/dev/null || true",
+        "iptables -w -X X-INPUT 2>/dev/null || true",
+    ]
+
+
+def test_firewall_says_ufw_cannot_filter_docker_ports(project):
+    text = multihost.firewall_rules(load(project), "host-a")
+    assert "ufw,\n# which writes INPUT rules, cannot filter them" in text
+    assert not any(line.startswith("sudo ufw") or " -A INPUT " in line for line in text.splitlines())
 
 
 def test_firewall_needs_hosts(project):
-    with pytest.raises(KeyError, match="no `hosts:`"):
+    with pytest.raises(UsageError, match="no `hosts:`"):
         multihost.firewall_rules(load(project, "{}\n"), None)

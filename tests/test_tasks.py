@@ -109,3 +109,84 @@ def test_init_then_validate(tmp_path):
 def test_schema_prints_the_schema(tmp_path):
     out = inv("schema", cwd=tmp_path)
     assert out.returncode == 0 and '"$schema": "https://json-schema.org/draft/2020-12/schema"' in out.stdout
+
+
+# ------------------------------------------------------------------------------ command-line conventions
+
+
+def _program():
+    from invoke import Collection, Program
+
+    import tasks
+
+    return Program(namespace=Collection.from_module(tasks), binary="inv")
+
+
+def _task_names():
+    from invoke import Collection
+
+    import tasks
+
+    return sorted(Collection.from_module(tasks).task_names)
+
+
+def test_dash_h_is_help_in_every_task(capsys):
+    names = _task_names()
+    assert {"up", "logs", "generate", "firewall", "init", "down"} <= set(names)
+    for name in names:
+        _program().run(["inv", name, "-h"], exit=False)
+        out = capsys.readouterr().out
+        assert out.startswith("Usage: inv") and f" {name} " in out.splitlines()[0], (name, out[:200])
+
+
+def test_each_short_flag_means_one_option_in_every_task():
+    from invoke import Collection
+
+    import tasks
+
+    coll = Collection.from_module(tasks)
+    meaning: dict[str, set] = {}
+    for name in coll.task_names:
+        for arg in coll[name].get_arguments():
+            for short in (n for n in arg.names if len(n) == 1):
+                meaning.setdefault(short, set()).add(arg.name)
+    assert "h" not in meaning  # -h is help
+    assert {s: names for s, names in meaning.items() if len(names) > 1} == {}
+    assert meaning["H"] == {"host"} and meaning["c"] == {"config"} and meaning["n"] == {"tail"}
+
+
+def test_logs_takes_the_service_positionally(project, tmp_path):
+    project("{}\n")
+    assert inv("generate", "--out", str(tmp_path / "_build"), cwd=tmp_path).returncode == 0
+    # The fake stands in for `docker compose` against a running stack: it records its arguments.
+    fake = tmp_bin(tmp_path) / "fake-compose"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/argv\n")
+    fake.chmod(0o755)
+    env = {"CSLR_COMPOSE_BIN": str(fake)}
+    out = inv("logs", "ray-cpu", "-n", "5", "--out", str(tmp_path / "_build"), cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "argv").read_text().split()[-4:] == ["--no-color", "--tail", "5", "ray-cpu"]
+    out = inv("logs", "all", "-f", "--out", str(tmp_path / "_build"), cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "argv").read_text().split()[-5:] == ["logs", "--no-color", "--tail", "200", "--follow"]
+    out = inv("logs", cwd=tmp_path, env=env)
+    assert out.returncode != 0 and "did not receive required positional arguments: 'service'" in out.stderr
+
+
+def test_a_platform_error_is_a_message_and_exit_code_not_a_traceback(tmp_path):
+    (tmp_path / ".env").write_text("BROKEN LINE\n")
+    out = inv("init", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and ".env:1:1" in out.stderr
+
+
+def test_firewall_prints_the_script_for_the_named_host(project, tmp_path):
+    project((ROOT / "tests" / "contract" / "multihost-config.yaml").read_text())
+    out = inv("firewall", "-H", "host-b", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("#!/bin/sh\n# Firewall of host-b (192.168.1.11)")
+    assert "iptables -w -C DOCKER-USER -j CSLR-FW 2>/dev/null || iptables -w -I DOCKER-USER -j CSLR-FW" in out.stdout
+    unknown = inv("firewall", "-H", "host-z", cwd=tmp_path)
+    assert unknown.returncode == 2 and "host 'host-z' is not in config.yaml's hosts (host-a, host-b)" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    removal = inv("firewall", "--remove", cwd=tmp_path)
+    assert removal.returncode == 0 and "iptables -w -X CSLR-FW-INPUT" in removal.stdout
