@@ -166,17 +166,10 @@ def check_sizes(cfg: Config) -> Iterable[Problem]:
 
 
 def published_ports(cfg: Config, gpu_node: bool) -> list[tuple[tuple, int]]:
-    """(config path, host port) of every port the enabled services publish."""
-    out = [(("services", "health", "port"), cfg.get("services", "health", "port")),
-           (("services", "health", "ray_client_port"), cfg.get("services", "health", "ray_client_port"))]
-    kinds = ["cpu"] + (["gpu"] if gpu_node else [])
-    for kind in kinds:
-        for key in ("gcs", "dashboard"):
-            out.append((("ray", kind, "ports", key), cfg.get("ray", kind, "ports", key)))
-    for svc in ("redis", "mlflow", "marimo"):
-        if cfg.get("services", svc, "enabled"):
-            out.append((("services", svc, "port"), cfg.get("services", svc, "port")))
-    return out
+    """(config path, host port) of every port the enabled services publish (cslr/topology.py)."""
+    from . import topology
+
+    return topology.published(cfg, gpu_node)
 
 
 def check_ports(cfg: Config, gpu_node: bool) -> Iterable[Problem]:
