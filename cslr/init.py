@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from . import textfile
 from .config import ROOT, format_dotenv, parse_dotenv
 from .errors import PlatformError
 from .fsutil import write_atomic
@@ -31,7 +32,7 @@ def init(config_path: Path, env_path: Path, force: bool = False) -> list[str]:
     else:
         done.append(f"kept {config_path} (exists; --force overwrites)")
     if env_path.exists() and not force:
-        existing = parse_dotenv(env_path.read_text(), str(env_path))
+        existing = parse_dotenv(textfile.read_text(env_path, str(env_path)), str(env_path))
         missing = [k for k in SECRET_ENV if not existing.get(k, ("",))[0]]
         if missing:
             raise PlatformError(f"{env_path} exists but lacks {', '.join(missing)}; add them or rerun with --force (which replaces every secret)")
