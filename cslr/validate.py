@@ -246,7 +246,7 @@ def check_secrets(cfg: Config) -> Iterable[Problem]:
         path = ("secrets", key)
         needed = cfg.get("ray", "auth") == "token" if service is None else True
         if needed and not cfg.get(*path):
-            yield Problem(Location(".env" if cfg.env_path is None else cfg.env_path.name), cfg.display_name(path), f"found no {env}, expected a secret: run `inv init` to generate .env")
+            yield Problem(Location(config_display(cfg.env_path or cfg.config_path.parent / ".env")), cfg.display_name(path), f"found no {env}, expected a secret: run `inv init` to generate .env")
 
 
 def check_env_values(cfg: Config) -> Iterable[Problem]:
