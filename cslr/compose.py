@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 from urllib.parse import quote
 
-from . import images
+from . import images, topology
 from .config import ROOT, Config, env_fields, format_dotenv, parse_size
 from .errors import ComposeError
 from .fsutil import write_atomic
@@ -29,7 +29,7 @@ OVERLAY_FILES = {
 }
 HOSTS_TEMPLATE = Path("overlays/multihost-hosts.yaml.j2")
 HOSTS_OVERLAY = "multihost-hosts.yaml"  # generated into the build directory
-OPTIONAL_SERVICES = ("redis", "mlflow", "marimo")  # each is a Compose profile of the same name
+OPTIONAL_SERVICES = topology.OPTIONAL_SERVICES  # each is a Compose profile of the same name
 TEST_PROFILE = "test"
 BUILD_DIR = Path("_build")
 
@@ -140,9 +140,7 @@ def _render(value: object) -> str:
 
 
 PROXY_ADDRESS = "ray://health:10001"  # the health service's Ray client proxy (compose.yaml)
-# Ports inside a bridge-networked Ray node's container (compose/compose.yaml states them; a test
-# holds the two equal). They are not settings: each node's own ports are `ray.<kind>.ports.*`.
-CONTAINER_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
+CONTAINER_PORTS = topology.RAY_CONTAINER_PORTS  # inside a Ray node's container; not settings
 
 
 def client_address(cfg: Config) -> str:

@@ -413,7 +413,7 @@ def _kind(value: Any) -> str:
 # Removed settings: each names the one setting that replaced it (as the legacy nodes.yaml does).
 
 # path -> (old environment name, what to use instead). Inside a bridge-networked Ray container
-# the ports are fixed (compose.CONTAINER_PORTS); the settings are the per-node ports.
+# the ports are fixed (topology.RAY_CONTAINER_PORTS); the settings are the per-node ports.
 REMOVED: dict[tuple, tuple[str, str]] = {
     ("ray", "head_port"): ("RAY_HEAD_PORT", "set each node's GCS port with ray.cpu.ports.gcs (RAY_CPU_GCS_HOST_PORT) and "
                            "ray.gpu.ports.gcs (RAY_GPU_GCS_HOST_PORT); inside a container it is always 6379"),

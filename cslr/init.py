@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import textfile
 from .config import ROOT, format_dotenv, parse_dotenv
 from .errors import PlatformError
 from .fsutil import write_atomic
@@ -118,7 +119,7 @@ def init(config_path: Path, env_path: Path, force: bool = False, rotate_secrets:
         write_atomic(env_path, format_dotenv(new_secrets(), HEADER), 0o600)
         done.append(f"wrote {env_path} (mode 0600) with new {', '.join(SECRET_ENV)}")
         return done
-    text = env_path.read_text()
+    text = textfile.read_text(env_path, str(env_path))
     existing = parse_dotenv(text, str(env_path))
     missing = [k for k in SECRET_ENV if not existing.get(k, ("",))[0]]
     if rotate_secrets:

@@ -166,17 +166,10 @@ def check_sizes(cfg: Config) -> Iterable[Problem]:
 
 
 def published_ports(cfg: Config, gpu_node: bool) -> list[tuple[tuple, int]]:
-    """(config path, host port) of every port the enabled services publish."""
-    out = [(("services", "health", "port"), cfg.get("services", "health", "port")),
-           (("services", "health", "ray_client_port"), cfg.get("services", "health", "ray_client_port"))]
-    kinds = ["cpu"] + (["gpu"] if gpu_node else [])
-    for kind in kinds:
-        for key in ("gcs", "dashboard"):
-            out.append((("ray", kind, "ports", key), cfg.get("ray", kind, "ports", key)))
-    for svc in ("redis", "mlflow", "marimo"):
-        if cfg.get("services", svc, "enabled"):
-            out.append((("services", svc, "port"), cfg.get("services", svc, "port")))
-    return out
+    """(config path, host port) of every port the enabled services publish (cslr/topology.py)."""
+    from . import topology
+
+    return topology.published(cfg, gpu_node)
 
 
 def check_ports(cfg: Config, gpu_node: bool) -> Iterable[Problem]:
@@ -253,7 +246,7 @@ def check_secrets(cfg: Config) -> Iterable[Problem]:
         path = ("secrets", key)
         needed = cfg.get("ray", "auth") == "token" if service is None else True
         if needed and not cfg.get(*path):
-            yield Problem(Location(".env" if cfg.env_path is None else cfg.env_path.name), cfg.display_name(path), f"found no {env}, expected a secret: run `inv init` to generate .env")
+            yield Problem(Location(config_display(cfg.env_path or cfg.config_path.parent / ".env")), cfg.display_name(path), f"found no {env}, expected a secret: run `inv init` to generate .env")
 
 
 def check_env_values(cfg: Config) -> Iterable[Problem]:

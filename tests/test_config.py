@@ -158,3 +158,18 @@ def test_explicit_config_path_is_not_searched(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigSyntaxError, match=r"^sub/config.yaml: cannot read: file not found"):
         config.load("sub/config.yaml", environ={})
+
+
+def test_missing_secrets_name_the_env_file_where_it_was_expected(tmp_path, monkeypatch):
+    from cslr import validate
+    from cslr.errors import ConfigError
+
+    project_dir = tmp_path / "checkout"
+    project_dir.mkdir()
+    (project_dir / "config.yaml").write_text("{}\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setattr(config, "ROOT", project_dir)
+    with pytest.raises(ConfigError) as info:
+        validate.validate(config.load("config.yaml", environ={}))
+    assert f"{project_dir}/.env: $.secrets.redis_password (REDIS_PASSWORD): found no REDIS_PASSWORD" in str(info.value)

@@ -204,3 +204,14 @@ def test_inv_validate_refuses_a_fifo_without_hanging(tmp_path):
     os.mkfifo(tmp_path / "config.yaml")
     out = run_inv(tmp_path)
     assert out.returncode == 2 and "config.yaml: cannot read: found a FIFO (named pipe), expected a regular file" in out.stderr, out.stderr
+
+
+@cases(300)
+@given(key=st.sampled_from([f.env for f in config.env_fields()] + [env for env, _ in config.REMOVED.values()]),
+       raw=st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40))
+def test_any_process_environment_value_is_accepted_or_refused_with_a_position(tmp_path, key, raw):
+    cfg = write_project(tmp_path, SHIPPED_TEXT)
+    try:
+        validate.validate(config.load(cfg, environ={key: raw}))
+    except PlatformError as exc:
+        assert_clean_refusal(exc)

@@ -185,3 +185,16 @@ def test_generated_config_validates_with_generated_env(tmp_path, monkeypatch):
     init(tmp_path / "config.yaml", tmp_path / ".env")
     cfg = config.load(tmp_path / "config.yaml", environ={})
     assert [p for p in validate.validate(cfg) if p.severity == "error"] == []
+
+
+def test_init_refuses_an_env_that_is_not_a_regular_file(tmp_path):
+    import os
+
+    import pytest
+
+    from cslr.errors import ConfigFileError
+    from cslr.init import init
+
+    os.mkfifo(tmp_path / ".env")  # opening it for reading would block
+    with pytest.raises(ConfigFileError, match=r"\.env: cannot read: found a FIFO \(named pipe\), expected a regular file"):
+        init(tmp_path / "config.yaml", tmp_path / ".env")

@@ -1,0 +1,75 @@
+"""One model of the stack's topology: its services, the profile that switches each on, and the
+ports each publishes (the config setting of the host port, the port inside the container).
+
+The settings and their defaults live in the schema: this module names the setting of each port
+and reads its value (and environment name) from the loaded config and the schema; it holds only
+what no setting decides - which container port a service listens on. A test holds
+compose/compose.yaml and overlays/gpu.yaml to this model. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config, env_fields
+
+# Inside a bridge-networked Ray node's container Ray always uses these (compose.yaml passes them
+# as RAY_HEAD_PORT, RAY_DASHBOARD_PORT, RAY_CLIENT_SERVER_PORT); each node's own ports are the
+# settings ray.<kind>.ports.*.
+RAY_CONTAINER_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str  # what it serves: http, ray-client-proxy, gcs, dashboard, redis
+    setting: tuple  # config path of the host port
+    container: int  # the port inside the container
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # the Compose service
+    profile: str | None  # the Compose profile that switches it on (None: always on)
+    enabled: tuple | None  # config path of its on/off switch
+    ports: tuple[Port, ...]
+    gpu_node: bool = False  # runs only when the GPU node does (overlays/gpu.yaml)
+
+
+def _ray(kind: str) -> tuple[Port, ...]:
+    return tuple(Port(key, ("ray", kind, "ports", key), RAY_CONTAINER_PORTS[key]) for key in ("gcs", "dashboard"))
+
+
+SERVICES: tuple[Service, ...] = (
+    Service("health", None, None, (Port("http", ("services", "health", "port"), 8080),
+                                   Port("ray-client-proxy", ("services", "health", "ray_client_port"), RAY_CONTAINER_PORTS["client"]))),
+    Service("ray-cpu", None, None, _ray("cpu")),
+    Service("ray-gpu", None, None, _ray("gpu"), gpu_node=True),
+    Service("redis", "redis", ("services", "redis", "enabled"), (Port("redis", ("services", "redis", "port"), 6379),)),
+    Service("mlflow", "mlflow", ("services", "mlflow", "enabled"), (Port("http", ("services", "mlflow", "port"), 5000),)),
+    Service("postgres", "mlflow", ("services", "mlflow", "enabled"), ()),
+    Service("marimo", "marimo", ("services", "marimo", "enabled"), (Port("http", ("services", "marimo", "port"), 8080),)),
+)
+
+# The optional services, each a Compose profile of the same name, in the order above.
+OPTIONAL_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(s.profile for s in SERVICES if s.profile))
+
+
+def service(name: str) -> Service:
+    return next(s for s in SERVICES if s.name == name)
+
+
+def env_name(setting: tuple) -> str:
+    """The environment variable of a setting (from the schema's `x-env`)."""
+    return next(f.env for f in env_fields() if f.path == tuple(setting))
+
+
+def runs(svc: Service, cfg: Config, gpu_node: bool) -> bool:
+    if svc.gpu_node and not gpu_node:
+        return False
+    return svc.enabled is None or bool(cfg.get(*svc.enabled))
+
+
+def published(cfg: Config, gpu_node: bool) -> list[tuple[tuple, Any]]:
+    """(setting, host port) of every port the running services publish on one host."""
+    return [(port.setting, cfg.get(*port.setting)) for svc in SERVICES if runs(svc, cfg, gpu_node) for port in svc.ports]
