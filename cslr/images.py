@@ -204,11 +204,9 @@ def choose_source(requested: str, official_present: bool, local_present: bool, c
 
 def services_of(cfg: Config, gpu_node: bool) -> list[str]:
     """The services a config runs, as far as their images are concerned."""
-    out = ["health", "ray-cpu"] + (["ray-gpu"] if gpu_node else [])
-    for name, extra in (("redis", ()), ("mlflow", ("postgres",)), ("marimo", ())):
-        if cfg.get("services", name, "enabled"):
-            out += [name, *extra]
-    return out
+    from . import topology
+
+    return topology.running(cfg, gpu_node)
 
 
 def needed_bases(services: Iterable[str]) -> list[str]:

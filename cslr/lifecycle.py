@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import compose, images, preflight
+from . import compose, images, preflight, topology
 from .report import is_ready
 from .stack import Stack, StackError
 
@@ -38,8 +38,7 @@ def check_preflight(stack: Stack, run=subprocess.run, routes: Callable[[], list]
     cfg = stack.cfg
     services = stack.expected_services()
     running = {r["Service"] for r in stack.services() if r.get("State") == "running"}
-    owners = {"health": "health", "redis": "redis", "mlflow": "mlflow", "marimo": "marimo", "cpu": "ray-cpu", "gpu": "ray-gpu"}
-    findings += preflight.busy_ports(cfg.get("network", "bind_address"), published_ports(cfg, "ray-gpu" in services), lambda path: owners.get(path[1], "") in running)
+    findings += preflight.busy_ports(cfg.get("network", "bind_address"), published_ports(cfg, "ray-gpu" in services), lambda setting: topology.owner(setting) in running)
     import ipaddress
 
     findings += preflight.subnet_overlaps(ipaddress.IPv4Network(cfg.get("network", "subnet")), preflight.docker_subnets(stack.project, run), routes())

@@ -73,3 +73,13 @@ def runs(svc: Service, cfg: Config, gpu_node: bool) -> bool:
 def published(cfg: Config, gpu_node: bool) -> list[tuple[tuple, Any]]:
     """(setting, host port) of every port the running services publish on one host."""
     return [(port.setting, cfg.get(*port.setting)) for svc in SERVICES if runs(svc, cfg, gpu_node) for port in svc.ports]
+
+
+def owner(setting: tuple) -> str:
+    """The service that publishes the port of this setting."""
+    return next(svc.name for svc in SERVICES for port in svc.ports if port.setting == tuple(setting))
+
+
+def running(cfg: Config, gpu_node: bool) -> list[str]:
+    """The services this config runs on one host, in model order."""
+    return [svc.name for svc in SERVICES if runs(svc, cfg, gpu_node)]

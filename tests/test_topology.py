@@ -53,3 +53,13 @@ def test_published_ports_follow_switches_and_the_gpu_node(project):
     assert ("services", "marimo", "port") not in on and on[("services", "mlflow", "port")] == 5000
     assert list(off) == [("services", "health", "port"), ("services", "health", "ray_client_port"), ("ray", "cpu", "ports", "gcs"),
                          ("ray", "cpu", "ports", "dashboard"), ("services", "redis", "port"), ("services", "mlflow", "port")]
+
+
+def test_owner_and_running_services(project):
+    from cslr import config, topology
+
+    assert topology.owner(("services", "health", "ray_client_port")) == "health"
+    assert topology.owner(("ray", "gpu", "ports", "dashboard")) == "ray-gpu"
+    cfg = config.load(project("services:\n  marimo: {enabled: false}\n"), environ={})
+    assert topology.running(cfg, gpu_node=False) == ["health", "ray-cpu", "redis", "mlflow", "postgres"]
+    assert "ray-gpu" in topology.running(cfg, gpu_node=True)
