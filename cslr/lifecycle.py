@@ -90,8 +90,9 @@ def fail(findings: list[str]) -> None:
         raise StackError("preflight failed:\n  " + "\n  ".join(findings))
 
 
-def bring_up(stack: Stack, options: UpOptions = UpOptions()) -> list[dict]:
+def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
     """Phases 1–4 on a generated project. Raises StackError / PlatformError."""
+    options = options or UpOptions()
     stack.out(f"compose: {compose.compose_binary()}")
     fail(check_preflight(stack, stack.run))
     source = stack.env().get("CSLR_IMAGE_SOURCE", "pull")

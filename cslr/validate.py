@@ -274,7 +274,8 @@ def check_legacy(cfg: Config) -> Iterable[Problem]:
     legacy = cfg.config_path.parent / "nodes.yaml"
     if not legacy.exists():
         return
-    from . import textfile, yamlpos as _yp
+    from . import textfile
+    from . import yamlpos as _yp
 
     try:
         content = _yp.load(textfile.read_text(legacy, legacy.name), legacy.name)[0] or {}

@@ -164,7 +164,7 @@ def _convert(node: yaml.Node, path: Path, positions: dict, filename: str, depth:
         return [_convert(v, (*path, i), positions, filename, depth + 1, scalars) for i, v in enumerate(node.value)]
     try:
         return scalars.construct_object(node, deep=True)
-    except (ValueError, OverflowError, yaml.YAMLError) as exc:  # e.g. an integer beyond Python's digit limit
+    except (ValueError, OverflowError, yaml.YAMLError):  # e.g. an integer beyond Python's digit limit
         raise ConfigSyntaxError(_loc(node, filename), "found a number too long to read, expected a plain value of at most 4300 digits") from None
 
 

@@ -17,7 +17,6 @@ import pytest
 from cslr import compose
 
 
-
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     # Lets a fixture see whether its test failed, to dump `ps` and logs only then.

@@ -62,10 +62,10 @@ def test_every_service_healthy(inv):
 
 def test_status_shows_two_alive_nodes_and_one_head(inv):
     out = inv("status", check=True).stdout
-    node_lines = [l.split() for l in out.splitlines() if l.startswith("  ray-")]
-    assert sorted(l[0] for l in node_lines) == ["ray-cpu", "ray-gpu"], out
-    assert sorted(l[2] for l in node_lines) == ["head", "worker"], out
-    assert all(l[-1] == "yes" for l in node_lines), out
+    node_lines = [line.split() for line in out.splitlines() if line.startswith("  ray-")]
+    assert sorted(fields[0] for fields in node_lines) == ["ray-cpu", "ray-gpu"], out
+    assert sorted(fields[2] for fields in node_lines) == ["head", "worker"], out
+    assert all(fields[-1] == "yes" for fields in node_lines), out
     assert "(2 alive node(s))" in out and "mlflow: reachable" in out and "redis: reachable" in out
 
 
