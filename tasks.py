@@ -184,7 +184,8 @@ def wheelhouse(c, config=CONFIG, env_file=None, dest=None, force=False):
     """Download every wheel the images' pip layers need (bases, project images, experiment)."""
     from cslr import wheelhouse as wh
 
-    print(wh.ensure(_loaded(config, env_file).cfg, Path(dest) if dest else wh.DEFAULT_DIR, force=force))
+    # Needs the image settings only: no secrets, so it runs before `inv init` (make bases, CI).
+    print(wh.ensure(_config_mod.load(config, env_file), Path(dest) if dest else wh.DEFAULT_DIR, force=force))
 
 
 @cli(help={"volumes": "also delete every volume (MLflow runs, Postgres, Redis, notebooks); needs --yes", "yes": "confirm --volumes"})
