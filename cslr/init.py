@@ -9,7 +9,7 @@ from .config import ROOT, format_dotenv, parse_dotenv
 from .errors import PlatformError
 from .fsutil import write_atomic
 
-SECRET_ENV = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "MARIMO_TOKEN", "RAY_AUTH_TOKEN")
+SECRET_ENV = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "MARIMO_TOKEN", "RAY_AUTH_TOKEN", "CSLR_CONTROL_SECRET")
 
 
 def new_secrets(token=secrets.token_urlsafe) -> dict[str, str]:
