@@ -23,7 +23,12 @@ THIS = Path(__file__).resolve()
 _CACHE: Dict[str, ModuleType] = {}
 
 
+CONTROL_SECRET = "test-control-secret-0123456789"  # CSLR_CONTROL_SECRET of the test stacks
+
+
 def load_script(name: str) -> ModuleType:
+    if str(SCRIPTS) not in sys.path:  # the scripts import their shared cslr_control.py, as when run
+        sys.path.insert(0, str(SCRIPTS))
     if name not in _CACHE:
         spec = importlib.util.spec_from_file_location(f"cslr_script_{name}", SCRIPTS / f"{name}.py")
         assert spec is not None and spec.loader is not None
