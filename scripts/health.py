@@ -14,33 +14,44 @@ Caller
     Its healthcheck: ``python3 /opt/cslr/scripts/health.py --check http://127.0.0.1:8080/``.
 
 HTTP interface (all bodies are JSON, ``Content-Type: application/json``)
-    GET  /            200 {"status": "ok", "uptime_s", "known_head", "nodes_alive", "time"}
+    GET  /            200 {"status": "ok", "uptime_s", "known_head", "registered_head",
+                           "nodes_alive", "refused": {reason: count}, "time"}
     GET  /nodes       200 {"nodes": [{"hostname", "address", "role", "head_address",
                                        "last_heartbeat", "age_s", "alive", ...}]}
     POST /register    body {"hostname", "address", "role", ["head_address", "port", "state"]}
-                      -> 200 {"ok": true}
+                      -> 200 {"ok": true}; 503 when the table is full (MAX_NODES in total,
+                      MAX_NODES_PER_SOURCE per source address)
     POST /heartbeat   body {"hostname", ["role", "head_address", "state", "address"]}
                       -> 200 {"ok": true}; 404 if the hostname is not registered
                       (the node then registers again, e.g. after a restart of this service)
+    Every POST must carry X-CSLR-Time, X-CSLR-Nonce and X-CSLR-MAC (cslr_control.sign_request,
+    HMAC-SHA256 with CSLR_CONTROL_SECRET over method, path, time, nonce and body): missing ->
+    401; a bad MAC, a time more than 30 s off, or a nonce already used -> 403.  Refusals are
+    counted (GET / "refused") and logged once per source address per minute.
     anything else     404 (unknown path) / 405 (unknown method); malformed JSON or
                       fields -> 400; body larger than MAX_BODY -> 413; missing length -> 411.
+    At most MAX_HTTP_CONNECTIONS requests are served at once; more connections are closed.
     A node is alive while its last heartbeat is younger than HEALTH_NODE_TTL seconds.
-    ``known_head`` is the alive registered node with role "head" (whitelist order
-    breaks ties); when none is registered, a background TCP probe of the whitelist's
-    head ports supplies it (the document's rule: a head is a whitelisted node whose
-    head port accepts TCP).
+    ``known_head`` is the head the election made: a background thread asks the whitelisted
+    nodes' election agents (authenticated both ways, every HEALTH_ELECTION_POLL_S) and takes
+    the first in whitelist order that says "head".  ``registered_head`` is what the TTL'd
+    registrations say (informational; it lags a crash by up to HEALTH_NODE_TTL).
 
 Ray client proxy
-    With RAY_CLIENT_PROXY_PORT set, every TCP connection to that port is relayed to the
-    Ray client server of the known head (its registered ``client_port``, else
-    RAY_CLIENT_SERVER_PORT), so clients that are not Ray nodes (the notebook, the test
-    runner, a laptop through the published port) keep one stable address across head
-    failovers. A connection made while no head is known is closed at once.
+    With RAY_CLIENT_PROXY_PORT set, every TCP connection to that port is relayed to the Ray
+    client server of the elected head - a whitelisted address, never anything else; its port
+    is the one the head's agent reports, else RAY_CLIENT_PORTS, else RAY_CLIENT_SERVER_PORT -
+    so clients that are not Ray nodes (the notebook, the test runner, a laptop through the
+    published port) keep one stable address across head failovers.  A connection made while
+    no head is known, or over RAY_CLIENT_PROXY_MAX_CONNECTIONS, is closed at once; a relay
+    with no traffic for RAY_CLIENT_PROXY_IDLE_S ends.
 
-Environment
-    HEALTH_BIND (0.0.0.0), HEALTH_PORT (8080), HEALTH_NODE_TTL (15),
-    HEAD_WHITELIST (""), RAY_HEAD_PORT (6379), RAY_CLIENT_PROXY_PORT (off),
-    RAY_CLIENT_SERVER_PORT (10001), RAY_CLIENT_PORTS ("name=port,...").  See docs/runtime.md.
+Environment (each through cslr_control.EnvReader; see docs/runtime.md)
+    CSLR_CONTROL_SECRET (required), HEALTH_BIND (0.0.0.0), HEALTH_PORT (8080),
+    HEALTH_NODE_TTL (15), HEAD_WHITELIST (""), RAY_HEAD_PORT (6379),
+    RAY_CLIENT_PROXY_PORT (off), RAY_CLIENT_SERVER_PORT (10001), RAY_CLIENT_PORTS
+    ("name=port,..."), RAY_CLIENT_PROXY_MAX_CONNECTIONS (256), RAY_CLIENT_PROXY_IDLE_S (600),
+    HEALTH_ELECTION_POLL_S (0.25).
 
 Outputs
     One start line and one stop line on stderr; per-request logs are suppressed.
@@ -48,8 +59,8 @@ Outputs
 Exit codes
     0  normal stop (SIGTERM / SIGINT), or ``--check`` got HTTP 200
     1  ``--check`` failed (no answer, or not 200)
-    2  bad command line / environment (e.g. a non-numeric HEALTH_PORT), or the port
-       cannot be bound
+    2  bad command line / environment (``VAR=value: expected ...``; a secret's value is never
+       shown), or a port that cannot be bound
 """
 from __future__ import annotations
 

@@ -21,9 +21,16 @@ Decision rules (docs/architecture, "Head/Worker 判定ロジック"), kept exact
     is the head (or runs no node agent at all, the document's plain TCP rule).
 
 No split brain: priority deference plus a two-phase claim
-    Every whitelisted node runs a tiny TCP "node agent" (port = its whitelist port +
-    1000, or NODE_AGENT_PORT) that answers each connection with one JSON line holding
-    its current election state: deciding, claiming, head, worker.  A candidate
+    Every whitelisted node runs a tiny TCP "node agent" (bound to NODE_IP, port = its
+    whitelist port + 1000, or NODE_AGENT_PORT) that answers each authenticated request with
+    one JSON line holding its current election state: deciding, claiming, head, worker.
+    Both directions carry an HMAC with CSLR_CONTROL_SECRET (cslr_control.py): the request
+    proves the reader holds the secret and is fresh (30 s window, single-use nonce); the
+    answer is MACed over the request's nonce, so nothing without the secret can answer
+    ``deciding``/``claiming``/``head`` - an answer without that proof reads as FORGED, which
+    neither blocks a candidate nor counts as a head - and an old answer cannot be replayed.
+    A peer unreadable for PEER_DEAD_AFTER_S counts as gone but is never joined as a head.
+    A candidate
       1. publishes ``deciding`` and reads its peers in whitelist order;
       2. joins a live head if there is one; waits while a peer is ``claiming`` or a
          starting ``head``, or while a higher-priority peer is ``deciding`` (or cannot be
@@ -75,7 +82,9 @@ Exit codes
        ``--healthcheck`` found this node's Ray up
     1  ``--healthcheck``: Ray not up; or the election could not finish (``--decide``
        timed out)
-    2  bad configuration (e.g. empty whitelist for a node without HEAD_ADDRESS)
+    2  bad configuration: ``configuration error: VAR=value: expected ...`` (a secret's value
+       is never shown; e.g. an empty whitelist for a node without HEAD_ADDRESS, a whitelist
+       entry ``host:port:junk``, a port outside 1..65535), or the agent's address:port is busy
 """
 from __future__ import annotations
 
@@ -377,6 +386,11 @@ def build_ray_command(cfg: Config, decision: Decision) -> List[str]:
                 f"--dashboard-host={cfg.dashboard_host}", f"--dashboard-port={cfg.dashboard_port}",
                 f"--ray-client-server-port={cfg.client_server_port}"]
         if cfg.gcs_ft and cfg.redis_password:
+            # Stays in argv: Ray 2.60 offers no env/file for it. `ray start --redis-password` is a
+            # plain click option (no envvar), and Ray itself passes the password on the command
+            # lines of gcs_server (--redis_password=, ray/_private/services.py) and of the
+            # workers (--redis-password=); only its client server reads RAY_REDIS_PASSWORD.
+            # Hiding it from `ray start` alone would change nothing; see docs/security.md.
             cmd.append(f"--redis-password={cfg.redis_password}")
     else:
         cmd.append(f"--address={decision.head_address}")
