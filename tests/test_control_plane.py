@@ -32,7 +32,7 @@ if _ROOT not in sys.path:
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests._scripts import CONTROL_SECRET, SCRIPTS, fake_ray_bin, free_port, load_script  # noqa: E402
+from tests._scripts import CONTROL_SECRET, SCRIPTS, free_port, load_script  # noqa: E402
 from tests.test_ray_node import Cluster, _free_pair  # noqa: E402
 
 hs = load_script("health")
