@@ -314,8 +314,11 @@ def test_many_idle_and_half_open_proxy_connections_keep_threads_and_fds_bounded(
         for i in range(300):
             s = socket.create_connection(("127.0.0.1", h.proxy), timeout=10)
             if i % 2:
-                s.sendall(b"x")
-                s.shutdown(socket.SHUT_WR)  # half-open: we never read nor close
+                try:
+                    s.sendall(b"x")
+                    s.shutdown(socket.SHUT_WR)  # half-open: we never read nor close
+                except OSError:
+                    pass  # already closed by the proxy: over its cap
             conns.append(s)
             if i % 25 == 0:
                 t, f = _counts(h.proc.pid)
@@ -324,6 +327,7 @@ def test_many_idle_and_half_open_proxy_connections_keep_threads_and_fds_bounded(
             t, f = _counts(h.proc.pid)
             worst = (max(worst[0], t), max(worst[1], f))
             time.sleep(0.05)
+        print(f"soak: 300 connections, cap {cap}: threads {base_threads} -> max {worst[0]}, fds {base_fds} -> max {worst[1]}")
         # One relay thread and two sockets per connection, at most `cap` of them; the HTTP
         # side may hold a request thread of this test's status call.
         assert worst[0] <= base_threads + cap + 2, (base_threads, worst)
