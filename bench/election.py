@@ -42,6 +42,8 @@ HEADING = "## Election (bench/election.py)"
 
 
 def load_ray_node():
+    if str(ROOT / "scripts") not in sys.path:  # ray_node imports its sibling cslr_control
+        sys.path.insert(0, str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location("cslr_script_ray_node", ROOT / "scripts" / "ray_node.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -99,7 +101,8 @@ class Trial:
         self.go = threading.Event()
         for i, ip in enumerate(ips):
             env = {"NODE_HOSTNAME": ip, "NODE_IP": ip, "HEAD_WHITELIST": whitelist,
-                   "RAY_HEAD_PORT": str(port), "NODE_AGENT_BIND": ip, "RAY_TEMP_DIR": f"/nonexistent/{i}"}
+                   "RAY_HEAD_PORT": str(port), "NODE_AGENT_BIND": ip, "RAY_TEMP_DIR": f"/nonexistent/{i}",
+                   "CSLR_CONTROL_SECRET": "bench-control-secret-0123456789"}
             cfg = rn.load_config(env)
             launcher = FakeLauncher(ip, port)
             runner = rn.NodeRunner(cfg, launcher, rng=random.Random(seed * 1000 + i),

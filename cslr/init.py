@@ -22,7 +22,7 @@ from .config import ROOT, format_dotenv, parse_dotenv
 from .errors import PlatformError
 from .fsutil import write_atomic
 
-SECRET_ENV = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "MARIMO_TOKEN", "RAY_AUTH_TOKEN")
+SECRET_ENV = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "MARIMO_TOKEN", "RAY_AUTH_TOKEN", "CSLR_CONTROL_SECRET")
 
 # Named volumes (without the `<project>_` prefix) whose contents were made with a secret: Postgres
 # sets the password once, at initdb, from POSTGRES_PASSWORD; Redis's volume holds the data (and

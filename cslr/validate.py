@@ -233,6 +233,7 @@ SECRET_RULES = {
     "redis_password": ("redis", "REDIS_PASSWORD"),
     "marimo_token": ("marimo", "MARIMO_TOKEN"),
     "ray_auth_token": (None, "RAY_AUTH_TOKEN"),
+    "control_secret": ("health", "CSLR_CONTROL_SECRET"),
 }
 
 

@@ -14,33 +14,44 @@ Caller
     Its healthcheck: ``python3 /opt/cslr/scripts/health.py --check http://127.0.0.1:8080/``.
 
 HTTP interface (all bodies are JSON, ``Content-Type: application/json``)
-    GET  /            200 {"status": "ok", "uptime_s", "known_head", "nodes_alive", "time"}
+    GET  /            200 {"status": "ok", "uptime_s", "known_head", "registered_head",
+                           "nodes_alive", "refused": {reason: count}, "time"}
     GET  /nodes       200 {"nodes": [{"hostname", "address", "role", "head_address",
                                        "last_heartbeat", "age_s", "alive", ...}]}
     POST /register    body {"hostname", "address", "role", ["head_address", "port", "state"]}
-                      -> 200 {"ok": true}
+                      -> 200 {"ok": true}; 503 when the table is full (MAX_NODES in total,
+                      MAX_NODES_PER_SOURCE per source address)
     POST /heartbeat   body {"hostname", ["role", "head_address", "state", "address"]}
                       -> 200 {"ok": true}; 404 if the hostname is not registered
                       (the node then registers again, e.g. after a restart of this service)
+    Every POST must carry X-CSLR-Time, X-CSLR-Nonce and X-CSLR-MAC (cslr_control.sign_request,
+    HMAC-SHA256 with CSLR_CONTROL_SECRET over method, path, time, nonce and body): missing ->
+    401; a bad MAC, a time more than 30 s off, or a nonce already used -> 403.  Refusals are
+    counted (GET / "refused") and logged once per source address per minute.
     anything else     404 (unknown path) / 405 (unknown method); malformed JSON or
                       fields -> 400; body larger than MAX_BODY -> 413; missing length -> 411.
+    At most MAX_HTTP_CONNECTIONS requests are served at once; more connections are closed.
     A node is alive while its last heartbeat is younger than HEALTH_NODE_TTL seconds.
-    ``known_head`` is the alive registered node with role "head" (whitelist order
-    breaks ties); when none is registered, a background TCP probe of the whitelist's
-    head ports supplies it (the document's rule: a head is a whitelisted node whose
-    head port accepts TCP).
+    ``known_head`` is the head the election made: a background thread asks the whitelisted
+    nodes' election agents (authenticated both ways, every HEALTH_ELECTION_POLL_S) and takes
+    the first in whitelist order that says "head".  ``registered_head`` is what the TTL'd
+    registrations say (informational; it lags a crash by up to HEALTH_NODE_TTL).
 
 Ray client proxy
-    With RAY_CLIENT_PROXY_PORT set, every TCP connection to that port is relayed to the
-    Ray client server of the known head (its registered ``client_port``, else
-    RAY_CLIENT_SERVER_PORT), so clients that are not Ray nodes (the notebook, the test
-    runner, a laptop through the published port) keep one stable address across head
-    failovers. A connection made while no head is known is closed at once.
+    With RAY_CLIENT_PROXY_PORT set, every TCP connection to that port is relayed to the Ray
+    client server of the elected head - a whitelisted address, never anything else; its port
+    is the one the head's agent reports, else RAY_CLIENT_PORTS, else RAY_CLIENT_SERVER_PORT -
+    so clients that are not Ray nodes (the notebook, the test runner, a laptop through the
+    published port) keep one stable address across head failovers.  A connection made while
+    no head is known, or over RAY_CLIENT_PROXY_MAX_CONNECTIONS, is closed at once; a relay
+    with no traffic for RAY_CLIENT_PROXY_IDLE_S ends.
 
-Environment
-    HEALTH_BIND (0.0.0.0), HEALTH_PORT (8080), HEALTH_NODE_TTL (15),
-    HEAD_WHITELIST (""), RAY_HEAD_PORT (6379), RAY_CLIENT_PROXY_PORT (off),
-    RAY_CLIENT_SERVER_PORT (10001), RAY_CLIENT_PORTS ("name=port,...").  See docs/runtime.md.
+Environment (each through cslr_control.EnvReader; see docs/runtime.md)
+    CSLR_CONTROL_SECRET (required), HEALTH_BIND (0.0.0.0), HEALTH_PORT (8080),
+    HEALTH_NODE_TTL (15), HEAD_WHITELIST (""), RAY_HEAD_PORT (6379),
+    RAY_CLIENT_PROXY_PORT (off), RAY_CLIENT_SERVER_PORT (10001), RAY_CLIENT_PORTS
+    ("name=port,..."), RAY_CLIENT_PROXY_MAX_CONNECTIONS (256), RAY_CLIENT_PROXY_IDLE_S (600),
+    HEALTH_ELECTION_POLL_S (0.25).
 
 Outputs
     One start line and one stop line on stderr; per-request logs are suppressed.
@@ -48,14 +59,15 @@ Outputs
 Exit codes
     0  normal stop (SIGTERM / SIGINT), or ``--check`` got HTTP 200
     1  ``--check`` failed (no answer, or not 200)
-    2  bad command line / environment (e.g. a non-numeric HEALTH_PORT), or the port
-       cannot be bound
+    2  bad command line / environment (``VAR=value: expected ...``; a secret's value is never
+       shown), or a port that cannot be bound
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -66,8 +78,13 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+import cslr_control as cc  # the scripts' shared helpers (this script's own directory)
+from cslr_control import tcp_open  # noqa: F401  (re-exported for callers of this module)
+
 MAX_BODY = 64 * 1024
-MAX_NODES = 1024
+MAX_NODES = 256
+MAX_NODES_PER_SOURCE = 8
+MAX_HTTP_CONNECTIONS = 64
 MAX_FIELD = 256
 ROLES = ("head", "worker", "unknown")
 DEFAULT_TTL = 15.0
@@ -78,25 +95,8 @@ REQUEST_TIMEOUT = 10.0
 
 
 def parse_whitelist(text: str, default_port: int) -> List[Tuple[str, int]]:
-    """``"a, b:6380"`` -> ``[("a", default_port), ("b", 6380)]``; bad entries are skipped."""
-    out: List[Tuple[str, int]] = []
-    for raw in (text or "").split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        host, port = item, default_port
-        if item.count(":") == 1:
-            host, _, port_text = item.partition(":")
-            try:
-                port = int(port_text)
-            except ValueError:
-                continue
-            if not 0 < port < 65536:
-                continue
-        host = host.strip()
-        if host:
-            out.append((host, port))
-    return out
+    """``"a, b:6380"`` -> ``[("a", default_port), ("b", 6380)]``; EnvError on a bad entry."""
+    return cc.EnvReader({"HEAD_WHITELIST": text or ""}).host_ports("HEAD_WHITELIST", default_port)
 
 
 def validate_node(payload: object, require_full: bool) -> Tuple[Optional[dict], str]:
@@ -175,7 +175,7 @@ class Registry:
         self.clock = clock
         self.wall = wall
         self.started = clock()
-        self.probed_head: Optional[str] = None
+        self.elected: Optional[Tuple[str, int, int]] = None  # (host, GCS port, client port) per the agents
         self._nodes: Dict[str, dict] = {}
         self._lock = threading.Lock()
 
@@ -186,15 +186,20 @@ class Registry:
         for key in [k for k, v in self._nodes.items() if now - v["last_seen"] > horizon]:
             del self._nodes[key]
 
-    def register(self, record: dict) -> bool:
+    def register(self, record: dict, source: str = "") -> bool:
+        """False when the table is full, in total or for this source address."""
         now = self.clock()
         with self._lock:
             self._prune(now)
             key = record["hostname"].lower()
-            if key not in self._nodes and len(self._nodes) >= MAX_NODES:
-                return False
+            if key not in self._nodes:
+                if len(self._nodes) >= MAX_NODES:
+                    return False
+                if sum(1 for n in self._nodes.values() if n.get("source") == source) >= MAX_NODES_PER_SOURCE:
+                    return False
             node = dict(self._nodes.get(key, {}))
             node.update(record)
+            node["source"] = source
             node["last_seen"] = now
             node["last_heartbeat"] = self.wall()
             node.setdefault("registered", node["last_heartbeat"])
@@ -219,37 +224,38 @@ class Registry:
             self._prune(now)
             out = []
             for node in self._nodes.values():
-                item = {k: v for k, v in node.items() if k != "last_seen"}
+                item = {k: v for k, v in node.items() if k not in ("last_seen", "source")}
                 item["age_s"] = round(now - node["last_seen"], 3)
                 item["alive"] = now - node["last_seen"] <= self.ttl
                 out.append(item)
         out.sort(key=lambda n: n["hostname"])
         return out
 
-    def known_head(self) -> Optional[str]:
+    def registered_head(self) -> Optional[str]:
+        """The ``host:port`` of the alive registered head (informational only)."""
         now = self.clock()
         with self._lock:
-            head = pick_known_head(self._nodes, now, self.ttl, self.whitelist, self.default_port)
-        return head or self.probed_head
+            return pick_known_head(self._nodes, now, self.ttl, self.whitelist, self.default_port)
 
-    def head_client(self, default_port: int, ports: Optional[Mapping[str, int]] = None) -> Optional[Tuple[str, int]]:
-        """(host, Ray client port) of the known head: its registered client_port, else the
-        RAY_CLIENT_PORTS entry for its name, else ``default_port``."""
-        head = self.known_head()
-        if not head:
-            return None
-        host = head.rsplit(":", 1)[0]
-        with self._lock:
-            node = self._nodes.get(host.lower(), {})
-        return host, int(node.get("client_port") or (ports or {}).get(host.lower()) or default_port)
+    def known_head(self) -> Optional[str]:
+        """The head the election made, as its agents say (watch_election); never the registry's word."""
+        elected = self.elected
+        return f"{elected[0]}:{elected[1]}" if elected else None
 
-    def status(self) -> dict:
+    def head_client(self) -> Optional[Tuple[str, int]]:
+        """(whitelisted host, Ray client port) of the elected head, or None."""
+        elected = self.elected
+        return (elected[0], elected[2]) if elected else None
+
+    def status(self, refused: Optional[Mapping[str, int]] = None) -> dict:
         nodes = self.nodes()
         return {
             "status": "ok",
             "uptime_s": round(self.clock() - self.started, 3),
             "known_head": self.known_head(),
+            "registered_head": self.registered_head(),
             "nodes_alive": sum(1 for n in nodes if n["alive"]),
+            "refused": dict(refused or {}),
             "time": self.wall(),
         }
 
@@ -262,6 +268,8 @@ class HealthHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = REQUEST_TIMEOUT  # slow or stalled clients cannot pin a thread forever
     registry: Registry  # set on the subclass made by make_server
+    verifier: "cc.Verifier"
+    refusals: "cc.Refusals"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # quiet: a healthcheck every few seconds would flood the container log
@@ -293,7 +301,7 @@ class HealthHandler(BaseHTTPRequestHandler):
         try:
             path = self._path()
             if path == "/":
-                self._send(200, self.registry.status())
+                self._send(200, self.registry.status(self.refusals.snapshot()))
             elif path == "/nodes":
                 self._send(200, {"nodes": self.registry.nodes()})
             else:
@@ -303,7 +311,7 @@ class HealthHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    def _read_json(self) -> Tuple[Optional[object], Optional[Tuple[int, str]]]:
+    def _read_body(self) -> Tuple[Optional[bytes], Optional[Tuple[int, str]]]:
         if self.headers.get("Transfer-Encoding"):
             return None, (411, "chunked bodies are not accepted; send Content-Length")
         length_text = self.headers.get("Content-Length")
@@ -320,10 +328,7 @@ class HealthHandler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         if len(raw) != length:
             return None, (400, "truncated body")
-        try:
-            return json.loads(raw.decode("utf-8")), None
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            return None, (400, "body is not valid JSON")
+        return raw, None
 
     def do_POST(self) -> None:
         try:
@@ -331,17 +336,28 @@ class HealthHandler(BaseHTTPRequestHandler):
             if path not in ("/register", "/heartbeat"):
                 self._send(404, {"error": "not found"})
                 return
-            payload, error = self._read_json()
+            raw, error = self._read_body()
             if error:
                 self._send(error[0], {"error": error[1]})
+                return
+            reason = self.verifier.verify("POST", self.path, self.headers.get(cc.HDR_TIME),
+                                          self.headers.get(cc.HDR_NONCE), self.headers.get(cc.HDR_MAC), raw)
+            if reason:
+                self.refusals.refuse(self.client_address[0], reason, f"POST {path}")
+                self._send(cc.STATUS[reason], {"error": f"not authenticated ({reason}): sign with {cc.SECRET_VAR}"})
+                return
+            try:
+                payload = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                self._send(400, {"error": "body is not valid JSON"})
                 return
             record, problem = validate_node(payload, require_full=(path == "/register"))
             if record is None:
                 self._send(400, {"error": problem})
                 return
             if path == "/register":
-                if not self.registry.register(record):
-                    self._send(503, {"error": "node table full"})
+                if not self.registry.register(record, self.client_address[0]):
+                    self._send(503, {"error": "node table full (in total or for this address)"})
                     return
             elif not self.registry.heartbeat(record):
                 self._send(404, {"error": "unknown node; register first"})
@@ -361,102 +377,182 @@ class QuietServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    max_connections = MAX_HTTP_CONNECTIONS
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client that vanishes mid-request is not worth a traceback
 
+    def process_request(self, request: socket.socket, client_address: object) -> None:
+        # At most max_connections handler threads; more connections are closed at once.
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:  # cannot start a thread
+            self._slots.release()
+            self.shutdown_request(request)
 
-def make_server(bind: str, port: int, registry: Registry) -> QuietServer:
-    handler = type("BoundHealthHandler", (HealthHandler,), {"registry": registry})
-    return QuietServer((bind, port), handler)
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
-def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
+def make_server(bind: str, port: int, registry: Registry, secret: str,
+                clock: Callable[[], float] = time.time) -> QuietServer:
+    refusals = cc.Refusals(lambda m: print(f"health: {m}", file=sys.stderr, flush=True))
+    handler = type("BoundHealthHandler", (HealthHandler,), {
+        "registry": registry, "verifier": cc.Verifier(secret, clock=clock), "refusals": refusals})
+    server = QuietServer((bind, port), handler, bind_and_activate=False)
+    server._slots = threading.BoundedSemaphore(server.max_connections)
+    server.refusals = refusals
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
+        server.server_bind()
+        server.server_activate()
+    except BaseException:
+        server.server_close()
+        raise
+    return server
 
 
-def probe_loop(registry: Registry, stop: threading.Event, interval: float = 2.0,
-               probe: Callable[[str, int], bool] = tcp_open) -> None:
-    """Keep ``registry.probed_head`` = first whitelisted entry whose head port accepts TCP."""
+def elected_head(views: List[Tuple[str, int, str, dict]], client_ports: Mapping[str, int],
+                 default_client_port: int) -> Optional[Tuple[str, int, int]]:
+    """(host, GCS port, client port) of the first whitelisted node whose agent - authenticated -
+    says it is head; ``views`` are (host, port, state, reply fields) in whitelist order."""
+    for host, port, state, fields in views:
+        if state == cc.HEAD:
+            cp = fields.get("client_port")
+            if not (isinstance(cp, int) and not isinstance(cp, bool) and 0 < cp < 65536):
+                cp = client_ports.get(host.lower()) or default_client_port
+            return host, port, cp
+    return None
+
+
+def watch_election(registry: Registry, secret: str, stop: threading.Event, interval: float = 0.25,
+                   client_ports: Optional[Mapping[str, int]] = None, default_client_port: int = 10001,
+                   read: Optional[Callable[[str, int], Tuple[str, dict]]] = None) -> None:
+    """Keep ``registry.elected`` = the head the whitelisted nodes' agents report (see elected_head).
+
+    Only whitelisted addresses are ever asked, so the proxy never relays anywhere else.
+    """
+    read = read or (lambda h, p: cc.read_agent(h, p, secret))
     while not stop.is_set():
-        found = None
+        views = []
         for host, port in registry.whitelist:
             if stop.is_set():
                 return
-            if probe(host, port):
-                found = f"{host}:{port}"
-                break
-        registry.probed_head = found
+            state, fields = read(host, port + cc.AGENT_PORT_OFFSET)
+            views.append((host, port, state, fields))
+            if state == cc.HEAD:
+                break  # whitelist order: the first head wins
+        registry.elected = elected_head(views, client_ports or {}, default_client_port)
         stop.wait(interval)
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def relay(a: socket.socket, b: socket.socket, idle: float, clock: Callable[[], float] = time.monotonic) -> None:
+    """Copy bytes both ways until both sides closed, or nothing moved for ``idle`` seconds.
+
+    One thread per connection (poll: no extra fd); a half-closed side is shut down on the
+    other and the rest keeps flowing until the idle limit.  Closes both sockets.
+    """
+    pairs = {a.fileno(): (a, b), b.fileno(): (b, a)}
+    poller = select.poll()
+    for fd in pairs:
+        poller.register(fd, select.POLLIN)
+    open_fds = set(pairs)
+    last = clock()
+    for sock in (a, b):
+        sock.settimeout(max(idle, 0.1))  # bounds a blocked sendall as well
     try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
+        while open_fds:
+            left = idle - (clock() - last)
+            if left <= 0:
+                return
+            events = poller.poll(int(min(left, 1.0) * 1000) + 1)
+            for fd, _ in events:
+                if fd not in open_fds:
+                    continue
+                src, dst = pairs[fd]
+                try:
+                    data = src.recv(65536)
+                except OSError:
+                    data = b""
+                if data:
+                    last = clock()
+                    try:
+                        dst.sendall(data)
+                    except OSError:
+                        return
+                    continue
+                poller.unregister(fd)
+                open_fds.discard(fd)
+                try:
+                    dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
     finally:
-        for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+        for sock in (a, b):
             try:
-                sock.shutdown(how)
+                sock.close()
             except OSError:
                 pass
 
 
-def forward_connection(client: socket.socket, target: Optional[Tuple[str, int]], connect_timeout: float = 3.0) -> bool:
-    """Relay one accepted connection to ``target`` both ways until either side closes."""
+def forward_connection(client: socket.socket, target: Optional[Tuple[str, int]], connect_timeout: float = 3.0,
+                       idle: float = 600.0) -> bool:
+    """Relay one accepted connection to ``target`` both ways (see relay)."""
     if target is None:
         client.close()
         return False
     try:
         upstream = socket.create_connection(target, timeout=connect_timeout)
-    except (OSError, ValueError):
+    except (OSError, ValueError, OverflowError):
         client.close()
         return False
-    upstream.settimeout(None)
-    back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
-    back.start()
-    _pump(client, upstream)
-    back.join()
-    client.close()
-    upstream.close()
+    relay(client, upstream, idle)
     return True
 
 
-def parse_client_ports(text: str) -> Dict[str, int]:
-    """``"ray-cpu-a=10011, ray-gpu-a=10012"`` -> {name: port}; bad entries are skipped."""
-    out: Dict[str, int] = {}
-    for item in (text or "").split(","):
-        name, _, port = item.strip().partition("=")
-        if name and port.isdigit() and 0 < int(port) < 65536:
-            out[name.strip().lower()] = int(port)
-    return out
+class ClientProxy:
+    """Ray client proxy: each connection goes to the elected head's Ray client server, so a
+    notebook's RAY_ADDRESS (ray://health:PORT) survives a head failover.  At most
+    ``max_connections`` relays at once (one thread and two fds each); a connection over the
+    cap, or made while no head is known, is closed at once; idle relays end after ``idle`` s."""
 
+    def __init__(self, listener: socket.socket, target: Callable[[], Optional[Tuple[str, int]]],
+                 max_connections: int = 256, idle: float = 600.0) -> None:
+        self.listener, self.target, self.idle = listener, target, idle
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.refused_over_cap = 0
 
-def client_proxy_loop(listener: socket.socket, registry: Registry, default_port: int, stop: threading.Event,
-                      ports: Optional[Mapping[str, int]] = None) -> None:
-    """Ray client proxy: every connection goes to the current head's Ray client server, so a
-    notebook's RAY_ADDRESS (ray://health:PORT) survives a head failover."""
-    listener.settimeout(0.5)
-    while not stop.is_set():
+    def _one(self, client: socket.socket, target: Optional[Tuple[str, int]]) -> None:
         try:
-            client, _ = listener.accept()
-        except socket.timeout:
-            continue
-        except OSError:
-            return
-        client.settimeout(None)
-        target = registry.head_client(default_port, ports)
-        threading.Thread(target=forward_connection, args=(client, target), daemon=True).start()
-    listener.close()
+            forward_connection(client, target, idle=self.idle)
+        finally:
+            self.slots.release()
+
+    def loop(self, stop: threading.Event) -> None:
+        self.listener.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not self.slots.acquire(blocking=False):
+                self.refused_over_cap += 1
+                client.close()
+                continue
+            try:
+                client.settimeout(None)
+                threading.Thread(target=self._one, args=(client, self.target()), daemon=True).start()
+            except RuntimeError:  # cannot start a thread: drop this one connection
+                self.slots.release()
+                client.close()
+        self.listener.close()
 
 
 def check(url: str, timeout: float = 3.0) -> int:
@@ -468,14 +564,23 @@ def check(url: str, timeout: float = 3.0) -> int:
         return 1
 
 
-def _env_number(environ: Mapping[str, str], name: str, default: float, kind: type) -> float:
-    text = environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        return kind(text)
-    except ValueError:
-        raise SystemExit(f"health: {name}={text!r} is not a number") from None
+class Settings:
+    """The validated environment (docs/runtime.md); every variable through cslr_control.EnvReader."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        env = cc.EnvReader(environ)
+        self.port = env.integer("HEALTH_PORT", 8080, 0, 65535)
+        self.ttl = env.number("HEALTH_NODE_TTL", DEFAULT_TTL, 0.1, 86400)
+        self.head_port = env.port("RAY_HEAD_PORT", 6379)
+        self.bind = env.host("HEALTH_BIND", "0.0.0.0")
+        self.proxy_port = env.integer("RAY_CLIENT_PROXY_PORT", 0, 0, 65535)
+        self.client_port = env.port("RAY_CLIENT_SERVER_PORT", 10001)
+        self.client_ports = env.name_ports("RAY_CLIENT_PORTS")
+        self.whitelist = env.host_ports("HEAD_WHITELIST", self.head_port)
+        self.proxy_max = env.integer("RAY_CLIENT_PROXY_MAX_CONNECTIONS", 256, 1, 10000)
+        self.proxy_idle = env.number("RAY_CLIENT_PROXY_IDLE_S", 600.0, 0.1, 86400)
+        self.watch_interval = env.number("HEALTH_ELECTION_POLL_S", 0.25, 0.01, 60)
+        self.secret = env.secret(cc.SECRET_VAR)
 
 
 def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None,
@@ -485,27 +590,18 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     args = parser.parse_args(argv)
     if args.check:
         return check(args.check)
-    env = os.environ if environ is None else environ
     try:
-        port = int(_env_number(env, "HEALTH_PORT", 8080, int))
-        ttl = float(_env_number(env, "HEALTH_NODE_TTL", DEFAULT_TTL, float))
-        head_port = int(_env_number(env, "RAY_HEAD_PORT", 6379, int))
-    except SystemExit as exc:
-        print(exc, file=sys.stderr)
+        cfg = Settings(os.environ if environ is None else environ)
+    except cc.EnvError as exc:
+        print(f"health: configuration error: {exc}", file=sys.stderr)
         return 2
-    bind = env.get("HEALTH_BIND", "").strip() or "0.0.0.0"
+    bind = cfg.bind
+    registry = Registry(ttl=cfg.ttl, whitelist=cfg.whitelist, default_port=cfg.head_port)
     try:
-        proxy_port = int(_env_number(env, "RAY_CLIENT_PROXY_PORT", 0, int))
-        client_port = int(_env_number(env, "RAY_CLIENT_SERVER_PORT", 10001, int))
-    except SystemExit as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    registry = Registry(ttl=ttl, whitelist=parse_whitelist(env.get("HEAD_WHITELIST", ""), head_port),
-                        default_port=head_port)
-    try:
-        server = make_server(bind, port, registry)
-    except OSError as exc:
-        print(f"health: cannot listen on {bind}:{port}: {exc}", file=sys.stderr)
+        server = make_server(bind, cfg.port, registry, cfg.secret)
+    except (OSError, OverflowError) as exc:
+        print(f"health: cannot listen on {bind}:{cfg.port} (HEALTH_BIND/HEALTH_PORT): "
+              f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
 
@@ -517,17 +613,19 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
     if registry.whitelist:
-        threading.Thread(target=probe_loop, args=(registry, stop), daemon=True).start()
-    if proxy_port:
+        threading.Thread(target=watch_election, args=(registry, cfg.secret, stop, cfg.watch_interval,
+                                                       cfg.client_ports, cfg.client_port), daemon=True).start()
+    if cfg.proxy_port:
         try:
-            listener = socket.create_server((bind, proxy_port))
-        except OSError as exc:
-            print(f"health: cannot listen on {bind}:{proxy_port} (RAY_CLIENT_PROXY_PORT): {exc}", file=sys.stderr)
+            listener = socket.create_server((bind, cfg.proxy_port))
+        except (OSError, OverflowError) as exc:
+            print(f"health: cannot listen on {bind}:{cfg.proxy_port} (RAY_CLIENT_PROXY_PORT): {exc}", file=sys.stderr)
             server.server_close()
             return 2
-        ports = parse_client_ports(env.get("RAY_CLIENT_PORTS", ""))
-        threading.Thread(target=client_proxy_loop, args=(listener, registry, client_port, stop, ports), daemon=True).start()
-        print(f"health: Ray client proxy on {bind}:{listener.getsockname()[1]} -> the known head", file=sys.stderr, flush=True)
+        proxy = ClientProxy(listener, registry.head_client, cfg.proxy_max, cfg.proxy_idle)
+        threading.Thread(target=proxy.loop, args=(stop,), daemon=True).start()
+        print(f"health: Ray client proxy on {bind}:{listener.getsockname()[1]} -> the elected head",
+              file=sys.stderr, flush=True)
     print(f"health: listening on {bind}:{server.server_address[1]}", file=sys.stderr, flush=True)
     if ready is not None:
         ready(server)

@@ -21,9 +21,16 @@ Decision rules (docs/architecture, "Head/Worker 判定ロジック"), kept exact
     is the head (or runs no node agent at all, the document's plain TCP rule).
 
 No split brain: priority deference plus a two-phase claim
-    Every whitelisted node runs a tiny TCP "node agent" (port = its whitelist port +
-    1000, or NODE_AGENT_PORT) that answers each connection with one JSON line holding
-    its current election state: deciding, claiming, head, worker.  A candidate
+    Every whitelisted node runs a tiny TCP "node agent" (bound to NODE_IP, port = its
+    whitelist port + 1000, or NODE_AGENT_PORT) that answers each authenticated request with
+    one JSON line holding its current election state: deciding, claiming, head, worker.
+    Both directions carry an HMAC with CSLR_CONTROL_SECRET (cslr_control.py): the request
+    proves the reader holds the secret and is fresh (30 s window, single-use nonce); the
+    answer is MACed over the request's nonce, so nothing without the secret can answer
+    ``deciding``/``claiming``/``head`` - an answer without that proof reads as FORGED, which
+    neither blocks a candidate nor counts as a head - and an old answer cannot be replayed.
+    A peer unreadable for PEER_DEAD_AFTER_S counts as gone but is never joined as a head.
+    A candidate
       1. publishes ``deciding`` and reads its peers in whitelist order;
       2. joins a live head if there is one; waits while a peer is ``claiming`` or a
          starting ``head``, or while a higher-priority peer is ``deciding`` (or cannot be
@@ -75,7 +82,9 @@ Exit codes
        ``--healthcheck`` found this node's Ray up
     1  ``--healthcheck``: Ray not up; or the election could not finish (``--decide``
        timed out)
-    2  bad configuration (e.g. empty whitelist for a node without HEAD_ADDRESS)
+    2  bad configuration: ``configuration error: VAR=value: expected ...`` (a secret's value
+       is never shown; e.g. an empty whitelist for a node without HEAD_ADDRESS, a whitelist
+       entry ``host:port:junk``, a port outside 1..65535), or the agent's address:port is busy
 """
 from __future__ import annotations
 
@@ -91,18 +100,18 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
-DEFAULT_HEAD_PORT = 6379
-AGENT_PORT_OFFSET = 1000
-STATE_FILE_NAME = "cslr-node.json"
+import cslr_control as cc  # the scripts' shared helpers (this script's own directory)
+from cslr_control import (ABSENT, AGENT_PORT_OFFSET, CLAIMING, DECIDING, FORGED, HEAD,  # noqa: F401
+                          UNKNOWN, WORKER, EnvError, tcp_open)
 
-# election states published by the node agent
-DECIDING, CLAIMING, HEAD, WORKER = "deciding", "claiming", "head", "worker"
-# what a reader can conclude about a peer besides its published state
-ABSENT, UNKNOWN = "absent", "unknown"
+DEFAULT_HEAD_PORT = 6379
+STATE_FILE_NAME = "cslr-node.json"
+AGENT_MAX_CONNECTIONS = 32  # concurrent agent exchanges; more are closed at once
 
 # election step actions
 JOIN, WAIT, CLAIM, COMMIT, BACKOFF = "join", "wait", "claim", "commit", "backoff"
@@ -122,22 +131,11 @@ class Entry:
 
 
 def parse_address(text: str, default_port: int) -> Entry:
-    """``"h"`` / ``"h:p"`` -> Entry; raises ValueError on an empty host or a bad port."""
-    item = (text or "").strip()
-    host, port = item, default_port
-    if item.startswith("["):  # [v6]:port
-        end = item.find("]")
-        host = item[1:end]
-        rest = item[end + 1:]
-        if rest.startswith(":"):
-            port = int(rest[1:])
-    elif item.count(":") == 1:
-        host, _, port_text = item.partition(":")
-        port = int(port_text)
-    host = host.strip()
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"bad address {text!r}")
-    return Entry(host, port)
+    """``"h"`` / ``"h:p"`` / ``"[v6]:p"`` -> Entry; ValueError on a bad host, port or extra ':'."""
+    try:
+        return Entry(*cc.parse_host_port(text, default_port))
+    except ValueError as exc:
+        raise ValueError(f"bad address {cc.show(text or '')}: expected {exc}") from None
 
 
 def parse_whitelist(text: str, default_port: int) -> List[Entry]:
@@ -249,30 +247,6 @@ def agent_port_for(entry: Entry, fixed: Optional[int]) -> int:
     return fixed if fixed else entry.port + AGENT_PORT_OFFSET
 
 
-def _opt_int(environ: Mapping[str, str], name: str) -> Optional[int]:
-    text = environ.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{name}={text!r} is not an integer") from None
-
-
-def _opt_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    text = environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{name}={text!r} is not a number") from None
-
-
-def _truthy(text: str) -> bool:
-    return (text or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 @dataclass
 class Config:
     hostname: str
@@ -298,7 +272,8 @@ class Config:
     auth_token: str = ""
     extra_args: List[str] = field(default_factory=list)
     agent_port: Optional[int] = None
-    agent_bind: str = "0.0.0.0"
+    agent_bind: str = ""
+    control_secret: str = field(default="", repr=False)
     ray_bin: List[str] = field(default_factory=lambda: ["ray"])
     heartbeat_interval: float = 5.0
     monitor_interval: float = 1.0
@@ -342,52 +317,64 @@ PORT_FLAGS = {  # env variable -> ray start flag (optional pinned ports)
 
 
 def load_config(environ: Mapping[str, str], resolve: Callable[[str], str] = None) -> Config:
-    """Build the Config from the environment contract (docs/runtime.md); ValueError if invalid."""
-    env = environ
-    hostname = env.get("NODE_HOSTNAME", "").strip() or socket.gethostname()
-    head_port = _opt_int(env, "RAY_HEAD_PORT") or DEFAULT_HEAD_PORT
-    node_ip = env.get("NODE_IP", "").strip() or (resolve or default_node_ip)(hostname)
+    """Build the Config from the environment contract (docs/runtime.md).
+
+    Every variable goes through one ``cslr_control.EnvReader`` method; a bad value raises
+    ``EnvError`` (a ValueError) naming the variable, the value and what was expected.
+    """
+    env = cc.EnvReader(environ)
+    hostname = env.host("NODE_HOSTNAME") or socket.gethostname()
+    head_port = env.port("RAY_HEAD_PORT", DEFAULT_HEAD_PORT)
+    node_ip = env.host("NODE_IP") or (resolve or default_node_ip)(hostname)
+    whitelist = [Entry(h, p) for h, p in env.host_ports("HEAD_WHITELIST", head_port)]
+    env_head, cfg_head = env.host_port("HEAD_ADDRESS", head_port), env.host_port("CFG_HEAD_ADDRESS", head_port)
     cfg = Config(
         hostname=hostname,
         node_ip=node_ip,
-        whitelist=parse_whitelist(env.get("HEAD_WHITELIST", ""), head_port),
+        whitelist=whitelist,
         head_port=head_port,
-        env_head=env.get("HEAD_ADDRESS", "").strip(),
-        cfg_head=env.get("CFG_HEAD_ADDRESS", "").strip(),
-        health_url=env.get("HEALTH_URL", "").strip(),
-        num_cpus=env.get("RAY_NUM_CPUS", "").strip(),
-        num_gpus=env.get("RAY_NUM_GPUS", "").strip(),
-        memory=env.get("RAY_MEMORY", "").strip(),
-        object_store_memory=env.get("RAY_OBJECT_STORE_MEMORY", "").strip(),
-        dashboard_host=env.get("RAY_DASHBOARD_HOST", "").strip() or "0.0.0.0",
-        dashboard_port=_opt_int(env, "RAY_DASHBOARD_PORT") or 8265,
-        client_server_port=_opt_int(env, "RAY_CLIENT_SERVER_PORT") or 10001,
-        ports={name: _opt_int(env, name) for name in PORT_FLAGS},
-        temp_dir=env.get("RAY_TEMP_DIR", "").strip() or "/tmp/ray",
-        gcs_ft=_truthy(env.get("RAY_GCS_FT", "")),
-        redis_address=env.get("RAY_REDIS_ADDRESS", "").strip() or "redis:6379",
-        redis_password=env.get("REDIS_PASSWORD", ""),
-        cluster_name=env.get("RAY_CLUSTER_NAME", "").strip(),
-        auth_token=env.get("RAY_AUTH_TOKEN", "").strip(),
-        extra_args=shlex.split(env.get("RAY_START_EXTRA_ARGS", "")),
-        agent_port=_opt_int(env, "NODE_AGENT_PORT"),
-        agent_bind=env.get("NODE_AGENT_BIND", "").strip() or "0.0.0.0",
-        ray_bin=shlex.split(env.get("RAY_BIN", "")) or ["ray"],
-        heartbeat_interval=_opt_float(env, "HEARTBEAT_INTERVAL_S", 5.0),
-        monitor_interval=_opt_float(env, "HEAD_MONITOR_INTERVAL_S", 1.0),
-        head_loss_probes=int(_opt_float(env, "HEAD_LOSS_PROBES", 3)),
-        head_loss_grace=_opt_float(env, "HEAD_LOSS_GRACE_S", 45.0),
-        peer_dead_after=_opt_float(env, "PEER_DEAD_AFTER_S", 10.0),
-        split_check_interval=_opt_float(env, "SPLIT_CHECK_INTERVAL_S", 5.0),
-        election_settle=_opt_float(env, "ELECTION_SETTLE_S", 0.5),
-        stop_timeout=_opt_float(env, "RAY_STOP_TIMEOUT_S", 8.0),
+        env_head=env.text("HEAD_ADDRESS") if env_head else "",
+        cfg_head=env.text("CFG_HEAD_ADDRESS") if cfg_head else "",
+        health_url=env.url("HEALTH_URL"),
+        num_cpus=_count(env, "RAY_NUM_CPUS"),
+        num_gpus=_count(env, "RAY_NUM_GPUS"),
+        memory=_count(env, "RAY_MEMORY"),
+        object_store_memory=_count(env, "RAY_OBJECT_STORE_MEMORY"),
+        dashboard_host=env.host("RAY_DASHBOARD_HOST", "0.0.0.0"),
+        dashboard_port=env.port("RAY_DASHBOARD_PORT", 8265),
+        client_server_port=env.port("RAY_CLIENT_SERVER_PORT", 10001),
+        ports={name: env.port(name, None) for name in PORT_FLAGS},
+        temp_dir=env.text("RAY_TEMP_DIR", "/tmp/ray"),
+        gcs_ft=env.flag("RAY_GCS_FT"),
+        redis_address=env.text("RAY_REDIS_ADDRESS", "redis:6379"),
+        redis_password=env.raw("REDIS_PASSWORD"),
+        cluster_name=env.text("RAY_CLUSTER_NAME"),
+        auth_token=env.raw("RAY_AUTH_TOKEN").strip(),
+        extra_args=env.words("RAY_START_EXTRA_ARGS"),
+        agent_port=env.port("NODE_AGENT_PORT", None),
+        agent_bind=env.host("NODE_AGENT_BIND") or node_ip,
+        control_secret=env.secret(cc.SECRET_VAR),
+        ray_bin=env.words("RAY_BIN", ["ray"]),
+        heartbeat_interval=env.number("HEARTBEAT_INTERVAL_S", 5.0, 0.05, 3600),
+        monitor_interval=env.number("HEAD_MONITOR_INTERVAL_S", 1.0, 0.05, 3600),
+        head_loss_probes=int(env.integer("HEAD_LOSS_PROBES", 3, 1, 1000)),
+        head_loss_grace=env.number("HEAD_LOSS_GRACE_S", 45.0, 0, 86400),
+        peer_dead_after=env.number("PEER_DEAD_AFTER_S", 10.0, 0, 86400),
+        split_check_interval=env.number("SPLIT_CHECK_INTERVAL_S", 5.0, 0, 86400),
+        election_settle=env.number("ELECTION_SETTLE_S", 0.5, 0, 3600),
+        stop_timeout=env.number("RAY_STOP_TIMEOUT_S", 8.0, 0, 3600),
     )
-    for name, value in [("RAY_HEAD_PORT", head_port)] + list(cfg.ports.items()):
-        if value is not None and not 0 < value < 65536:
-            raise ValueError(f"{name}={value} is not a port")
+    if cfg.gcs_ft and cfg.redis_address:
+        env.host_port("RAY_REDIS_ADDRESS", 6379)  # validated only where it is used
     if cfg.index is None:
         worker_target(cfg.env_head, cfg.cfg_head, cfg.whitelist, head_port)  # raises if impossible
     return cfg
+
+
+def _count(env: "cc.EnvReader", name: str) -> str:
+    """A resource amount for ``ray start`` (a whole number; empty = Ray detects)."""
+    value = env.integer(name, None, 0, 2 ** 62)
+    return "" if value is None else str(value)
 
 
 def build_ray_command(cfg: Config, decision: Decision) -> List[str]:
@@ -399,6 +386,11 @@ def build_ray_command(cfg: Config, decision: Decision) -> List[str]:
                 f"--dashboard-host={cfg.dashboard_host}", f"--dashboard-port={cfg.dashboard_port}",
                 f"--ray-client-server-port={cfg.client_server_port}"]
         if cfg.gcs_ft and cfg.redis_password:
+            # Stays in argv: Ray 2.60 offers no env/file for it. `ray start --redis-password` is a
+            # plain click option (no envvar), and Ray itself passes the password on the command
+            # lines of gcs_server (--redis_password=, ray/_private/services.py) and of the
+            # workers (--redis-password=); only its client server reads RAY_REDIS_PASSWORD.
+            # Hiding it from `ray start` alone would change nothing; see docs/security.md.
             cmd.append(f"--redis-password={cfg.redis_password}")
     else:
         cmd.append(f"--address={decision.head_address}")
@@ -437,18 +429,10 @@ def ray_child_env(cfg: Config, environ: Mapping[str, str], role: str) -> Dict[st
     return env
 
 
-def agent_message(hostname: str, state: str, head: str, index: Optional[int]) -> bytes:
-    return (json.dumps({"v": 1, "hostname": hostname, "state": state, "head": head,
-                        "index": index}) + "\n").encode()
-
-
-def parse_agent_reply(data: bytes) -> str:
-    """Election state from an agent reply; UNKNOWN for anything unexpected."""
-    try:
-        state = json.loads(data.decode("utf-8").strip() or "null").get("state")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        return UNKNOWN
-    return state if state in (DECIDING, CLAIMING, HEAD, WORKER) else UNKNOWN
+def agent_fields(hostname: str, state: str, head: str, index: Optional[int], client_port: int) -> dict:
+    """What an agent answers (authenticated by cslr_control.agent_reply)."""
+    return {"v": 2, "hostname": hostname, "state": state, "head": head, "index": index,
+            "client_port": client_port}
 
 
 def matches_own_ray(cmdline: str, temp_dir: str) -> bool:
@@ -476,40 +460,18 @@ def default_node_ip(hostname: str) -> str:
         return "127.0.0.1"
 
 
-def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
+def http_json(url: str, payload: Optional[dict] = None, timeout: float = 2.0,
+              secret: str = "") -> Tuple[int, Optional[dict]]:
+    """(status, body) of a GET (payload None) or POST; status 0 when unreachable.
 
-
-def read_agent(host: str, port: int, timeout: float = 0.5) -> str:
-    """A peer's election state; ABSENT if nothing listens / name unknown, UNKNOWN on timeout."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            data = b""
-            while not data.endswith(b"\n") and len(data) < 4096:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-    except ConnectionRefusedError:
-        return ABSENT
-    except socket.gaierror as exc:
-        # A stopped container's name is gone from Docker's DNS; a DNS hiccup is not proof.
-        return UNKNOWN if exc.errno == socket.EAI_AGAIN else ABSENT
-    except OSError:
-        return UNKNOWN  # timeout / unreachable: maybe alive, maybe claiming
-    return parse_agent_reply(data)
-
-
-def http_json(url: str, payload: Optional[dict] = None, timeout: float = 2.0) -> Tuple[int, Optional[dict]]:
-    """(status, body) of a GET (payload None) or POST; status 0 when unreachable."""
+    A POST carries the control-secret proof (cslr_control.sign_request) when ``secret`` is set.
+    """
     data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if data is not None and secret:
+        path = urllib.parse.urlsplit(url).path or "/"
+        headers.update(cc.sign_request(secret, "POST", path, data))
+    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = resp.read(65536)
@@ -528,20 +490,34 @@ def log(msg: str) -> None:
     print(f"ray_node: {msg}", file=sys.stderr, flush=True)
 
 
-class Agent:
-    """The node agent: answers each TCP connection with this node's current state."""
+class AgentBindError(Exception):
+    """The agent's address:port cannot be bound (exit 2 with this message)."""
 
-    def __init__(self, hostname: str, index: Optional[int], bind: str, port: int) -> None:
-        self.hostname, self.index = hostname, index
+
+class Agent:
+    """The node agent: answers each authenticated request with this node's current state.
+
+    A request must carry proof of the control secret (cslr_control.check_agent_request); the
+    answer is MACed over the request's nonce.  A refused request gets one unauthenticated
+    error line and is counted; at most AGENT_MAX_CONNECTIONS exchanges run at once.
+    """
+
+    def __init__(self, hostname: str, index: Optional[int], bind: str, port: int, secret: str,
+                 client_port: int = 10001, clock: Callable[[], float] = time.time) -> None:
+        self.hostname, self.index, self.client_port, self.secret = hostname, index, client_port, secret
+        self.verifier = cc.Verifier(secret, clock=clock)
+        self.refusals = cc.Refusals(log)
         self._pair: Tuple[str, str] = (DECIDING, "")
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._slots = threading.BoundedSemaphore(AGENT_MAX_CONNECTIONS)
+        self._sock = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._sock.bind((bind, port))
             self._sock.listen(256)
-        except OSError:
+        except (OSError, OverflowError) as exc:
             self._sock.close()
-            raise
+            raise AgentBindError(f"cannot open the election agent on {bind}:{port} "
+                                 f"(NODE_AGENT_BIND / NODE_AGENT_PORT): {getattr(exc, 'strerror', None) or exc}") from None
         self.port = self._sock.getsockname()[1]
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="node-agent", daemon=True)
@@ -558,20 +534,40 @@ class Agent:
     def _serve(self) -> None:
         while not self._closed:
             try:
-                conn, _ = self._sock.accept()
+                conn, peer = self._sock.accept()
             except OSError:
                 if self._closed:
                     return
                 continue
-            try:
-                conn.settimeout(0.5)
-                # The state is read after accept(): a peer connecting after our write sees it.
-                state, head = self._pair
-                conn.sendall(agent_message(self.hostname, state, head, self.index))
-            except OSError:
-                pass
-            finally:
-                conn.close()
+            if not self._slots.acquire(blocking=False):
+                conn.close()  # at the cap: the reader sees UNKNOWN and asks again
+                continue
+            threading.Thread(target=self._answer, args=(conn, peer), daemon=True).start()
+
+    def _answer(self, conn: socket.socket, peer: object) -> None:
+        try:
+            conn.settimeout(0.5)
+            line = b""
+            while not line.endswith(b"\n") and len(line) < 1024:
+                chunk = conn.recv(1024)
+                if not chunk:
+                    break
+                line += chunk
+            reason, nonce = cc.check_agent_request(self.verifier, line)
+            if reason:
+                self.refusals.refuse(str(peer[0]) if isinstance(peer, tuple) else str(peer), reason, "agent request")
+                conn.sendall(b'{"error": "unauthorized"}\n')
+                return
+            # The state is read after the request arrived, hence after the reader's write of its
+            # own state: the safety argument of the module docstring holds.
+            state, head = self._pair
+            fields = agent_fields(self.hostname, state, head, self.index, self.client_port)
+            conn.sendall(cc.agent_reply(self.secret, nonce, fields))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            self._slots.release()
 
     def close(self) -> None:
         self._closed = True
@@ -682,42 +678,21 @@ class RayLauncher:
 
 
 # =========================================================================== node runner
+# Four small parts: PeerReader (what the peers' agents say), Election (the protocol loop
+# around the pure election_step), RegistryClient (registration + heartbeats) and NodeRunner
+# (supervision: start Ray, watch it, re-elect), which wires the other three together.
 
 
-class NodeRunner:
-    """Election + Ray lifecycle of one node. Clock, sleep, launcher and probes are injectable."""
+class PeerReader:
+    """Reads the whitelisted peers' agents; remembers how long each has been unreadable."""
 
-    def __init__(self, cfg: Config, launcher, stop: Optional[threading.Event] = None,
-                 clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
-                 read_agent_fn: Callable[[str, int], str] = read_agent,
-                 tcp_open_fn: Callable[[str, int], bool] = tcp_open,
-                 http_fn: Callable[..., Tuple[int, Optional[dict]]] = http_json,
-                 with_agent: bool = True, on_decision: Optional[Callable[[Decision], None]] = None) -> None:
-        self.cfg, self.launcher = cfg, launcher
-        self.stop = stop or threading.Event()
-        self.clock = clock
-        self.rng = rng or random.Random()
-        self.read_agent, self.tcp_open, self.http = read_agent_fn, tcp_open_fn, http_fn
-        self.with_agent = with_agent
-        self.on_decision = on_decision
-        self.agent: Optional[Agent] = None
-        self.decision: Optional[Decision] = None
+    def __init__(self, cfg: Config, clock: Callable[[], float],
+                 read_agent_fn: Optional[Callable[[str, int], str]] = None,
+                 tcp_open_fn: Callable[..., bool] = tcp_open) -> None:
+        self.cfg, self.clock, self.tcp_open = cfg, clock, tcp_open_fn
+        self.read_agent = read_agent_fn or (lambda h, p: cc.read_agent(h, p, cfg.control_secret)[0])
         self._unknown_since: Dict[int, float] = {}
-        self._hb_thread: Optional[threading.Thread] = None
-
-    # ---------------------------------------------------------------- helpers
-    def sleep(self, seconds: float) -> None:
-        self.stop.wait(max(0.0, seconds))
-
-    def publish(self, state: str, head: str = "") -> None:
-        if self.agent is not None:
-            self.agent.set(state, head)
-
-    def health(self) -> bool:
-        if not self.cfg.health_url:
-            return False
-        status, _ = self.http(self.cfg.health_url.rstrip("/") + "/")
-        return status == 200
+        self._forged_logged: set = set()
 
     def view(self, i: int, entry: Entry) -> PeerView:
         cfg = self.cfg
@@ -726,9 +701,18 @@ class NodeRunner:
         if state == UNKNOWN:
             since = self._unknown_since.setdefault(i, now)
             if now - since > cfg.peer_dead_after:
-                state = ABSENT  # unreadable for long: treat as gone (see assumptions)
-        else:
-            self._unknown_since.pop(i, None)
+                # Unreadable for long: treat as gone (see assumptions) - but never as an
+                # agentless head to join: something that holds the port without answering
+                # is not known to be a node of this stack.
+                return PeerView(i, entry, ABSENT, False)
+            return PeerView(i, entry, UNKNOWN, False)
+        self._unknown_since.pop(i, None)
+        if state == FORGED:
+            if i not in self._forged_logged:
+                self._forged_logged.add(i)
+                log(f"{entry.address}: its agent answers without proof of {cc.SECRET_VAR} (another "
+                    f"secret, a clock more than {cc.WINDOW_S:g} s off, or not a node of this stack); ignored")
+            return PeerView(i, entry, FORGED, False)
         gcs = state in (HEAD, ABSENT) and self.tcp_open(entry.host, entry.port)
         return PeerView(i, entry, state, gcs)
 
@@ -744,8 +728,29 @@ class NodeRunner:
                 return v.entry
         return None
 
-    # ---------------------------------------------------------------- election
-    def elect(self, deadline: Optional[float] = None) -> Optional[Decision]:
+    def higher_priority_head(self) -> Optional[Entry]:
+        """A live head of higher whitelist priority than this node: only possible after a
+        partition healed (each side elected its own head)."""
+        me = self.cfg.index
+        if me is None:
+            return None
+        for i, entry in enumerate(self.cfg.whitelist[:me]):
+            v = self.view(i, entry)
+            if v.state == HEAD and v.gcs_open:
+                return entry
+        return None
+
+
+class Election:
+    """The election loop of one node around the pure ``election_step``."""
+
+    def __init__(self, cfg: Config, peers: PeerReader, publish: Callable[..., None],
+                 health: Callable[[], bool], clock: Callable[[], float], sleep: Callable[[float], None],
+                 rng: random.Random, stop: threading.Event, tcp_open_fn: Callable[..., bool]) -> None:
+        self.cfg, self.peers, self.publish, self.health = cfg, peers, publish, health
+        self.clock, self.sleep, self.rng, self.stop, self.tcp_open = clock, sleep, rng, stop, tcp_open_fn
+
+    def run(self, deadline: Optional[float] = None) -> Optional[Decision]:
         """Run the election until decided; None if stopped or past ``deadline``."""
         cfg = self.cfg
         me = cfg.index
@@ -753,10 +758,7 @@ class NodeRunner:
         health_checked = self.clock()
         if me is None:
             while not self.stop.is_set():
-                if cfg.env_head or cfg.cfg_head:
-                    live = None
-                else:
-                    live = self.first_live_head()
+                live = None if (cfg.env_head or cfg.cfg_head) else self.peers.first_live_head()
                 d = decide(False, health_ok, live, None, cfg.env_head, cfg.cfg_head, cfg.whitelist, cfg.head_port)
                 target = parse_address(d.head_address, cfg.head_port)
                 if deadline is not None or self.tcp_open(target.host, target.port):
@@ -776,7 +778,7 @@ class NodeRunner:
                 return None
             if self.clock() - health_checked > 2.0:
                 health_ok, health_checked = self.health(), self.clock()
-            step = election_step(me, my_state, self.views())
+            step = election_step(me, my_state, self.peers.views())
             if step.action == JOIN:
                 self.publish(WORKER, step.target.address)
                 return decide(True, health_ok, step.target, cfg.self_entry)
@@ -796,25 +798,92 @@ class NodeRunner:
                 self.sleep(cfg.poll_interval * (0.5 + self.rng.random()))
         return None
 
-    # ---------------------------------------------------------------- registry
+
+class RegistryClient:
+    """Registers this node with the health service and heartbeats (best effort, signed)."""
+
+    def __init__(self, cfg: Config, record: Callable[[], dict], http_fn: Callable[..., Tuple[int, Optional[dict]]],
+                 sleep: Callable[[float], None], stop: threading.Event) -> None:
+        self.cfg, self.record, self.http, self.sleep, self.stop = cfg, record, http_fn, sleep, stop
+        self.thread: Optional[threading.Thread] = None
+
+    def post(self, path: str, payload: dict) -> int:
+        url = self.cfg.health_url.rstrip("/") + path
+        if self.http is http_json:
+            return http_json(url, payload, secret=self.cfg.control_secret)[0]
+        return self.http(url, payload)[0]
+
+    def loop(self) -> None:
+        registered = False
+        while not self.stop.is_set():
+            rec = self.record()
+            if not registered:
+                registered = self.post("/register", rec) == 200
+            else:
+                status = self.post("/heartbeat", rec)
+                registered = status == 200 or status == 0  # 404: service restarted, register again
+            self.sleep(self.cfg.heartbeat_interval)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.loop, name="heartbeat", daemon=True)
+        self.thread.start()
+
+
+class NodeRunner:
+    """Supervision of one node: elect, start Ray, watch it, re-elect. Clock, sleep, launcher
+    and probes are injectable; the parts above do the reading, electing and registering."""
+
+    def __init__(self, cfg: Config, launcher, stop: Optional[threading.Event] = None,
+                 clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
+                 read_agent_fn: Optional[Callable[[str, int], str]] = None,
+                 tcp_open_fn: Callable[..., bool] = tcp_open,
+                 http_fn: Callable[..., Tuple[int, Optional[dict]]] = http_json,
+                 with_agent: bool = True, on_decision: Optional[Callable[[Decision], None]] = None) -> None:
+        self.cfg, self.launcher = cfg, launcher
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.tcp_open, self.http = tcp_open_fn, http_fn
+        self.with_agent = with_agent
+        self.on_decision = on_decision
+        self.agent: Optional[Agent] = None
+        self.decision: Optional[Decision] = None
+        self.peers = PeerReader(cfg, clock, read_agent_fn, tcp_open_fn)
+        self.election = Election(cfg, self.peers, self.publish, self.health, clock,
+                                 lambda s: self.sleep(s), self.rng, self.stop, tcp_open_fn)
+        self.registry = RegistryClient(cfg, self._node_record, http_fn, lambda s: self.sleep(s), self.stop)
+
+    # ---------------------------------------------------------------- helpers
+    def sleep(self, seconds: float) -> None:
+        self.stop.wait(max(0.0, seconds))
+
+    def publish(self, state: str, head: str = "") -> None:
+        if self.agent is not None:
+            self.agent.set(state, head)
+
+    def health(self) -> bool:
+        if not self.cfg.health_url:
+            return False
+        status, _ = self.http(self.cfg.health_url.rstrip("/") + "/")
+        return status == 200
+
+    def view(self, i: int, entry: Entry) -> PeerView:
+        return self.peers.view(i, entry)
+
+    def open_agent(self) -> Agent:
+        cfg = self.cfg
+        return Agent(cfg.hostname, cfg.index, cfg.agent_bind, agent_port_for(cfg.self_entry, cfg.agent_port),
+                     cfg.control_secret, cfg.client_server_port)
+
+    def elect(self, deadline: Optional[float] = None) -> Optional[Decision]:
+        return self.election.run(deadline)
+
     def _node_record(self) -> dict:
         d = self.decision
         return {"hostname": self.cfg.hostname, "address": self.cfg.node_ip,
                 "role": d.role if d else "unknown", "head_address": d.head_address if d else "",
                 "port": self.cfg.own_port, "client_port": self.cfg.client_server_port,
                 "state": self.agent.state if self.agent else ""}
-
-    def _heartbeats(self) -> None:
-        base = self.cfg.health_url.rstrip("/")
-        registered = False
-        while not self.stop.is_set():
-            rec = self._node_record()
-            if not registered:
-                registered = self.http(base + "/register", rec)[0] == 200
-            else:
-                status = self.http(base + "/heartbeat", rec)[0]
-                registered = status == 200 or status == 0  # 404: service restarted, register again
-            self.sleep(self.cfg.heartbeat_interval)
 
     def write_state(self) -> None:
         d = self.decision
@@ -854,18 +923,6 @@ class NodeRunner:
                 return "lost"
         return "stop"
 
-    def higher_priority_head(self) -> Optional[Entry]:
-        """A live head of higher whitelist priority than this one: only possible after a
-        partition healed (each side elected its own head)."""
-        me = self.cfg.index
-        if me is None:
-            return None
-        for i, entry in enumerate(self.cfg.whitelist[:me]):
-            v = self.view(i, entry)
-            if v.state == HEAD and v.gcs_open:
-                return entry
-        return None
-
     def watch_self(self) -> str:
         """Block while this head's Ray runs; 'exit' if it died, 'split' if a higher-priority
         head is alive (two clusters after a healed partition: this one yields and rejoins)."""
@@ -878,7 +935,7 @@ class NodeRunner:
                 return "exit"
             if self.cfg.split_check_interval > 0 and self.clock() - last_split_check >= self.cfg.split_check_interval:
                 last_split_check = self.clock()
-                other = self.higher_priority_head()
+                other = self.peers.higher_priority_head()
                 if other is not None:
                     log(f"head {other.address} of higher priority is alive: a partition has healed; yielding")
                     return "split"
@@ -886,13 +943,11 @@ class NodeRunner:
 
     def run(self) -> int:
         cfg = self.cfg
-        self.launcher.sweep()
         if cfg.index is not None and self.with_agent:
-            port = agent_port_for(cfg.self_entry, cfg.agent_port)
-            self.agent = Agent(cfg.hostname, cfg.index, cfg.agent_bind, port)
+            self.agent = self.open_agent()  # AgentBindError before anything else starts
+        self.launcher.sweep()
         if cfg.health_url:
-            self._hb_thread = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
-            self._hb_thread.start()
+            self.registry.start()
         try:
             while not self.stop.is_set():
                 self.decision = None
@@ -956,7 +1011,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     env = os.environ if environ is None else environ
     try:
         cfg = load_config(env)
-    except ValueError as exc:
+    except ValueError as exc:  # EnvError, or a whitelist/address rule
         log(f"configuration error: {exc}")
         return 2
     if args.healthcheck:
@@ -965,9 +1020,8 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         runner = NodeRunner(cfg, launcher=None)
         if cfg.index is not None:
             try:  # take part in the election if the real entrypoint is not running here
-                runner.agent = Agent(cfg.hostname, cfg.index, cfg.agent_bind,
-                                     agent_port_for(cfg.self_entry, cfg.agent_port))
-            except OSError:
+                runner.agent = runner.open_agent()
+            except AgentBindError:
                 runner.agent = None
         try:
             d = runner.elect(deadline=time.monotonic() + args.decide_timeout)
@@ -988,7 +1042,11 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     log(f"node {cfg.hostname} ip={cfg.node_ip} whitelist index={cfg.index}")
-    return NodeRunner(cfg, RayLauncher(cfg, env), stop=stop).run()
+    try:
+        return NodeRunner(cfg, RayLauncher(cfg, env), stop=stop).run()
+    except AgentBindError as exc:
+        log(f"configuration error: {exc}")
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ SECRETS = {
     "REDIS_PASSWORD": "redis-secret",
     "MARIMO_TOKEN": "marimo-secret",
     "RAY_AUTH_TOKEN": "ray-secret",
+    "CSLR_CONTROL_SECRET": "control-secret-0123456789",
 }
 
 

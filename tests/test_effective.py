@@ -17,7 +17,7 @@ def test_every_origin_is_named(project):
     rows = by_setting(config.load(path, environ={"MLFLOW_HOST_PORT": "7500"}))
     assert rows["$.gpu (CSLR_GPU)"] == effective.Row("$.gpu (CSLR_GPU)", "off", "config.yaml:1")
     assert rows["$.ray.cpu.ports.gcs (RAY_CPU_GCS_HOST_PORT)"].origin == "config.yaml:4"
-    assert (rows["$.services.redis.port (REDIS_HOST_PORT)"].value, rows["$.services.redis.port (REDIS_HOST_PORT)"].origin) == ("7381", ".env:5")
+    assert (rows["$.services.redis.port (REDIS_HOST_PORT)"].value, rows["$.services.redis.port (REDIS_HOST_PORT)"].origin) == ("7381", f".env:{len(SECRETS) + 1}")  # the line after the secrets
     assert (rows["$.services.mlflow.port (MLFLOW_HOST_PORT)"].value, rows["$.services.mlflow.port (MLFLOW_HOST_PORT)"].origin) == ("7500", "environment $MLFLOW_HOST_PORT")
     assert rows["$.services.health.port (HEALTH_HOST_PORT)"] == effective.Row("$.services.health.port (HEALTH_HOST_PORT)", "8888", "schema default")
 

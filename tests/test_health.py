@@ -19,7 +19,7 @@ if _ROOT not in sys.path:  # tests/ is no package; make tests._scripts importabl
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests._scripts import SCRIPTS, load_script  # noqa: E402
+from tests._scripts import CONTROL_SECRET, SCRIPTS, load_script  # noqa: E402
 
 hs = load_script("health")
 
@@ -27,8 +27,11 @@ hs = load_script("health")
 # ----------------------------------------------------------------- pure
 
 
-def test_whitelist_parsing_skips_bad_entries():
-    assert hs.parse_whitelist("a, b:6380, c:x, ,d:0", 6379) == [("a", 6379), ("b", 6380)]
+def test_whitelist_parsing():
+    assert hs.parse_whitelist("a, b:6380, ,", 6379) == [("a", 6379), ("b", 6380)]
+    for bad in ("c:x", "d:0", "h:1:junk", "a b"):
+        with pytest.raises(hs.cc.EnvError, match="HEAD_WHITELIST="):
+            hs.parse_whitelist(bad, 6379)
 
 
 @pytest.mark.parametrize("payload, full, ok", [
@@ -54,31 +57,47 @@ def test_registry_ttl_heartbeat_and_known_head():
     assert not reg.heartbeat({"hostname": "a"})  # must register first
     assert reg.register({"hostname": "b", "address": "10.0.0.3", "role": "head", "port": 6380})
     assert reg.register({"hostname": "a", "address": "10.0.0.2", "role": "worker"})
-    assert reg.known_head() == "b:6380"
+    assert reg.registered_head() == "b:6380"
+    assert reg.known_head() is None  # a registration alone never makes a head: only the agents do
     now[0] += 11
     assert reg.heartbeat({"hostname": "a"})
     alive = {n["hostname"]: n["alive"] for n in reg.nodes()}
     assert alive == {"a": True, "b": False}
-    assert reg.known_head() is None
-    reg.probed_head = "a:6379"
-    assert reg.status()["known_head"] == "a:6379"
+    assert reg.registered_head() is None
+    reg.elected = ("a", 6379, 10001)
+    assert reg.status()["known_head"] == "a:6379" and reg.head_client() == ("a", 10001)
     now[0] += 10_000  # long-dead entries are pruned, keeping the table bounded
     assert reg.nodes() == []
 
 
-def test_probe_loop_reports_first_open_whitelisted_port():
+def test_registrations_are_bounded_per_source_and_in_total():
+    reg = hs.Registry()
+    for i in range(hs.MAX_NODES_PER_SOURCE):
+        assert reg.register({"hostname": f"n{i}", "address": "x", "role": "worker"}, "10.0.0.1")
+    assert not reg.register({"hostname": "one-more", "address": "x", "role": "worker"}, "10.0.0.1")
+    assert reg.register({"hostname": "n0", "address": "y", "role": "worker"}, "10.0.0.1")  # an update is fine
+    for i in range(hs.MAX_NODES - hs.MAX_NODES_PER_SOURCE):
+        assert reg.register({"hostname": f"m{i}", "address": "x", "role": "worker"}, f"10.1.{i // 200}.{i % 200}")
+    assert not reg.register({"hostname": "full", "address": "x", "role": "worker"}, "10.9.9.9")
+    assert len(reg.nodes()) == hs.MAX_NODES
+
+
+def test_watch_election_takes_the_first_authenticated_head_in_whitelist_order():
     reg = hs.Registry(whitelist=[("a", 1), ("b", 2), ("c", 3)])
     stop = threading.Event()
-    probed = []
+    asked = []
+    answers = {"a": (hs.cc.FORGED, {}), "b": ("head", {"client_port": 10012}), "c": ("head", {})}
 
-    def probe(host, port):
-        probed.append(host)
+    def read(host, port):
+        asked.append((host, port))
         if host == "b":
             stop.set()  # one pass is enough; the loop finishes it before looking at stop
-        return host in ("b", "c")
+        return answers[host]
 
-    hs.probe_loop(reg, stop, interval=0, probe=probe)
-    assert reg.probed_head == "b:2" and probed == ["a", "b"]
+    hs.watch_election(reg, CONTROL_SECRET, stop, interval=0, read=read)
+    assert reg.elected == ("b", 2, 10012) and asked == [("a", 1001), ("b", 1002)]
+    assert hs.elected_head([("c", 3, "head", {"client_port": "x"})], {"c": 10013}, 10001) == ("c", 3, 10013)
+    assert hs.elected_head([("a", 1, "worker", {}), ("b", 2, "unknown", {})], {}, 10001) is None
 
 
 # ----------------------------------------------------------------- HTTP
@@ -87,7 +106,7 @@ def test_probe_loop_reports_first_open_whitelisted_port():
 @pytest.fixture
 def server():
     reg = hs.Registry(ttl=30)
-    srv = hs.make_server("127.0.0.1", 0, reg)
+    srv = hs.make_server("127.0.0.1", 0, reg, CONTROL_SECRET)
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     yield srv
@@ -111,9 +130,11 @@ def _raw(srv, data: bytes, timeout=5.0) -> bytes:
     return out
 
 
-def _req(srv, method, path, body=None, headers=None):
+def _req(srv, method, path, body=None, headers=None, secret=CONTROL_SECRET):
     payload = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     lines = [f"{method} {path} HTTP/1.1", "Host: x", "Connection: close"]
+    if method == "POST" and secret:
+        lines += [f"{k}: {v}" for k, v in hs.cc.sign_request(secret, method, path, payload).items()]
     if body is not None:
         lines.append(f"Content-Length: {len(payload)}")
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
@@ -132,7 +153,13 @@ def test_status_and_nodes(server):
     node = body["nodes"][0]
     assert (node["hostname"], node["address"], node["role"], node["alive"]) == ("h1", "10.0.0.2", "head", True)
     assert "last_heartbeat" in node
-    assert _req(server, "GET", "/")[1]["known_head"] == "h1:6379"
+    status = _req(server, "GET", "/")[1]
+    assert (status["registered_head"], status["known_head"]) == ("h1:6379", None)  # only the agents make a head
+    # Unsigned calls are refused, and counted in GET /.
+    assert _req(server, "POST", "/heartbeat", {"hostname": "h1", "role": "worker"}, secret="")[0] == 401
+    assert _req(server, "POST", "/heartbeat", {"hostname": "h1", "role": "worker"}, secret="x" * 20)[0] == 403
+    assert _req(server, "GET", "/")[1]["refused"] == {"missing": 1, "bad_mac": 1}
+    assert _req(server, "GET", "/nodes")[1]["nodes"][0]["role"] == "head"
 
 
 @pytest.mark.parametrize("method, path, body, headers, code", [
@@ -205,7 +232,7 @@ def test_process_serves_checks_and_stops_on_sigterm():
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, str(SCRIPTS / "health.py")],
                             env=dict(os.environ, HEALTH_BIND="127.0.0.1", HEALTH_PORT=str(port),
-                                     HEAD_WHITELIST="127.0.0.1:9"),
+                                     HEAD_WHITELIST="127.0.0.1:9", CSLR_CONTROL_SECRET=CONTROL_SECRET),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         check = [sys.executable, str(SCRIPTS / "health.py"), "--check", f"http://127.0.0.1:{port}/"]
@@ -226,8 +253,9 @@ def test_check_fails_when_nothing_listens():
     assert hs.main(["--check", "http://127.0.0.1:9/"]) == 1
 
 
-def test_bad_port_is_exit_2():
-    assert hs.main([], environ={"HEALTH_PORT": "eighty"}) == 2
+def test_bad_port_is_exit_2(capsys):
+    assert hs.main([], environ={"HEALTH_PORT": "eighty", "CSLR_CONTROL_SECRET": CONTROL_SECRET}) == 2
+    assert "HEALTH_PORT=eighty: expected an integer 0..65535" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------- Ray client proxy
@@ -274,24 +302,43 @@ def test_client_port_is_validated():
     assert hs.validate_node({"hostname": "a", "client_port": "10001"}, False)[0] is None
 
 
-def test_client_proxy_follows_the_known_head():
+def test_client_proxy_follows_the_elected_head():
     head1, port1 = _echo_server()
     head2, port2 = _echo_server()
-    now = [0.0]
-    reg = hs.Registry(ttl=15, whitelist=[("127.0.0.1", 6379)], clock=lambda: now[0])
+    reg = hs.Registry(ttl=15, whitelist=[("127.0.0.1", 6379)])
     listener = socket.create_server(("127.0.0.1", 0))
     proxy_port = listener.getsockname()[1]
     stop = threading.Event()
-    threading.Thread(target=hs.client_proxy_loop, args=(listener, reg, 10001, stop), daemon=True).start()
+    threading.Thread(target=hs.ClientProxy(listener, reg.head_client).loop, args=(stop,), daemon=True).start()
     try:
         # No head known: the connection is closed at once instead of hanging.
         assert _ask(proxy_port) == b""
+        # A registration (even an authentic one) does not move the proxy; the election does.
         reg.register({"hostname": "127.0.0.1", "address": "127.0.0.1", "role": "head", "client_port": port1})
+        assert _ask(proxy_port) == b""
+        reg.elected = ("127.0.0.1", 6379, port1)
         assert _ask(proxy_port, b"hello") == f"{port1}:hello".encode()
         # The head fails over: the same proxy address now reaches the new head.
-        reg.register({"hostname": "127.0.0.1", "address": "127.0.0.1", "role": "head", "client_port": port2})
+        reg.elected = ("127.0.0.1", 6379, port2)
         assert _ask(proxy_port, b"again") == f"{port2}:again".encode()
     finally:
         stop.set()
         head1.close()
         head2.close()
+
+
+def test_relay_passes_half_close_and_ends_idle_connections():
+    a1, a2 = socket.socketpair()
+    b1, b2 = socket.socketpair()
+    t = threading.Thread(target=hs.relay, args=(a2, b1, 0.3), daemon=True)
+    t.start()
+    a1.sendall(b"req")
+    a1.shutdown(socket.SHUT_WR)  # half-closed client: the request still arrives, EOF follows
+    assert b2.recv(10) == b"req" and b2.recv(10) == b""
+    b2.sendall(b"answer")
+    assert a1.recv(10) == b"answer"
+    t.join(10)  # nothing moves any more: the idle limit ends the relay and closes both sides
+    assert not t.is_alive()
+    assert a1.recv(10) == b""
+    for s in (a1, b2):
+        s.close()

@@ -234,6 +234,6 @@ def test_dotenv_values_are_never_shown_in_type_errors(project, tmp_path):
 
     path = project("{}\n", env={**SECRETS, "REDIS_HOST_PORT": "hunter2", "CSLR_GPU": "hunter3"})
     err = str(refusal(path))
-    assert ".env:5:1: $.services.redis.port (REDIS_HOST_PORT): found the value set there (not shown: .env may hold secrets), expected an integer" in err
-    assert ".env:6:1: $.gpu (CSLR_GPU): found the value set there (not shown: .env may hold secrets), expected one of: auto, on, off" in err
+    assert f".env:{len(SECRETS) + 1}:1: $.services.redis.port (REDIS_HOST_PORT): found the value set there (not shown: .env may hold secrets), expected an integer" in err
+    assert f".env:{len(SECRETS) + 2}:1: $.gpu (CSLR_GPU): found the value set there (not shown: .env may hold secrets), expected one of: auto, on, off" in err
     assert "hunter" not in err

@@ -55,7 +55,7 @@ def test_removed_variable_in_dotenv_is_an_error_and_in_the_environment_a_warning
 
     path = project("{}\n", env={**SECRETS, env: "7000"})
     out = errors(path)
-    assert len(out) == 1 and out[0].startswith(".env:5:1: $.ray.") and f"({env}): found a removed setting; " in out[0] and new in out[0]
+    assert len(out) == 1 and out[0].startswith(f".env:{len(SECRETS) + 1}:1: $.ray.") and f"({env}): found a removed setting; " in out[0] and new in out[0]
     path = project("{}\n")
     found = problems(path, environ={env: "7000"})
     assert [p.severity for p in found] == ["warning"] and "is no longer a setting and is ignored" in str(found[0])

@@ -19,7 +19,7 @@ if _ROOT not in sys.path:  # tests/ is no package; make tests._scripts importabl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests._scripts import SCRIPTS, fake_ray_bin, load_script
+from tests._scripts import CONTROL_SECRET, SCRIPTS, fake_ray_bin, load_script
 
 rn = load_script("ray_node")
 E = rn.Entry
@@ -86,18 +86,19 @@ def test_non_whitelisted_without_any_address_is_a_configuration_error():
     with pytest.raises(ValueError):
         rn.worker_target("", "", [], 6379)
     with pytest.raises(ValueError):
-        rn.load_config({"NODE_HOSTNAME": "w", "NODE_IP": "10.0.0.9"})
+        rn.load_config({"NODE_HOSTNAME": "w", "NODE_IP": "10.0.0.9", "CSLR_CONTROL_SECRET": CONTROL_SECRET})
 
 
 def test_load_config_reads_the_contract():
     cfg = rn.load_config({
+        "CSLR_CONTROL_SECRET": CONTROL_SECRET,
         "NODE_HOSTNAME": "ray-gpu-host-a", "NODE_IP": "10.0.0.2", "RAY_HEAD_PORT": "6379",
         "HEAD_WHITELIST": "ray-cpu-host-a:6379,ray-gpu-host-a:6380", "RAY_NUM_CPUS": "4",
         "RAY_NODE_MANAGER_PORT": "7001", "RAY_GCS_FT": "1", "RAY_START_EXTRA_ARGS": "--labels='{\"a\": \"b\"}'",
     })
     assert cfg.index == 1
     assert cfg.own_port == 6380  # the whitelist entry's port is what peers probe
-    assert cfg.agent_bind == "0.0.0.0" and rn.agent_port_for(cfg.self_entry, cfg.agent_port) == 7380
+    assert cfg.agent_bind == "10.0.0.2" and rn.agent_port_for(cfg.self_entry, cfg.agent_port) == 7380
     assert cfg.gcs_ft and cfg.ports["RAY_NODE_MANAGER_PORT"] == 7001
     assert cfg.extra_args == ['--labels={"a": "b"}']
 
@@ -105,13 +106,15 @@ def test_load_config_reads_the_contract():
 @pytest.mark.parametrize("var, value", [("RAY_HEAD_PORT", "x"), ("RAY_NODE_MANAGER_PORT", "70000"),
                                          ("HEAD_WHITELIST", "a:b")])
 def test_load_config_rejects_bad_values(var, value):
-    env = {"NODE_HOSTNAME": "a", "NODE_IP": "10.0.0.1", "HEAD_WHITELIST": "a", var: value}
+    env = {"NODE_HOSTNAME": "a", "NODE_IP": "10.0.0.1", "HEAD_WHITELIST": "a", "CSLR_CONTROL_SECRET": CONTROL_SECRET,
+           var: value}
     with pytest.raises(ValueError):
         rn.load_config(env)
 
 
 def test_main_reports_configuration_errors_with_exit_2():
-    assert rn.main(["--decide"], environ={"NODE_HOSTNAME": "w", "NODE_IP": "10.0.0.9"}) == 2
+    assert rn.main(["--decide"], environ={"NODE_HOSTNAME": "w", "NODE_IP": "10.0.0.9",
+                                          "CSLR_CONTROL_SECRET": CONTROL_SECRET}) == 2
 
 
 # ----------------------------------------------------------------- election step
@@ -254,7 +257,8 @@ def test_any_interleaving_elects_exactly_one_head(n, start_at, schedule, unknown
 
 
 def _cfg(**env):
-    base = {"NODE_HOSTNAME": "a", "NODE_IP": "10.0.0.2", "HEAD_WHITELIST": "a,b", "RAY_TEMP_DIR": "/tmp/r"}
+    base = {"NODE_HOSTNAME": "a", "NODE_IP": "10.0.0.2", "HEAD_WHITELIST": "a,b", "RAY_TEMP_DIR": "/tmp/r",
+            "CSLR_CONTROL_SECRET": CONTROL_SECRET}
     base.update(env)
     return rn.load_config(base)
 
@@ -306,22 +310,67 @@ def test_own_ray_matching_is_per_temp_dir():
     assert not rn.matches_own_ray("ray start --temp-dir=/tmp/n10 --block", "/tmp/n1")
 
 
-def test_agent_reply_parsing_is_strict():
-    assert rn.parse_agent_reply(rn.agent_message("a", "claiming", "", 0)) == "claiming"
-    for junk in [b"", b"{", b"[]", b'{"state": "king"}', b"\xff"]:
-        assert rn.parse_agent_reply(junk) == rn.UNKNOWN
+def test_agent_reply_checking_is_strict():
+    cc = rn.cc
+    fields = rn.agent_fields("a", "claiming", "", 0, 10001)
+    assert cc.check_agent_reply(CONTROL_SECRET, "n1", cc.agent_reply(CONTROL_SECRET, "n1", fields)) == fields
+    assert cc.check_agent_reply(CONTROL_SECRET, "n2", cc.agent_reply(CONTROL_SECRET, "n1", fields)) is None  # replayed
+    assert cc.check_agent_reply(CONTROL_SECRET, "n1", cc.agent_reply("another-secret-0123456", "n1", fields)) is None
+    for junk in [b"", b"{", b"[]", b'{"state": "head"}', b'{"body": "{}", "mac": 1}', b"\xff"]:
+        assert cc.check_agent_reply(CONTROL_SECRET, "n1", junk) is None
+
+
+def _read(port, secret=CONTROL_SECRET):
+    return rn.cc.read_agent("127.0.0.1", port, secret)[0]
 
 
 def test_agent_answers_its_current_state_and_vanishes_when_closed():
     port = _free_pair("127.0.0.1")
-    agent = rn.Agent("me", 0, "127.0.0.1", port)
+    agent = rn.Agent("me", 0, "127.0.0.1", port, CONTROL_SECRET)
     try:
-        assert rn.read_agent("127.0.0.1", port) == "deciding"
+        assert _read(port) == "deciding"
         agent.set("head", "me:1")
-        assert rn.read_agent("127.0.0.1", port) == "head"
+        assert _read(port) == "head"
+        # Without the secret there is no answer to trust: the reader sees FORGED, the agent counts it.
+        assert _read(port, "wrong-secret-0123456789") == rn.FORGED
+        assert sum(agent.refusals.snapshot().values()) == 1
     finally:
         agent.close()
-    assert rn.read_agent("127.0.0.1", port) == rn.ABSENT
+    assert _read(port) == rn.ABSENT
+
+
+def test_agent_refuses_unsigned_stale_and_replayed_requests():
+    port = _free_pair("127.0.0.1")
+    now = [1000.0]
+    agent = rn.Agent("me", 0, "127.0.0.1", port, CONTROL_SECRET, clock=lambda: now[0])
+
+    def ask(line):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(line)
+            return s.makefile("rb").readline()
+
+    try:
+        good, nonce = rn.cc.agent_request(CONTROL_SECRET, now=1000.0)
+        assert rn.cc.check_agent_reply(CONTROL_SECRET, nonce, ask(good))["state"] == "deciding"
+        assert b"unauthorized" in ask(good)  # the same request again: a replay
+        stale, _ = rn.cc.agent_request(CONTROL_SECRET, now=1000.0 - 31)
+        assert b"unauthorized" in ask(stale)
+        assert b"unauthorized" in ask(b'{"v": 1}\n')
+        assert agent.refusals.snapshot() == {"replay": 1, "stale": 1, "missing": 1}
+    finally:
+        agent.close()
+
+
+def test_busy_agent_port_is_exit_2_naming_address_and_port(capsys, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        env = {"NODE_HOSTNAME": "127.0.0.1", "NODE_IP": "127.0.0.1", "HEAD_WHITELIST": f"127.0.0.1:{port - 1000}",
+               "RAY_TEMP_DIR": str(tmp_path), "CSLR_CONTROL_SECRET": CONTROL_SECRET, "RAY_BIN": fake_ray_bin()}
+        assert rn.main([], environ=env) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "Traceback" not in err
 
 
 def test_unreadable_peer_counts_as_gone_only_after_peer_dead_after():
@@ -391,7 +440,8 @@ def test_head_keeps_its_role_when_the_higher_priority_peer_is_not_head():
 
 def test_healthcheck_without_state_file_fails(tmp_path):
     assert rn.main(["--healthcheck"], environ={"NODE_HOSTNAME": "a", "NODE_IP": "127.0.0.1",
-                                               "HEAD_WHITELIST": "a", "RAY_TEMP_DIR": str(tmp_path)}) == 1
+                                               "HEAD_WHITELIST": "a", "RAY_TEMP_DIR": str(tmp_path),
+                                               "CSLR_CONTROL_SECRET": CONTROL_SECRET}) == 1
 
 
 # ----------------------------------------------------------------- real processes on loopback
@@ -430,7 +480,8 @@ class Cluster:
         env.update({"NODE_HOSTNAME": ip, "NODE_IP": ip, "HEAD_WHITELIST": self.whitelist,
                     "RAY_HEAD_PORT": str(self.port), "NODE_AGENT_BIND": ip, "HEALTH_URL": self.health_url,
                     "RAY_TEMP_DIR": str(self.tmp / ip), "RAY_BIN": fake_ray_bin(),
-                    "HEAD_MONITOR_INTERVAL_S": "0.3", "HEARTBEAT_INTERVAL_S": "0.5"})
+                    "HEAD_MONITOR_INTERVAL_S": "0.3", "HEARTBEAT_INTERVAL_S": "0.5",
+                    "CSLR_CONTROL_SECRET": CONTROL_SECRET})
         env.update(extra)
         return env
 
@@ -502,14 +553,16 @@ def test_candidates_started_together_end_with_one_head(cluster_factory, n):
 
 def test_health_service_up_registers_nodes_and_knows_the_head(cluster_factory, tmp_path):
     hport = _free_pair("127.0.0.1")
-    health = subprocess.Popen([PY, HEALTH], env=dict(os.environ, HEALTH_BIND="127.0.0.1", HEALTH_PORT=str(hport)),
+    url = f"http://127.0.0.1:{hport}"
+    c = cluster_factory(4, health_url=url, first_octet=40)
+    health = subprocess.Popen([PY, HEALTH], env=dict(os.environ, HEALTH_BIND="127.0.0.1", HEALTH_PORT=str(hport),
+                                                      CSLR_CONTROL_SECRET=CONTROL_SECRET, HEAD_WHITELIST=c.whitelist,
+                                                      RAY_HEAD_PORT=str(c.port)),
                               stderr=subprocess.DEVNULL)
     try:
-        url = f"http://127.0.0.1:{hport}"
         end = time.monotonic() + 10
         while rn.http_json(url + "/")[0] != 200 and time.monotonic() < end:
             time.sleep(0.1)
-        c = cluster_factory(4, health_url=url, first_octet=40)
         for ip in c.ips:
             c.start(ip)
         head = _one_head(c.wait_settled(c.ips), c.port)
@@ -520,7 +573,12 @@ def test_health_service_up_registers_nodes_and_knows_the_head(cluster_factory, t
                 break
             time.sleep(0.2)
         assert {n["hostname"]: n["role"] for n in nodes} == {ip: ("head" if ip == head else "worker") for ip in c.ips}
-        assert rn.http_json(url + "/")[1]["known_head"] == f"{head}:{c.port}"
+        end = time.monotonic() + 15  # the health service learns the head from the (signed) agents
+        while rn.http_json(url + "/")[1]["known_head"] is None and time.monotonic() < end:
+            time.sleep(0.1)
+        status = rn.http_json(url + "/")[1]
+        assert status["known_head"] == status["registered_head"] == f"{head}:{c.port}"
+        assert status["refused"] == {}  # every node's call carried the secret
         assert "no existing head" in (tmp_path / f"{head}.log").read_text()
     finally:
         health.terminate()

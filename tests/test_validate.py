@@ -169,11 +169,11 @@ def test_secret_in_config_yaml_is_an_error(project):
 
 def test_missing_secrets_point_to_inv_init(project):
     out = errors(project("{}\n", env={}))
-    assert len(out) == 4 and all("run `inv init`" in line for line in out)
+    assert len(out) == 5 and all("run `inv init`" in line for line in out)
 
 
 def test_ray_token_not_needed_when_auth_disabled(project):
-    env = {k: v for k, v in {"POSTGRES_PASSWORD": "a", "REDIS_PASSWORD": "b", "MARIMO_TOKEN": "c"}.items()}
+    env = {k: v for k, v in {"POSTGRES_PASSWORD": "a", "REDIS_PASSWORD": "b", "MARIMO_TOKEN": "c", "CSLR_CONTROL_SECRET": "d"}.items()}
     assert errors(project("ray:\n  auth: disabled\n", env=env)) == []
     assert len(errors(project("ray:\n  auth: token\n", env=env))) == 1
 
@@ -191,7 +191,7 @@ def test_bind_address_must_be_an_ip(project):
 
 def test_errors_from_dotenv_point_at_dotenv(project):
     out = errors(project("{}\n", env={**__import__("tests.conftest", fromlist=["SECRETS"]).SECRETS, "CSLR_SUBNET": "bogus"}))
-    assert len(out) == 1 and out[0].startswith(".env:5:1: $.network.subnet (CSLR_SUBNET): found 'bogus'")
+    assert len(out) == 1 and out[0].startswith(".env:6:1: $.network.subnet (CSLR_SUBNET): found 'bogus'")
 
 
 def test_extra_overlays_must_exist(project, tmp_path):

@@ -235,21 +235,37 @@ class Proc:
 
 
 # Run inside a host namespace: what this host can see right now. Every probe is bounded.
+# The agent exchange is written out here from docs/runtime.md, independent of cslr_control:
+# request {"v": 2, "ts", "nonce", "mac"}, reply {"body", "mac"}, HMAC-SHA256 over length-prefixed
+# parts; the control secret comes from the environment (never argv).
 PROBE = r"""
-import json, socket, sys, urllib.request
+import hashlib, hmac, json, os, secrets, socket, sys, time, urllib.request
 args = json.loads(sys.argv[1])
+key = os.environ["CSLR_CONTROL_SECRET"].encode()
+def mac(*parts):
+    h = hmac.new(key, digestmod=hashlib.sha256)
+    for p in parts:
+        p = p if isinstance(p, bytes) else str(p).encode()
+        h.update(len(p).to_bytes(8, "big") + p)
+    return h.hexdigest()
 out = {"agents": {}, "gcs": {}, "health": None}
 for name, host, port in args["agents"]:
     try:
+        ts, nonce = "%.3f" % time.time(), secrets.token_hex(16)
+        req = json.dumps({"v": 2, "ts": ts, "nonce": nonce, "mac": mac("AGENT", "/state", ts, nonce, b"")}) + "\n"
         with socket.create_connection((host, port), timeout=1.0) as s:
             s.settimeout(1.0)
+            s.sendall(req.encode())
             data = b""
             while not data.endswith(b"\n") and len(data) < 4096:
                 chunk = s.recv(4096)
                 if not chunk:
                     break
                 data += chunk
-        out["agents"][name] = json.loads(data.decode() or "null")
+        reply = json.loads(data.decode() or "null")
+        if not hmac.compare_digest(mac("AGENT-REPLY", nonce, reply["body"]), reply["mac"]):
+            raise ValueError("reply MAC")
+        out["agents"][name] = json.loads(reply["body"])
     except Exception as exc:
         out["agents"][name] = {"error": type(exc).__name__}
 for name, host, port in args["gcs"]:
@@ -440,7 +456,8 @@ class Cluster:
         args = {"agents": [(n, host, h.agent_port) for n, host, _ in wl] if agents else [],
                 "gcs": [(n, host, port) for n, host, port in wl] if agents else [],
                 "health": h.health_url.rstrip("/") + "/"}
-        return run_in(self.lab, name, PROBE, [json.dumps(args)], {"PATH": self.path}, timeout)
+        env = {"PATH": self.path, "CSLR_CONTROL_SECRET": h.node_env.get("CSLR_CONTROL_SECRET", "")}
+        return run_in(self.lab, name, PROBE, [json.dumps(args)], env, timeout)
 
     def node_table(self, name: str, gcs: str, timeout: float = 25) -> Optional[list]:
         """Ray's node table of the GCS at ``gcs``, read from inside ``name``'s namespace with the

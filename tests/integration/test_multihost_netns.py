@@ -67,7 +67,8 @@ from cslr.gpu import GpuState  # noqa: E402
 SCRIPTS = _ROOT / "scripts"
 SUBNET = "10.213.7"
 SECRETS = {"POSTGRES_PASSWORD": "pg-test", "REDIS_PASSWORD": "redis-test",
-           "MARIMO_TOKEN": "marimo-test", "RAY_AUTH_TOKEN": "ray-test-token"}
+           "MARIMO_TOKEN": "marimo-test", "RAY_AUTH_TOKEN": "ray-test-token",
+           "CSLR_CONTROL_SECRET": "control-test-secret-0123456789"}
 # What 2 cores afford: at most three Ray nodes at once, one CPU and 80 MB of object store each.
 SIZES = {"RAY_NUM_CPUS": "1", "RAY_OBJECT_STORE_MEMORY": str(80 * 1024 * 1024)}
 

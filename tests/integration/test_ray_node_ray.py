@@ -22,7 +22,7 @@ import pytest
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:  # tests/ is no package; make tests._scripts importable under any runner
     sys.path.insert(0, _ROOT)
-from tests._scripts import SCRIPTS, load_script  # noqa: E402
+from tests._scripts import CONTROL_SECRET, SCRIPTS, load_script  # noqa: E402
 
 pytestmark = pytest.mark.integration
 rn = load_script("ray_node")
@@ -119,7 +119,7 @@ class RayNodes:
             "RAY_METRICS_EXPORT_PORT": str(b + 5), "RAY_DASHBOARD_AGENT_LISTEN_PORT": str(b + 6),
             "RAY_DASHBOARD_AGENT_GRPC_PORT": str(b + 7), "RAY_RUNTIME_ENV_AGENT_PORT": str(b + 8),
             "RAY_MIN_WORKER_PORT": str(b + 20), "RAY_MAX_WORKER_PORT": str(b + 60),
-            "HEAD_MONITOR_INTERVAL_S": "1",
+            "HEAD_MONITOR_INTERVAL_S": "1", "CSLR_CONTROL_SECRET": CONTROL_SECRET,
         })
         env.update(self.extra)
         return env
