@@ -148,8 +148,13 @@ def secret_values(cfg: Config, env: dict[str, str]) -> dict[str, str]:
 
 
 def secret_manifest(cfg: Config, values: dict[str, str]) -> dict:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta(cfg, secret_name(cfg)), "type": "Opaque",
-            "data": {key: base64.b64encode(value.encode()).decode() for key, value in values.items()}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta(cfg, secret_name(cfg)),
+        "type": "Opaque",
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in values.items()},
+    }
 
 
 def _env_var(cfg: Config, name: str, value: str, secret_keys: Iterable[str]) -> dict | None:
@@ -201,8 +206,10 @@ def supporting(cfg: Config, name: str, var: str, env: dict[str, str], secret_key
         "env": _env(cfg, ((k, interpolate(str(v), env)) for k, v in (svc.get("environment") or {}).items()), secret_keys),
     }
     if name == "marimo":
-        container["env"] = [e if e["name"] != "RAY_ADDRESS" else {"name": "RAY_ADDRESS", "value": f"ray://{head_service(cfg)}:{topology.RAY_CONTAINER_PORTS['client']}"}
-                            for e in container["env"]]
+        container["env"] = [
+            e if e["name"] != "RAY_ADDRESS" else {"name": "RAY_ADDRESS", "value": f"ray://{head_service(cfg)}:{topology.RAY_CONTAINER_PORTS['client']}"}
+            for e in container["env"]
+        ]
     if "command" in svc:
         command = svc["command"]
         container["command"] = [interpolate(str(c), env) for c in (command if isinstance(command, list) else ["sh", "-c", command])]
@@ -213,18 +220,29 @@ def supporting(cfg: Config, name: str, var: str, env: dict[str, str], secret_key
         container["securityContext"] = {"runAsUser": int(uid), "runAsGroup": int(gid or uid)}
     pod_labels = labels(cfg, name)
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(cfg, name),
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(cfg, name),
         "spec": {
             "replicas": 1,
             "strategy": {"type": "Recreate"},  # one pod at a time on the ReadWriteOnce claim
             "selector": {"matchLabels": pod_labels},
-            "template": {"metadata": {"labels": pod_labels},
-                         "spec": {"containers": [container], "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {"containers": [container], "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
+            },
         },
     }
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": meta(cfg, name),
-               "spec": {"type": "ClusterIP", "selector": pod_labels,
-                        "ports": [{"name": port_name, "port": number, "targetPort": port_name, "protocol": "TCP"} for port_name, number in ports]}}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(cfg, name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": pod_labels,
+            "ports": [{"name": port_name, "port": number, "targetPort": port_name, "protocol": "TCP"} for port_name, number in ports],
+        },
+    }
     pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta(cfg, claim), "spec": pvc_spec}
     return [pvc, deployment, service]
 
@@ -244,8 +262,13 @@ def _ray_pod(cfg: Config, kind: str, image: str, container_name: str, head: bool
         resources["limits"]["nvidia.com/gpu"] = str(cfg.get("kubernetes", "gpu_workers", "gpus_per_worker"))
     if head:
         params["dashboard-host"] = "0.0.0.0"
-    pairs = [("RAY_AUTH_MODE", env["RAY_AUTH_MODE"]), ("RAY_AUTH_TOKEN", ""), ("RAY_USAGE_STATS_ENABLED", "0"),
-             ("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"]), ("REDIS_URL", "")]
+    pairs = [
+        ("RAY_AUTH_MODE", env["RAY_AUTH_MODE"]),
+        ("RAY_AUTH_TOKEN", ""),
+        ("RAY_USAGE_STATS_ENABLED", "0"),
+        ("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"]),
+        ("REDIS_URL", ""),
+    ]
     container: dict[str, Any] = {
         "name": container_name,
         "image": image,
@@ -255,8 +278,10 @@ def _ray_pod(cfg: Config, kind: str, image: str, container_name: str, head: bool
     }
     if head:
         container["ports"] = [{"name": RAY_PORT_NAMES[key], "containerPort": port} for key, port in topology.RAY_CONTAINER_PORTS.items()]
-    template = {"metadata": {"labels": labels(cfg, f"ray-{'head' if head else kind}")},
-                "spec": {"containers": [container], "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": quantity(node["shm_size"])}}]}}
+    template = {
+        "metadata": {"labels": labels(cfg, f"ray-{'head' if head else kind}")},
+        "spec": {"containers": [container], "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": quantity(node["shm_size"])}}]},
+    }
     return params, template
 
 
@@ -276,8 +301,9 @@ def raycluster(cfg: Config, env: dict[str, str], secret_keys: list[str]) -> dict
         group = cfg.get("kubernetes", key)
         params, template = _ray_pod(cfg, kind, _image(cfg, env, var), "ray-worker", False, env, secret_keys)
         low, high = (group["min_replicas"], group["max_replicas"]) if autoscaling else (group["replicas"], group["replicas"])
-        spec["workerGroupSpecs"].append({"groupName": kind, "replicas": group["replicas"], "minReplicas": low, "maxReplicas": high,
-                                         "rayStartParams": params, "template": template})
+        spec["workerGroupSpecs"].append(
+            {"groupName": kind, "replicas": group["replicas"], "minReplicas": low, "maxReplicas": high, "rayStartParams": params, "template": template}
+        )
     if cfg.get("ray", "gcs_fault_tolerance"):
         spec["gcsFaultToleranceOptions"] = {
             "redisAddress": env["RAY_REDIS_ADDRESS"],
@@ -294,7 +320,13 @@ def manifests(cfg: Config, root: Path = ROOT) -> tuple[dict[str, list[dict]], di
     secrets = secret_values(cfg, env)
     keys = list(secrets)
     files: dict[str, list[dict]] = {
-        "namespace.yaml": [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": cfg.get("kubernetes", "namespace"), "labels": {"app.kubernetes.io/part-of": cfg.get("project", "name")}}}],
+        "namespace.yaml": [
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": cfg.get("kubernetes", "namespace"), "labels": {"app.kubernetes.io/part-of": cfg.get("project", "name")}},
+            }
+        ],
         "secret.yaml": [secret_manifest(cfg, secrets)],
     }
     used = ["RAY_IMAGE"] + (["RAY_GPU_IMAGE"] if gpu_workers_requested(cfg) else [])
@@ -327,8 +359,14 @@ def export_problems(cfg: Config) -> list[Problem]:
     """What a valid config still lacks for an export."""
     path = ("kubernetes", "registry")
     if not cfg.get(*path):
-        return [Problem(cfg.location(path), cfg.display_name(path), "found null, expected the registry the cluster pulls the project's images from "
-                        "(e.g. registry.lab.example:5000/cslr); push the images there first (docs/kubernetes.md)")]
+        return [
+            Problem(
+                cfg.location(path),
+                cfg.display_name(path),
+                "found null, expected the registry the cluster pulls the project's images from "
+                "(e.g. registry.lab.example:5000/cslr); push the images there first (docs/kubernetes.md)",
+            )
+        ]
     return []
 
 
@@ -345,8 +383,9 @@ def export(cfg: Config, out_dir: Path, root: Path = ROOT) -> list[Path]:
     files, _secrets, pushes = manifests(cfg, root)
     texts = {name: render(objects) for name, objects in files.items()}
     texts["kustomization.yaml"] = render([kustomization(cfg, files)])
-    texts[IMAGE_LIST] = ("# The project's images this export runs: `docker tag LOCAL REGISTRY && docker push REGISTRY` for each line.\n"
-                         + "".join(f"{local} {remote}\n" for local, remote in pushes))
+    texts[IMAGE_LIST] = "# The project's images this export runs: `docker tag LOCAL REGISTRY && docker push REGISTRY` for each line.\n" + "".join(
+        f"{local} {remote}\n" for local, remote in pushes
+    )
     written = []
     for name, text in texts.items():
         write_atomic(out_dir / name, text, mode=0o600)
