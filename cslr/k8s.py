@@ -364,7 +364,7 @@ def export_problems(cfg: Config) -> list[Problem]:
                 cfg.location(path),
                 cfg.display_name(path),
                 "found null, expected the registry the cluster pulls the project's images from "
-                "(e.g. registry.lab.example:5000/cslr); push the images there first (docs/kubernetes.md)",
+                "(e.g. registry.lab.example:5000/lab); push the images there first (docs/kubernetes.md)",
             )
         ]
     return []
