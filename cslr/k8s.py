@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import yaml
 
 from . import compose, images, topology
-from .config import ROOT, Config, parse_size
+from .config import ROOT, Config, parse_size, shorten
 from .errors import ConfigError, Problem
 from .fsutil import write_atomic
 from .gpu import GpuState
@@ -121,7 +121,7 @@ def meta(cfg: Config, name: str) -> dict:
 
 
 def secret_name(cfg: Config) -> str:
-    return f"{cfg.get('project', 'name')}-secrets"
+    return f"{cluster_name(cfg)}-secrets"
 
 
 def head_service(cfg: Config) -> str:
@@ -129,7 +129,14 @@ def head_service(cfg: Config) -> str:
     return f"{cluster_name(cfg)}-head-svc"
 
 
+# The RayCluster's name: a DNS label short enough that KubeRay's derived names (`<name>-head-svc`,
+# `<name>-gpu-worker-<suffix>` pods) stay within 63 characters.
+MAX_NAME = 40
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
 def cluster_name(cfg: Config) -> str:
+    """`project.name` as a Kubernetes name (`_` is not allowed there; export_problems checks the rest)."""
     return cfg.get("project", "name").replace("_", "-")
 
 
@@ -357,9 +364,21 @@ def render(objects: list[dict]) -> str:
 
 def export_problems(cfg: Config) -> list[Problem]:
     """What a valid config still lacks for an export."""
+    problems = []
+    name = cluster_name(cfg)
+    if not DNS_LABEL.match(name) or len(name) > MAX_NAME:
+        path = ("project", "name")
+        problems.append(
+            Problem(
+                cfg.location(path),
+                cfg.display_name(path),
+                f"found {shorten(cfg.get(*path))}, which names the RayCluster, the Secret and the Ray pods as {shorten(name)}; "
+                f"expected at most {MAX_NAME} characters that, with '_' read as '-', end in a letter or digit",
+            )
+        )
     path = ("kubernetes", "registry")
     if not cfg.get(*path):
-        return [
+        problems += [
             Problem(
                 cfg.location(path),
                 cfg.display_name(path),
@@ -367,7 +386,7 @@ def export_problems(cfg: Config) -> list[Problem]:
                 "(e.g. registry.lab.example:5000/lab); push the images there first (docs/kubernetes.md)",
             )
         ]
-    return []
+    return problems
 
 
 # ------------------------------------------------------------------------------------ impure

@@ -374,3 +374,15 @@ def test_inv_export_k8s_prints_paths_only_and_exits_2_when_refused(project, tmp_
     assert "Traceback" not in bad.stderr and not (tmp_path / "k2").exists()
     other = subprocess.run([*inv, "export", "helm"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert other.returncode == 2 and "unknown export target 'helm'; expected one of: k8s" in other.stderr
+
+
+@given(st.from_regex(r"[a-z0-9][a-z0-9_-]{0,60}", fullmatch=True))
+def test_every_project_name_is_a_kubernetes_name_or_refused(name):
+    """Any name config.yaml accepts either gives valid Kubernetes names or is refused at export time."""
+    cfg = config.Config(data={"project": {"name": name}, "kubernetes": {"registry": "r.example"}}, sources={}, config_path=Path("config.yaml"), env_path=None)
+    problems = k8s.export_problems(cfg)
+    derived = [k8s.cluster_name(cfg), k8s.secret_name(cfg), k8s.head_service(cfg), f"{k8s.cluster_name(cfg)}-gpu-worker-abcde"]
+    if problems:
+        assert [p.path for p in problems] == ["$.project.name (CSLR_PROJECT)"] and "expected at most 40 characters" in problems[0].message
+    else:
+        assert all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", n) for n in derived), derived
