@@ -1,6 +1,6 @@
 """Invoke tasks of the CSLR Experiment Platform. Thin: each calls the `cslr` package.
 
-    inv init | validate | generate | up | down | ps | logs SERVICE | status | test-cluster | schema | firewall
+    inv init | validate | generate | up | down | ps | logs SERVICE | status | test-cluster | schema | firewall | export k8s
 
 Conventions (tested in tests/test_tasks.py): `-h` is help in every task; a short flag means the
 same option in every task that has it (SHORT_FLAGS) and no other option gets one; shared options
@@ -152,6 +152,24 @@ def schema(c, output=None, docs=False):
         print(f"wrote {output}")
     else:
         print(text, end="")
+
+
+EXPORT_TARGETS = ("k8s",)
+
+
+@cli(positional=["target"], help={"target": "what to export: k8s (Kubernetes manifests for KubeRay, docs/kubernetes.md)",
+                                  "out": "directory of the export (default: _build/k8s)"})
+def export(c, target, config=CONFIG, env_file=None, out=None):
+    """Write the stack for another platform: `inv export k8s` -> a RayCluster, the services, a Secret (0600), kustomization.yaml."""
+    if target not in EXPORT_TARGETS:
+        raise Exit(f"unknown export target {target!r}; expected one of: {', '.join(EXPORT_TARGETS)}", code=2)
+    from cslr import k8s
+
+    loaded = _loaded(config, env_file)
+    out_dir = _out_dir(out) if out else _out_dir(OUT) / "k8s"
+    for path in k8s.export(loaded.cfg, out_dir):
+        print(f"wrote {relative(path, ROOT)} (mode {path.stat().st_mode & 0o777:04o})")
+    print(f"apply: kubectl apply -k {relative(out_dir, ROOT)}   (push the images in {k8s.IMAGE_LIST} first; docs/kubernetes.md)")
 
 
 # ----------------------------------------------------------------------------- the running stack

@@ -271,6 +271,30 @@ def check_features(cfg: Config) -> Iterable[Problem]:
         yield _p(cfg, ("ray", "gcs_fault_tolerance"), "found true with services.redis.enabled false; expected Redis on (GCS fault tolerance keeps its state there)")
 
 
+def gpu_workers_requested(cfg: Config) -> bool:
+    """Whether the Kubernetes export has a GPU worker group: pods now, or autoscaling may start some."""
+    group = cfg.get("kubernetes", "gpu_workers")
+    return group["replicas"] > 0 or (bool(cfg.get("kubernetes", "autoscaling", "enabled")) and group["max_replicas"] > 0)
+
+
+def check_kubernetes(cfg: Config) -> Iterable[Problem]:
+    """The worker counts of each KubeRay group are consistent (KubeRay refuses min > max and
+    clamps replicas into [min, max]), and GPU workers have a GPU image to run."""
+    autoscaling = bool(cfg.get("kubernetes", "autoscaling", "enabled"))
+    for kind in ("cpu_workers", "gpu_workers"):
+        base = ("kubernetes", kind)
+        group = cfg.get(*base)
+        low, high, replicas = group["min_replicas"], group["max_replicas"], group["replicas"]
+        if low > high:
+            yield _p(cfg, (*base, "min_replicas"), f"found {low} > max_replicas {high}, expected min_replicas ≤ max_replicas")
+        elif autoscaling and not low <= replicas <= high:
+            yield _p(cfg, (*base, "replicas"), f"found {replicas} with autoscaling between min_replicas {low} and max_replicas {high}, "
+                     "expected a starting count inside that range")
+    if gpu_workers_requested(cfg) and cfg.get("images", "ray_gpu") == cfg.get("images", "ray"):
+        yield _p(cfg, ("images", "ray_gpu"), f"found {cfg.get('images', 'ray_gpu')!r}, the same base as images.ray, while kubernetes.gpu_workers asks for GPU pods; "
+                 "expected a CUDA base for the GPU image (e.g. rayproject/ray:<version>-py311-gpu), or kubernetes.gpu_workers.replicas and max_replicas 0")
+
+
 def check_legacy(cfg: Config) -> Iterable[Problem]:
     legacy = cfg.config_path.parent / "nodes.yaml"
     if not legacy.exists():
@@ -304,6 +328,7 @@ RULES: list[tuple[tuple[tuple, ...] | Callable[[], tuple[tuple, ...]], Callable[
     ((("nodes",), ("hosts",), ("ray", "cpu", "hostname"), ("ray", "gpu", "hostname"), ("gpu",)), lambda cfg, gpu_node: check_nodes(cfg, gpu_node)),
     ((("secrets",), ("ray", "auth")), lambda cfg, gpu_node: check_secrets(cfg)),
     ((("ray", "gcs_fault_tolerance"), ("services", "redis", "enabled")), lambda cfg, gpu_node: check_features(cfg)),
+    ((("kubernetes",), ("images", "ray"), ("images", "ray_gpu")), lambda cfg, gpu_node: check_kubernetes(cfg)),
     ((), lambda cfg, gpu_node: check_legacy(cfg)),
     (lambda: tuple(f.path for f in env_fields()), lambda cfg, gpu_node: check_env_values(cfg)),
     ((("extra_overlays",),), lambda cfg, gpu_node: check_extra_overlays(cfg)),

@@ -1,0 +1,388 @@
+"""`inv export k8s`: the manifests, checked offline.
+
+- Every core object (Namespace, Secret, PersistentVolumeClaim, Deployment, Service) and every
+  Ray pod template against the Kubernetes 1.37 OpenAPI schemas shipped by `kubernetes-validate`
+  (strict: an unknown field is an error).
+- The RayCluster against tests/fixtures/kuberay/raycluster-v1.schema.json, written from KubeRay's
+  v1 API types; that schema is itself checked against three of KubeRay's own sample manifests.
+- Golden files for three configs (tests/golden/k8s/*). Regenerate them with
+  `CSLR_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_k8s.py -k golden` and review the diff;
+  the run that rewrites them skips (and fails under CI=true), it never passes silently.
+
+No Kubernetes cluster is used: nothing here proves that KubeRay or a cluster accepts the objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from kubernetes_validate import utils as kv
+
+from cslr import config, images, k8s
+from cslr.errors import ConfigError
+from cslr.project import load_validated
+from tests.conftest import ROOT, SECRETS
+
+K8S_VERSION = "1.37.0"
+FIXTURES = ROOT / "tests" / "fixtures" / "kuberay"
+RAYCLUSTER_SCHEMA = json.loads((FIXTURES / "raycluster-v1.schema.json").read_text())
+GOLDEN = ROOT / "tests" / "golden" / "k8s"
+REGISTRY = "registry.lab.example:5000/lab"
+
+CASES = {
+    "cpu-only": f"""
+        gpu: off
+        ray:
+          cpu: {{cpus: 4, memory: 8g, shm_size: 2.5g}}
+        kubernetes:
+          registry: {REGISTRY}
+          cpu_workers: {{replicas: 2}}
+    """,
+    "gpu": f"""
+        gpu: on
+        ray:
+          cpu: {{cpus: 4}}
+          gpu: {{cpus: 8, memory: 32g, shm_size: 10g, object_store_memory: 8g}}
+        kubernetes:
+          registry: {REGISTRY}
+          namespace: lab-gpu
+          gpu_workers: {{replicas: 1, gpus_per_worker: 2}}
+    """,
+    "gcs-ft-autoscaling": f"""
+        gpu: off
+        ray:
+          gcs_fault_tolerance: true
+        services:
+          marimo: {{enabled: false}}
+        kubernetes:
+          registry: {REGISTRY}
+          storage_class: fast-ssd
+          volumes: {{postgres: 50Gi}}
+          autoscaling: {{enabled: true, idle_timeout_seconds: 300}}
+          cpu_workers: {{replicas: 1, min_replicas: 1, max_replicas: 8}}
+          gpu_workers: {{replicas: 0, min_replicas: 0, max_replicas: 2}}
+    """,
+}
+
+
+def loaded(project, text):
+    return load_validated(project(text), environ={}, detect=lambda mode: k8s.GpuState(mode))
+
+
+def export(project, tmp_path, text):
+    cfg = loaded(project, text).cfg
+    out = tmp_path / "out"
+    return cfg, out, k8s.export(cfg, out)
+
+
+def objects(out: Path) -> dict[str, list[dict]]:
+    return {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(out.glob("*.yaml"))}
+
+
+def _normalise_tags(text: str) -> str:
+    """The project's image tags hash compose/ray etc.; golden files hold the shape, a test below the exact tags."""
+    return re.sub(r"(cslr/(?:ray|ray-gpu|mlflow|marimo)):[0-9A-Za-z.]+-[0-9a-f]{12}\b", r"\1:VERSION-HASH", text)
+
+
+# ------------------------------------------------------------------------- golden files
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(project, tmp_path, case):
+    _cfg, out, written = export(project, tmp_path, CASES[case])
+    want_dir = GOLDEN / case
+    got = {p.name: _normalise_tags(p.read_text()) for p in written}
+    if os.environ.get("CSLR_UPDATE_GOLDEN") == "1":
+        want_dir.mkdir(parents=True, exist_ok=True)
+        for old in want_dir.iterdir():
+            old.unlink()
+        for name, text in got.items():
+            (want_dir / name).write_text(text)
+        pytest.skip(f"CSLR_UPDATE_GOLDEN=1: rewrote {want_dir.relative_to(ROOT)}; review `git diff` and run again without it")
+    assert want_dir.is_dir(), f"no golden files for {case}: run with CSLR_UPDATE_GOLDEN=1 once and review them"
+    want = {p.name: p.read_text() for p in sorted(want_dir.iterdir())}
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name] == want[name], f"{case}/{name} differs from the golden file"
+
+
+def test_export_is_deterministic(project, tmp_path):
+    cfg = loaded(project, CASES["gcs-ft-autoscaling"]).cfg
+    first = {p.name: p.read_bytes() for p in k8s.export(cfg, tmp_path / "a")}
+    second = {p.name: p.read_bytes() for p in k8s.export(cfg, tmp_path / "b")}
+    assert first == second
+
+
+# ------------------------------------------------------------------------- offline validation
+
+
+def _ray_pod_templates(rc: dict) -> list[dict]:
+    spec = rc["spec"]
+    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_core_objects_validate_against_the_kubernetes_openapi_schemas(project, tmp_path, case):
+    _cfg, out, _ = export(project, tmp_path, CASES[case])
+    checked = 0
+    for name, docs in objects(out).items():
+        if name == "kustomization.yaml":
+            continue
+        for doc in docs:
+            if doc["kind"] == "RayCluster":
+                for template in _ray_pod_templates(doc):
+                    pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "ray"}, "template": template}
+                    assert kv.validate(pod, K8S_VERSION, strict=True) == "1.37"
+                    checked += 1
+                continue
+            assert kv.validate(doc, K8S_VERSION, strict=True) == "1.37", (name, doc["kind"])
+            checked += 1
+    assert checked >= 10
+
+
+def test_the_openapi_check_refuses_an_unknown_field(project, tmp_path):
+    """The check above could fail: a misspelt field in a Deployment is refused (strict)."""
+    _cfg, out, _ = export(project, tmp_path, CASES["cpu-only"])
+    deployment = next(d for d in objects(out)["redis.yaml"] if d["kind"] == "Deployment")
+    bad = copy.deepcopy(deployment)
+    bad["spec"]["replica"] = 1
+    with pytest.raises(kv.ValidationError):
+        kv.validate(bad, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_raycluster_validates_against_the_kuberay_v1_schema(project, tmp_path, case):
+    _cfg, out, _ = export(project, tmp_path, CASES[case])
+    (rc,) = objects(out)["raycluster.yaml"]
+    jsonschema.Draft202012Validator(RAYCLUSTER_SCHEMA).validate(rc)
+
+
+@pytest.mark.parametrize("sample", sorted(p.name for p in FIXTURES.glob("*.yaml")))
+def test_the_raycluster_schema_accepts_kuberays_own_samples(sample):
+    docs = [d for d in yaml.safe_load_all((FIXTURES / sample).read_text()) if d and d.get("kind") == "RayCluster"]
+    assert len(docs) == 1
+    jsonschema.Draft202012Validator(RAYCLUSTER_SCHEMA).validate(docs[0])
+
+
+def test_the_raycluster_schema_refuses_invented_fields_and_wrong_types():
+    sample = next(d for d in yaml.safe_load_all((FIXTURES / "ray-cluster.sample.yaml").read_text()) if d)
+    validator = jsonschema.Draft202012Validator(RAYCLUSTER_SCHEMA)
+    for path, value in (
+        (("spec", "gcsFaultTolerance"), {}),
+        (("spec", "workerGroupSpecs", 0, "minReplicas"), "1"),
+        (("spec", "headGroupSpec", "rayStartParams", "num-cpus"), 0),
+        (("spec", "autoscalerOptions"), {"upscalingMode": "Fast"}),
+    ):
+        bad = copy.deepcopy(sample)
+        node = bad
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+        assert not validator.is_valid(bad), path
+    bad = copy.deepcopy(sample)
+    del bad["spec"]["headGroupSpec"]
+    assert not validator.is_valid(bad)
+
+
+# ------------------------------------------------------------------------- what the objects say
+
+
+def test_raycluster_carries_the_configs_ray_version_images_resources_and_ports(project, tmp_path):
+    cfg, out, _ = export(project, tmp_path, CASES["gpu"])
+    (rc,) = objects(out)["raycluster.yaml"]
+    tags = images.image_env(cfg, "pull")
+    spec = rc["spec"]
+    assert spec["rayVersion"] == cfg.get("ray", "version") == "2.60.0"
+    head = spec["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["image"] == f"{REGISTRY}/{tags['RAY_IMAGE']}"
+    assert {p["containerPort"] for p in head["containers"][0]["ports"]} == {6379, 8265, 10001}
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert sorted(groups) == ["cpu", "gpu"]
+    gpu = groups["gpu"]["template"]["spec"]
+    container = gpu["containers"][0]
+    assert container["image"] == f"{REGISTRY}/{tags['RAY_GPU_IMAGE']}"
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+    assert groups["gpu"]["rayStartParams"] == {"num-cpus": "8", "object-store-memory": str(8 * 1024**3)}
+    assert gpu["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "10Gi"}}]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert "nvidia.com/gpu" not in groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert (out / "images.txt").read_text().splitlines()[1:] == [
+        f"{tags[v]} {REGISTRY}/{tags[v]}" for v in ("RAY_IMAGE", "RAY_GPU_IMAGE", "MLFLOW_IMAGE", "MARIMO_IMAGE")
+    ]
+
+
+def test_no_gpu_group_without_gpu_workers(project, tmp_path):
+    _cfg, out, _ = export(project, tmp_path, CASES["cpu-only"])
+    (rc,) = objects(out)["raycluster.yaml"]
+    assert [g["groupName"] for g in rc["spec"]["workerGroupSpecs"]] == ["cpu"]
+    assert rc["spec"]["workerGroupSpecs"][0]["minReplicas"] == rc["spec"]["workerGroupSpecs"][0]["maxReplicas"] == 2
+    assert "gcsFaultToleranceOptions" not in rc["spec"] and rc["spec"]["enableInTreeAutoscaling"] is False
+    assert "RAY_GPU_IMAGE" not in (out / "images.txt").read_text() and "ray-gpu" not in (out / "images.txt").read_text()
+
+
+def test_token_auth_and_gcs_ft_come_from_the_secret(project, tmp_path):
+    cfg, out, _ = export(project, tmp_path, CASES["gcs-ft-autoscaling"])
+    (rc,) = objects(out)["raycluster.yaml"]
+    spec = rc["spec"]
+    ref = {"secretKeyRef": {"name": "cslr-secrets", "key": "REDIS_PASSWORD"}}
+    assert spec["gcsFaultToleranceOptions"] == {"redisAddress": "redis:6379", "redisPassword": {"valueFrom": ref}, "externalStorageNamespace": "cslr"}
+    assert spec["enableInTreeAutoscaling"] is True and spec["autoscalerOptions"] == {"idleTimeoutSeconds": 300}
+    groups = {g["groupName"]: (g["replicas"], g["minReplicas"], g["maxReplicas"]) for g in spec["workerGroupSpecs"]}
+    assert groups == {"cpu": (1, 1, 8), "gpu": (0, 0, 2)}
+    for template in _ray_pod_templates(rc):
+        env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "cslr-secrets", "key": "RAY_AUTH_TOKEN"}}
+    assert "marimo.yaml" not in objects(out)
+    pvcs = [d for docs in objects(out).values() for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert {p["metadata"]["name"]: (p["spec"]["storageClassName"], p["spec"]["resources"]["requests"]["storage"]) for p in pvcs} == {
+        "postgres-data": ("fast-ssd", "50Gi"),
+        "mlflow-data": ("fast-ssd", "20Gi"),
+        "redis-data": ("fast-ssd", "1Gi"),
+    }
+
+
+def test_readiness_probes_are_the_compose_healthchecks(project, tmp_path):
+    _cfg, out, _ = export(project, tmp_path, CASES["cpu-only"])
+    compose_services = yaml.safe_load((ROOT / "compose" / "compose.yaml").read_text())["services"]
+    seen = 0
+    for name in ("postgres", "redis", "mlflow", "marimo"):
+        deployment = next(d for d in objects(out)[f"{name}.yaml"] if d["kind"] == "Deployment")
+        probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+        test = compose_services[name]["healthcheck"]["test"]
+        want = ["sh", "-c", test[1].replace("$$", "$")] if test[0] == "CMD-SHELL" else test[1:]
+        assert probe["exec"]["command"] == want
+        assert probe["failureThreshold"] == compose_services[name]["healthcheck"]["retries"]
+        seen += 1
+    assert seen == 4
+
+
+def test_secret_holds_the_env_values_and_is_private(project, tmp_path):
+    cfg, out, written = export(project, tmp_path, CASES["cpu-only"])
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    (secret,) = objects(out)["secret.yaml"]
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"] and data["RAY_AUTH_TOKEN"] == SECRETS["RAY_AUTH_TOKEN"]
+    assert data["MARIMO_TOKEN"] == SECRETS["MARIMO_TOKEN"] and data["REDIS_PASSWORD"] == SECRETS["REDIS_PASSWORD"]
+    assert data["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://mlflow:pg-secret@postgres:5432/")
+    everything_else = "".join(p.read_text() for p in written if p.name != "secret.yaml")
+    assert not any(value in everything_else for value in SECRETS.values())
+
+
+def test_a_service_switched_off_leaves_no_stale_file(project, tmp_path):
+    cfg = loaded(project, CASES["cpu-only"]).cfg
+    k8s.export(cfg, tmp_path / "out")
+    assert (tmp_path / "out" / "marimo.yaml").exists()
+    k8s.export(loaded(project, CASES["gcs-ft-autoscaling"]).cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "marimo.yaml").exists()
+    kust = yaml.safe_load((tmp_path / "out" / "kustomization.yaml").read_text())
+    assert kust["resources"] == [p for p in k8s.FILES if (tmp_path / "out" / p).exists()]
+
+
+# ------------------------------------------------------------------------- refused requests
+
+
+@pytest.mark.parametrize(
+    "text, where, message",
+    [
+        (
+            "kubernetes: {registry: r.example, cpu_workers: {min_replicas: 5, max_replicas: 2}}\n",
+            "$.kubernetes.cpu_workers.min_replicas (CSLR_K8S_CPU_WORKERS_MIN)",
+            "found 5 > max_replicas 2, expected min_replicas ≤ max_replicas",
+        ),
+        (
+            "kubernetes: {registry: r.example, autoscaling: {enabled: true}, cpu_workers: {replicas: 9, max_replicas: 4}}\n",
+            "$.kubernetes.cpu_workers.replicas (CSLR_K8S_CPU_WORKERS)",
+            "found 9 with autoscaling between min_replicas 0 and max_replicas 4",
+        ),
+        (
+            "images: {ray_gpu: rayproject/ray:2.60.0-py311-cpu}\nkubernetes: {registry: r.example, gpu_workers: {replicas: 1}}\n",
+            "$.images.ray_gpu (RAY_GPU_BASE_IMAGE)",
+            "the same base as images.ray, while kubernetes.gpu_workers asks for GPU pods",
+        ),
+        ("kubernetes: {registry: 'Not A Registry'}\n", "$.kubernetes.registry (CSLR_K8S_REGISTRY)", "expected a value matching"),
+        ("kubernetes: {volumes: {redis: 1G}}\n", "$.kubernetes.volumes.redis (CSLR_K8S_REDIS_VOLUME)", "expected a value matching"),
+        ("kubernetes: {gpu_workers: {gpus_per_worker: 0}}\n", "$.kubernetes.gpu_workers.gpus_per_worker (CSLR_K8S_GPUS_PER_WORKER)", "found 0"),
+        ("kubernetes: {nmespace: x}\n", "$.kubernetes.nmespace", "did you mean 'namespace'?"),
+    ],
+)
+def test_bad_kubernetes_settings_are_refused_with_the_line(project, text, where, message):
+    with pytest.raises(ConfigError) as err:
+        loaded(project, text)
+    assert err.value.exit_code == 2
+    line = next(str(p) for p in err.value.problems if where in str(p))
+    assert line.startswith("config.yaml:") and message in line, line
+
+
+def test_export_without_a_registry_is_refused_and_writes_nothing(project, tmp_path):
+    cfg = loaded(project, "{}\n").cfg
+    with pytest.raises(ConfigError) as err:
+        k8s.export(cfg, tmp_path / "out")
+    assert err.value.exit_code == 2 and "$.kubernetes.registry (CSLR_K8S_REGISTRY): found null, expected the registry" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_kubernetes_defaults_leave_compose_users_valid(project):
+    cfg = loaded(project, "{}\n").cfg
+    assert cfg.get("kubernetes") == config.defaults()["kubernetes"]
+    assert cfg.get("kubernetes", "gpu_workers", "replicas") == 0 and cfg.get("kubernetes", "registry") is None
+
+
+@given(st.integers(min_value=1, max_value=2**50))
+def test_quantity_keeps_the_byte_count(n):
+    text = k8s.quantity(n)
+    factor = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}.get(text[-2:], 1)
+    assert int(text[:-2] if factor > 1 else text) * factor == n
+
+
+# ------------------------------------------------------------------------- the task, as a user runs it
+
+
+def test_inv_export_k8s_prints_paths_only_and_exits_2_when_refused(project, tmp_path):
+    project(CASES["cpu-only"])
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith(("RAY_", "CSLR_", "HEAD_"))}
+    inv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
+    ok = subprocess.run(
+        [*inv, "export", "k8s", "--out", str(tmp_path / "k"), "-c", "config.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "secret.yaml (mode 0600)" in ok.stdout and "kubectl apply -k" in ok.stdout
+    assert not any(v in ok.stdout + ok.stderr for v in SECRETS.values())
+    bad = subprocess.run(
+        [*inv, "export", "k8s", "--out", str(tmp_path / "k2")],
+        cwd=tmp_path,
+        env={**env, "CSLR_K8S_CPU_WORKERS_MIN": "9"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "environment $CSLR_K8S_CPU_WORKERS_MIN: $.kubernetes.cpu_workers.min_replicas" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "k2").exists()
+    other = subprocess.run([*inv, "export", "helm"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and "unknown export target 'helm'; expected one of: k8s" in other.stderr
+
+
+@given(st.from_regex(r"[a-z0-9][a-z0-9_-]{0,60}", fullmatch=True))
+def test_every_project_name_is_a_kubernetes_name_or_refused(name):
+    """Any name config.yaml accepts either gives valid Kubernetes names or is refused at export time."""
+    cfg = config.Config(data={"project": {"name": name}, "kubernetes": {"registry": "r.example"}}, sources={}, config_path=Path("config.yaml"), env_path=None)
+    problems = k8s.export_problems(cfg)
+    derived = [k8s.cluster_name(cfg), k8s.secret_name(cfg), k8s.head_service(cfg), f"{k8s.cluster_name(cfg)}-gpu-worker-abcde"]
+    if problems:
+        assert [p.path for p in problems] == ["$.project.name (CSLR_PROJECT)"] and "expected at most 40 characters" in problems[0].message
+    else:
+        assert all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", n) for n in derived), derived
