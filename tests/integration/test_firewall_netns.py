@@ -37,6 +37,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from cslr import config, multihost, validate  # noqa: E402
+from tests.conftest import SECRETS  # every secret the stack needs, one place
 
 pytestmark = [pytest.mark.integration]
 
@@ -54,7 +55,6 @@ CONTAINER = f"cslrfw-{PID}"
 CHAIN = f"CSLRFW{PID}"  # the production name is CSLR-FW; this run's own
 NET = f"10.213.{100 + PID % 100}"
 HOST_IP, PEER_IP, OTHER_IP = f"{NET}.1", f"{NET}.2", f"{NET}.3"
-SECRETS = "POSTGRES_PASSWORD=pg-test\nREDIS_PASSWORD=redis-test\nMARIMO_TOKEN=marimo-test\nRAY_AUTH_TOKEN=ray-test\n"
 CONTAINER_PORT = 8000
 
 
@@ -268,7 +268,7 @@ def gcs_listener(lab):
 
 
 def write_config(tmp: Path, ports: dict) -> Path:
-    (tmp / ".env").write_text(SECRETS)
+    (tmp / ".env").write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
     cfg = tmp / "config.yaml"
     cfg.write_text(
         textwrap.dedent(f"""\
