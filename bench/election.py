@@ -82,7 +82,7 @@ class FakeLauncher:
     def alive(self) -> bool:
         return self.running
 
-    def stop(self) -> None:
+    def stop(self, timeout=None) -> None:
         self.running = False
         if self.sock is not None:
             self.sock.close()

@@ -112,6 +112,7 @@ from cslr_control import (ABSENT, AGENT_PORT_OFFSET, CLAIMING, DECIDING, FORGED,
 DEFAULT_HEAD_PORT = 6379
 STATE_FILE_NAME = "cslr-node.json"
 AGENT_MAX_CONNECTIONS = 32  # concurrent agent exchanges; more are closed at once
+LOST_HEAD_STOP_S = 1.0      # SIGTERM -> SIGKILL when a worker stops its Ray after head loss
 
 # election step actions
 JOIN, WAIT, CLAIM, COMMIT, BACKOFF = "join", "wait", "claim", "commit", "backoff"
@@ -649,7 +650,8 @@ class RayLauncher:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self) -> None:
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """SIGTERM this node's Ray, SIGKILL after ``timeout`` (default RAY_STOP_TIMEOUT_S)."""
         proc, self.proc = self.proc, None
         if proc is not None:
             try:
@@ -657,7 +659,7 @@ class RayLauncher:
             except OSError:
                 pass
             try:
-                proc.wait(self.cfg.stop_timeout)
+                proc.wait(self.cfg.stop_timeout if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 pass
             try:
@@ -969,7 +971,9 @@ class NodeRunner:
                     break
                 log(f"{decision.role} ended ({why}); stopping this node's Ray and re-electing")
                 self.publish(DECIDING)
-                self.launcher.stop()
+                # A worker whose head is gone has nothing to stop gracefully (its raylet cannot
+                # reach the GCS and would sit out the whole RAY_STOP_TIMEOUT_S): be quick.
+                self.launcher.stop(min(LOST_HEAD_STOP_S, cfg.stop_timeout) if why == "lost" else None)
                 self.sleep(0.5 + self.rng.random() * 0.5)
         finally:
             self.launcher.stop()

@@ -668,3 +668,31 @@ def test_healthcheck_of_a_head(cluster_factory):
     c.procs[c.ips[0]].send_signal(signal.SIGTERM)
     c.procs[c.ips[0]].wait(20)
     assert subprocess.run(check, env=c.env(c.ips[0]), timeout=10).returncode == 1
+
+
+def test_worker_stops_its_ray_quickly_after_head_loss():
+    # With its head gone the raylet cannot stop gracefully; waiting RAY_STOP_TIMEOUT_S (8 s) for
+    # it was most of the failover time. Head loss uses LOST_HEAD_STOP_S; other stops keep the default.
+    calls = []
+
+    class L:
+        def sweep(self):
+            pass
+
+        def start(self, decision):
+            pass
+
+        def alive(self):
+            return True
+
+        def stop(self, timeout=None):
+            calls.append(timeout)
+
+    runner = rn.NodeRunner(_cfg(NODE_HOSTNAME="w"), L(), with_agent=False)
+    decisions = iter([rn.Decision("worker", "b:6379", ""), None])
+    runner.elect = lambda deadline=None: next(decisions)
+    runner.watch_head = lambda target: "lost"
+    runner.sleep = lambda s: None
+    runner.write_state = lambda: None
+    assert runner.run() == 0
+    assert calls == [rn.LOST_HEAD_STOP_S, None]
