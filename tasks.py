@@ -215,3 +215,48 @@ def firewall(c, config="config.yaml", env_file=None, host=None):
         print(multihost.firewall_rules(loaded.cfg, host))
     except KeyError as exc:
         raise Exit(str(exc.args[0]), code=2) from None
+
+
+# ----------------------------------------------------------------------------- Ray jobs
+
+
+def _job_command(c) -> str:
+    # Invoke joins what follows `--` with spaces; the original argv keeps each argument's quoting.
+    import shlex
+
+    return shlex.join(sys.argv[sys.argv.index("--") + 1 :]) if "--" in sys.argv else c.remainder
+
+
+@task(help={"wait": "follow the job's logs until it ends; exit with its code (SUCCEEDED 0, FAILED 1, STOPPED 130)", "name": "submission id (default: Ray picks one)",
+            "working_dir": "folder uploaded as the job's working dir (default: the current folder)", "config": CONFIG_HELP, "env_file": ENV_HELP})
+def submit(c, wait=False, name=None, working_dir=".", config="config.yaml", env_file=None):
+    """Submit a Ray job to the current head: inv submit [--wait] [--name N] -- python train.py ..."""
+    from cslr import jobs as jobs_mod
+
+    loaded = _loaded(config, env_file)
+    try:
+        code = jobs_mod.submit(loaded.cfg, _job_command(c), Path(working_dir), name=name, follow=wait)
+    except PlatformError as exc:
+        raise _fail(exc) from None
+    if code:
+        raise Exit(code=code)
+
+
+@task(positional=["action", "job_id"], help={"action": "list | logs | stop", "job_id": "submission id (logs, stop)", "config": CONFIG_HELP, "env_file": ENV_HELP})
+def jobs(c, action="list", job_id=None, config="config.yaml", env_file=None):
+    """Ray jobs of the cluster: inv jobs [list | logs ID | stop ID]."""
+    from cslr import jobs as jobs_mod
+
+    loaded = _loaded(config, env_file)
+    if action not in ("list", "logs", "stop") or (action != "list" and not job_id):
+        raise Exit("usage: inv jobs [list | logs ID | stop ID]", code=2)
+    try:
+        client = jobs_mod.client_for(loaded.cfg)
+        if action == "list":
+            print(jobs_mod.format_jobs(client.list()))
+        elif action == "logs":
+            print(client.logs(job_id), end="")
+        else:
+            print(f"{job_id}: {'stop requested' if client.stop(job_id) else 'not running (nothing to stop)'}")
+    except PlatformError as exc:
+        raise _fail(exc) from None
