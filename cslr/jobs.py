@@ -261,5 +261,6 @@ def submit(cfg: Config, command: str, working_dir: Path, name: str | None = None
         return 0
     status = wait(client, job_id, out)
     info = client.info(job_id)
-    out(f"job {job_id} {status}" + (f": {info.get('message')}" if info.get("message") and status != "SUCCEEDED" else ""))
+    message = (info.get("message") or "").split(", last available logs")[0].strip()  # the logs were shown already
+    out(f"job {job_id} {status}" + (f": {message}" if message and status != "SUCCEEDED" else ""))
     return exit_code(status)

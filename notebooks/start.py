@@ -136,5 +136,14 @@ def _(mo):
     return
 
 
+@app.cell
+def _(data_note, mo, ray, results, run_note):
+    # Runs last (it reads every section's result). Outside the editor — `marimo export`,
+    # `python start.py` — the Ray client connection is closed, or its threads keep the process alive.
+    if mo.app_meta().mode != "edit":
+        ray.shutdown()
+    return
+
+
 if __name__ == "__main__":
     app.run()

@@ -81,6 +81,7 @@ def start_mlflow(args, params: dict):
     if not uri:
         print("MLFLOW_TRACKING_URI is not set: nothing is logged to MLflow")
         return None
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # no git in the image: MLflow need not say so thrice
     import mlflow
 
     mlflow.set_tracking_uri(uri)
