@@ -1,6 +1,6 @@
 """Invoke tasks of the CSLR Experiment Platform. Thin: each calls the `cslr` package.
 
-    inv init | validate | generate | up | down | ps | logs | status | test-cluster | schema
+    inv init | validate | generate | up | down | ps | logs | status | test-cluster | schema | submit | jobs
 """
 
 from __future__ import annotations
@@ -242,21 +242,21 @@ def submit(c, wait=False, name=None, working_dir=".", config="config.yaml", env_
         raise Exit(code=code)
 
 
-@task(positional=["action", "job_id"], help={"action": "list | logs | stop", "job_id": "submission id (logs, stop)", "config": CONFIG_HELP, "env_file": ENV_HELP})
-def jobs(c, action="list", job_id=None, config="config.yaml", env_file=None):
-    """Ray jobs of the cluster: inv jobs [list | logs ID | stop ID]."""
+@task(help={"logs": "show this job's output", "stop": "stop this job", "config": CONFIG_HELP, "env_file": ENV_HELP})
+def jobs(c, logs=None, stop=None, config="config.yaml", env_file=None):
+    """Ray jobs of the cluster: inv jobs (list) | inv jobs --logs ID | inv jobs --stop ID."""
     from cslr import jobs as jobs_mod
 
     loaded = _loaded(config, env_file)
-    if action not in ("list", "logs", "stop") or (action != "list" and not job_id):
-        raise Exit("usage: inv jobs [list | logs ID | stop ID]", code=2)
+    if logs and stop:
+        raise Exit("give one of --logs ID and --stop ID", code=2)
     try:
         client = jobs_mod.client_for(loaded.cfg)
-        if action == "list":
-            print(jobs_mod.format_jobs(client.list()))
-        elif action == "logs":
-            print(client.logs(job_id), end="")
+        if logs:
+            print(client.logs(logs), end="")
+        elif stop:
+            print(f"{stop}: {'stop requested' if client.stop(stop) else 'not running (nothing to stop)'}")
         else:
-            print(f"{job_id}: {'stop requested' if client.stop(job_id) else 'not running (nothing to stop)'}")
+            print(jobs_mod.format_jobs(client.list()))
     except PlatformError as exc:
         raise _fail(exc) from None

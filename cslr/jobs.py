@@ -257,7 +257,7 @@ def submit(cfg: Config, command: str, working_dir: Path, name: str | None = None
     job_id = client.submit(command.strip(), f"gcs://{pkg}", submission_id=name)
     out(f"submitted {job_id} to {client.base}")
     if not follow:
-        out(f"follow it: inv jobs logs {job_id}   stop it: inv jobs stop {job_id}")
+        out(f"follow it: inv jobs --logs {job_id}   stop it: inv jobs --stop {job_id}")
         return 0
     status = wait(client, job_id, out)
     info = client.info(job_id)

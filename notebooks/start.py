@@ -138,9 +138,9 @@ def _(mo):
 
 @app.cell
 def _(data_note, mo, ray, results, run_note):
-    # Runs last (it reads every section's result). Outside the editor — `marimo export`,
-    # `python start.py` — the Ray client connection is closed, or its threads keep the process alive.
-    if mo.app_meta().mode != "edit":
+    # Runs last (it reads every section's result). Run as a script (`python start.py`), the
+    # notebook closes its Ray client connection so the process ends.
+    if mo.app_meta().mode != "edit":  # `marimo export` reports "edit" too
         ray.shutdown()
     return
 

