@@ -109,7 +109,7 @@ def summary(actions: list[Action], folder: Path, volume: str) -> list[str]:
     same = [a for a in actions if a.kind == "same"]
     lines = [f"notebooks: moved the notebooks of the volume {volume} into {folder}: {len(copied)} copied, "
              f"{len(beside)} kept beside a different file of the same name, {len(same)} already there"]
-    lines += [f"  {a.source} -> {a.dest.relative_to(folder)}" for a in copied + beside]
+    lines += [f"  {safe_relative(a.source)} -> {a.dest.relative_to(folder)}" for a in copied + beside]
     lines.append(f"  the volume is kept and no longer used; once checked: docker volume rm {volume}")
     return lines
 

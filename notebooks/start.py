@@ -130,7 +130,7 @@ def _(mo):
     Submit the CSLR example as a Ray job from the host (README, "First experiment"):
 
     ```bash
-    .venv/bin/inv submit --wait -- python examples/cslr/train.py
+    .venv/bin/inv submit --wait --working-dir examples/cslr -- python train.py
     ```
     """)
     return

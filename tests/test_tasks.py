@@ -109,3 +109,18 @@ def test_init_then_validate(tmp_path):
 def test_schema_prints_the_schema(tmp_path):
     out = inv("schema", cwd=tmp_path)
     assert out.returncode == 0 and '"$schema": "https://json-schema.org/draft/2020-12/schema"' in out.stdout
+
+
+def test_jobs_and_submit_say_clearly_when_the_stack_is_not_up(project, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a real closed port stands for a stack that is not running
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    project(f"services:\n  health: {{port: {port}}}\n")
+    for args in (["jobs"], ["jobs", "--logs", "raysubmit_x"], ["submit", "--", "python", "train.py"]):
+        out = inv(*args, cwd=tmp_path)
+        assert out.returncode == 1 and f"the health service at http://127.0.0.1:{port}/ does not answer" in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+    both = inv("jobs", "--logs", "a", "--stop", "b", cwd=tmp_path)
+    assert both.returncode == 2 and "give one of --logs ID and --stop ID" in both.stderr
