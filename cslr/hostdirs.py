@@ -12,9 +12,9 @@ Pure functions first (`mounts`, `render_overlay`, `problems`); nothing here touc
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from .config import ROOT, Config
 from .errors import Problem

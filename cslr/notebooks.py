@@ -16,9 +16,9 @@ import io
 import posixpath
 import subprocess
 import tarfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Mapping
 
 VOLUME = "marimo-notebooks"  # the volume name earlier versions of compose/compose.yaml declared
 MARKER = ".notebooks-migrated"  # in the build directory: the volume was read once already
@@ -107,8 +107,8 @@ def summary(actions: list[Action], folder: Path, volume: str) -> list[str]:
     copied = [a for a in actions if a.kind == "copy"]
     beside = [a for a in actions if a.kind == "beside"]
     same = [a for a in actions if a.kind == "same"]
-    lines = [f"notebooks: moved the notebooks of the volume {volume} into {folder}: {len(copied)} copied, "
-             f"{len(beside)} kept beside a different file of the same name, {len(same)} already there"]
+    lines = [(f"notebooks: moved the notebooks of the volume {volume} into {folder}: {len(copied)} copied, "
+              f"{len(beside)} kept beside a different file of the same name, {len(same)} already there")]
     lines += [f"  {safe_relative(a.source)} -> {a.dest.relative_to(folder)}" for a in copied + beside]
     lines.append(f"  the volume is kept and no longer used; once checked: docker volume rm {volume}")
     return lines

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "cslr"))
-import cslr_core as core  # noqa: E402
+import cslr_core as core
 
 
 def brute_force_nll(logits, labels):
@@ -85,7 +85,7 @@ def test_model_weight_gradient_matches_finite_differences():
 
 
 def test_greedy_decoding_merges_repeats_and_drops_blanks():
-    one_hot = lambda k: [5.0 if j == k else 0.0 for j in range(4)]  # noqa: E731
+    one_hot = lambda k: [5.0 if j == k else 0.0 for j in range(4)]
     assert core.greedy_decode([one_hot(k) for k in [0, 1, 1, 0, 1, 2, 2, 0, 0, 3]]) == [1, 1, 2, 3]
     assert core.greedy_decode([one_hot(0)] * 3) == []
 

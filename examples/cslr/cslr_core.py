@@ -72,7 +72,7 @@ class Model:
     weights: list[list[float]] = field(default_factory=list)
 
     @classmethod
-    def create(cls, vocab: int, dim: int, context: int = 1, seed: int = 0) -> "Model":
+    def create(cls, vocab: int, dim: int, context: int = 1, seed: int = 0) -> Model:
         rng = random.Random(seed)
         inputs = (2 * context + 1) * dim + 1
         scale = 1.0 / math.sqrt(inputs)

@@ -27,7 +27,6 @@ import sys
 import time
 
 import ray
-
 from cslr_core import Adam, Model, add_into, make_dataset, wer
 
 
