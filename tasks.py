@@ -1,6 +1,6 @@
 """Invoke tasks of the CSLR Experiment Platform. Thin: each calls the `cslr` package.
 
-    inv init | validate | generate | up | down | ps | logs SERVICE | status | test-cluster | schema | firewall | export k8s
+    inv init | validate | generate | up | down | ps | logs SERVICE | status | test-cluster | schema | firewall | export k8s | submit | jobs
 
 Conventions (tested in tests/test_tasks.py): `-h` is help in every task; a short flag means the
 same option in every task that has it (SHORT_FLAGS) and no other option gets one; shared options
@@ -257,3 +257,41 @@ def firewall(c, config=CONFIG, env_file=None, host=None, remove=False):
         print(multihost.firewall_removal())
         return
     print(multihost.firewall_rules(_loaded(config, env_file).cfg, host))
+
+
+# ----------------------------------------------------------------------------- Ray jobs
+
+
+def _job_command(c) -> str:
+    # Invoke joins what follows `--` with spaces; the original argv keeps each argument's quoting.
+    import shlex
+
+    return shlex.join(sys.argv[sys.argv.index("--") + 1 :]) if "--" in sys.argv else c.remainder
+
+
+@cli(help={"wait": "follow the job's logs until it ends; exit with its code (SUCCEEDED 0, FAILED 1, STOPPED 130)", "name": "submission id (default: Ray picks one)",
+           "working_dir": "folder uploaded as the job's working dir (default: the current folder)"})
+def submit(c, wait=False, name=None, working_dir=".", config=CONFIG, env_file=None):
+    """Submit a Ray job to the current head: inv submit [--wait] [--name N] -- python train.py ..."""
+    from cslr import jobs as jobs_mod
+
+    code = jobs_mod.submit(_loaded(config, env_file).cfg, _job_command(c), Path(working_dir), name=name, follow=wait)
+    if code:
+        raise Exit(code=code)
+
+
+@cli(help={"logs": "show this job's output", "stop": "stop this job"})
+def jobs(c, logs=None, stop=None, config=CONFIG, env_file=None):
+    """Ray jobs of the cluster: inv jobs (list) | inv jobs --logs ID | inv jobs --stop ID."""
+    from cslr import jobs as jobs_mod
+
+    loaded = _loaded(config, env_file)
+    if logs and stop:
+        raise Exit("give one of --logs ID and --stop ID", code=2)
+    client = jobs_mod.client_for(loaded.cfg)
+    if logs:
+        print(client.logs(logs), end="")
+    elif stop:
+        print(f"{stop}: {'stop requested' if client.stop(stop) else 'not running (nothing to stop)'}")
+    else:
+        print(jobs_mod.format_jobs(client.list()))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 from urllib.parse import quote
 
-from . import images, topology
+from . import hostdirs, images, topology
 from .config import ROOT, Config, env_fields, format_dotenv, parse_size
 from .errors import ComposeError
 from .fsutil import write_atomic
@@ -200,6 +200,7 @@ def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[
     env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg2://{quote(user, safe='')}:{quote(pg_password, safe='')}@postgres:5432/{quote(db, safe='')}"
     env["REDIS_URL"] = f"redis://:{quote(redis_password, safe='')}@redis:6379/0" if redis_on else ""
     env["RAY_REDIS_ADDRESS"] = "redis:6379" if redis_on else ""
+    env["MARIMO_NOTEBOOKS"] = str(hostdirs.notebooks_dir(cfg))  # Compose would resolve a relative one against compose/
     env.update(images.image_env(cfg, image_source))
     return env
 
@@ -237,14 +238,18 @@ def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None
     from . import multihost
 
     if not cfg.get("hosts"):
-        files = [BASE_FILE] + choose_overlays(gpu.node_enabled, test_cluster=test_cluster) + extra_overlays(cfg)
-        return Plan(files, render_profiles(test_cluster), cfg.get("project", "name"), compose_env(cfg, gpu, image_source), gpu)
+        files = [BASE_FILE] + choose_overlays(gpu.node_enabled, test_cluster=test_cluster)
+        mounts_text = hostdirs.render_overlay(cfg, gpu.node_enabled)
+        files += ([BUILD_DIR / hostdirs.OVERLAY] if mounts_text else []) + extra_overlays(cfg)
+        return Plan(files, render_profiles(test_cluster), cfg.get("project", "name"), compose_env(cfg, gpu, image_source), gpu,
+                    {hostdirs.OVERLAY: mounts_text} if mounts_text else {})
 
     entry = multihost.this_host(cfg, host)
     gpu_node = bool(entry.get("gpu"))
     files = [BASE_FILE] + choose_overlays(gpu_node, multihost=True, test_cluster=test_cluster)
     files.append(BUILD_DIR / HOSTS_OVERLAY)
-    files += extra_overlays(cfg)
+    mounts_text = hostdirs.render_overlay(cfg, gpu_node)
+    files += ([BUILD_DIR / hostdirs.OVERLAY] if mounts_text else []) + extra_overlays(cfg)
     profiles = multihost.host_profiles(cfg, entry)
     env = compose_env(cfg, gpu, image_source)
     env.update(multihost.host_env(cfg, entry))
@@ -255,7 +260,7 @@ def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None
     template = jinja2.Template((ROOT / HOSTS_TEMPLATE).read_text(), keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     hosts_text = template.render(host=entry["name"], services=services, entries=multihost.extra_hosts(cfg)) + "\n"
     return Plan(files, render_profiles(test_cluster), cfg.get("project", "name"), env, GpuState("on", gpu.gpus, gpu.detail) if gpu_node else gpu,
-                {HOSTS_OVERLAY: hosts_text}, entry["name"])
+                {HOSTS_OVERLAY: hosts_text, **({hostdirs.OVERLAY: mounts_text} if mounts_text else {})}, entry["name"])
 
 
 Runner = Callable[..., subprocess.CompletedProcess]

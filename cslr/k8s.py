@@ -185,10 +185,17 @@ def _image(cfg: Config, env: dict[str, str], var: str) -> str:
 
 
 def _mounts(svc: dict) -> list[tuple[str, str]]:
-    """(volume, path) of each named volume a Compose service mounts (bind mounts are left out)."""
+    """(volume, path) of each volume a Compose service mounts that becomes a claim here: named
+    volumes, and host folders that `inv generate` fills in (`${VAR}`, e.g. the notebooks folder),
+    since a pod has no host folder of the user's. Literal host paths (scripts) are left out."""
     out = []
     for entry in svc.get("volumes", []):
-        source, _, target = str(entry).partition(":")
+        text = str(entry)
+        if text.startswith("${"):  # `${VAR:?message}:/target`: the source itself holds colons
+            end = text.index("}") + 1
+            source, target = text[:end], text[end + 1 :]
+        else:
+            source, _, target = text.partition(":")
         if source and not source.startswith((".", "/")):
             out.append((source, target.split(":")[0]))
     return out

@@ -101,8 +101,22 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
     for line in ensure_images(stack, build=options.build):
         stack.out(line)
     fail(ray_image_findings(stack, stack.run))
+    for line in host_folders(stack):
+        stack.out(line)
     stack.out(f"starting {stack.project}; waiting up to {options.timeout:.0f} s for health:")
     return watch_up(stack, timeout=options.timeout)
+
+
+def host_folders(stack: Stack) -> list[str]:
+    """Before start: the notebooks folder exists (owned by the user, not by a root-run Docker),
+    and the notebooks of an older stack's volume are copied into it once."""
+    from . import hostdirs, notebooks
+
+    folder = hostdirs.notebooks_dir(stack.cfg)
+    lines = notebooks.ensure_folder(folder)
+    if "marimo" in stack.expected_services():
+        lines += notebooks.migrate(stack.project, folder, stack.env().get("RAY_IMAGE", ""), stack.build_dir, stack.run)
+    return lines
 
 
 def watch_up(stack: Stack, timeout: float = 600.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> list[dict]:

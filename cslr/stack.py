@@ -84,7 +84,7 @@ class Stack:
 
     def down(self, volumes: bool = False, yes: bool = False) -> None:
         if volumes and not yes:
-            raise StackError("`down --volumes` deletes every volume of the stack (MLflow runs, Postgres, Redis, notebooks). Add --yes to confirm.")
+            raise StackError("`down --volumes` deletes every volume of the stack (MLflow runs, Postgres, Redis; the notebooks and data folders on the host stay). Add --yes to confirm.")
         self.compose(["down", "--remove-orphans"] + (["--volumes"] if volumes else []), capture=False, check=True)
 
     def build(self, services: list[str]) -> None:

@@ -332,10 +332,17 @@ RULES: list[tuple[tuple[tuple, ...] | Callable[[], tuple[tuple, ...]], Callable[
     ((), lambda cfg, gpu_node: check_legacy(cfg)),
     (lambda: tuple(f.path for f in env_fields()), lambda cfg, gpu_node: check_env_values(cfg)),
     ((("extra_overlays",),), lambda cfg, gpu_node: check_extra_overlays(cfg)),
+    ((("data",), ("workspace",), ("services", "marimo", "notebooks")), lambda cfg, gpu_node: _hostdir_problems(cfg)),
     ((("services",), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("hosts",)), check_ports),
     ((("hosts",), ("services",), ("network", "bind_address"), ("nodes", "head_whitelist"), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("secrets",)),
      lambda cfg, gpu_node: _multihost_problems(cfg)),
 ]
+
+
+def _hostdir_problems(cfg: Config) -> Iterable[Problem]:
+    from . import hostdirs
+
+    return hostdirs.problems(cfg)
 
 
 def _multihost_problems(cfg: Config) -> Iterable[Problem]:

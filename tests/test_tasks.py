@@ -190,3 +190,18 @@ def test_firewall_prints_the_script_for_the_named_host(project, tmp_path):
     assert "Traceback" not in unknown.stderr
     removal = inv("firewall", "--remove", cwd=tmp_path)
     assert removal.returncode == 0 and "iptables -w -X CSLR-FW-INPUT" in removal.stdout
+
+
+def test_jobs_and_submit_say_clearly_when_the_stack_is_not_up(project, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a real closed port stands for a stack that is not running
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    project(f"services:\n  health: {{port: {port}}}\n")
+    for args in (["jobs"], ["jobs", "--logs", "raysubmit_x"], ["submit", "--", "python", "train.py"]):
+        out = inv(*args, cwd=tmp_path)
+        assert out.returncode == 1 and f"the health service at http://127.0.0.1:{port}/ does not answer" in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+    both = inv("jobs", "--logs", "a", "--stop", "b", cwd=tmp_path)
+    assert both.returncode == 2 and "give one of --logs ID and --stop ID" in both.stderr

@@ -78,7 +78,11 @@ def test_static_addresses_and_data_volumes(project, tmp_path):
     assert addr == {"health": "172.28.0.2", "ray-cpu": "172.28.0.10", "ray-gpu": "172.28.0.11", "redis": "172.28.0.20",
                     "mlflow": "172.28.0.30", "postgres": "172.28.0.31", "marimo": "172.28.0.40"}
     assert doc["networks"]["ray-network"]["ipam"]["config"] == [{"subnet": "172.28.0.0/16"}]
-    assert {"mlflow-data", "postgres-data", "redis-data", "marimo-notebooks", "ray-temp"} <= set(doc["volumes"])
+    assert {"mlflow-data", "postgres-data", "redis-data", "ray-temp"} <= set(doc["volumes"])
+    # Notebooks live in a host folder beside config.yaml (services.marimo.notebooks), not a volume.
+    notebooks = [v for v in doc["services"]["marimo"]["volumes"] if v["target"] == "/notebooks"]
+    assert notebooks == [{"type": "bind", "source": str(tmp_path / "notebooks"), "target": "/notebooks", "bind": {"create_host_path": True}}]
+    assert "marimo-notebooks" not in doc["volumes"]
 
 
 def test_every_long_running_service_has_a_healthcheck_and_scripts_are_read_only(project, tmp_path):
@@ -88,7 +92,7 @@ def test_every_long_running_service_has_a_healthcheck_and_scripts_are_read_only(
             assert svc.get("healthcheck", {}).get("test"), f"{name} lacks a healthcheck"
             assert svc.get("restart") == "unless-stopped"
         for vol in svc.get("volumes", []):
-            if vol["type"] == "bind":
+            if vol["type"] == "bind" and vol["target"] != "/notebooks":  # the notebooks folder is the one writable bind
                 assert vol.get("read_only") is True, f"{name} mounts {vol['source']} writable"
 
 

@@ -50,9 +50,13 @@ class Inv:
 
     def __call__(self, *args: str, timeout: float = 900, check: bool = False) -> subprocess.CompletedProcess:
         python = str(self.repo / ".venv" / "bin" / "python") if self.prefix else sys.executable
-        cmd = [*self.prefix, python, "-m", "invoke", "--search-root", str(self.repo), *args]
+        cmd = [*self.prefix, python, "-m", "invoke", "--search-root", str(self.repo)]
+        task_args, rest = (list(args[: args.index("--")]), list(args[args.index("--") :])) if "--" in args else (list(args), [])
         if args[0] not in ("init", "schema", "wheelhouse"):
-            cmd += ["--config", str(self.workdir / "config.yaml"), "--out", str(self.workdir / "_build")]
+            task_args += ["--config", str(self.workdir / "config.yaml")]
+            if args[0] not in ("submit", "jobs"):  # the Ray jobs tasks need no generated project
+                task_args += ["--out", str(self.workdir / "_build")]
+        cmd += task_args + rest
         proc = subprocess.run(cmd, cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=timeout)
         sys.stdout.write(f"\n$ inv {' '.join(args)}  -> exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
         if check and proc.returncode != 0:
@@ -127,11 +131,23 @@ def inv(tmp_path_factory):
         shutil.copy(E2E / name, workdir / name)
         if prefix:
             subprocess.run(["chown", f"{E2E_USER}:", str(workdir / name)], check=True)
+    # A data set on the host (absolute path: it depends on the work dir): read-only at /data/sample.
+    sample = workdir / "sample-data"
+    sample.mkdir(exist_ok=True)
+    (sample / "glosses.txt").write_text("HELLO\nTHANK-YOU\n")
+    with open(workdir / "config.yaml", "a") as handle:
+        handle.write(f"data:\n  sample: {sample}\n")
+    if prefix:
+        subprocess.run(["chown", "-R", f"{E2E_USER}:", str(sample)], check=True)
     runner = Inv(workdir, repo, prefix, env)
     runner("init", "--config", str(workdir / "config.yaml"), check=True)
     runner("down", "--volumes", "--yes")  # leftovers of an interrupted earlier run
     try:
+        import time
+
+        started = time.monotonic()
         up = runner("up", "--timeout", "600")
+        runner.up_seconds = time.monotonic() - started  # images present: a warm `inv up`
         if up.returncode != 0:
             dump(runner)
             pytest.fail(f"inv up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")

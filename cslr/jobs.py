@@ -1,0 +1,266 @@
+"""Ray jobs from the host: submit (with the working dir uploaded), list, logs, stop, wait.
+
+Ray is not in `inv`'s venv, so this speaks the Ray Jobs REST API of the head's dashboard with
+urllib, exactly as Ray's own job SDK does (ray/dashboard/modules/dashboard_sdk.py and
+job/sdk.py, ray/_private/runtime_env/packaging.py):
+
+- the working dir becomes a zip of its files (paths relative to it), content-addressed as
+  `gcs://_ray_pkg_<hash>.zip`; `GET /api/packages/gcs/<name>` says whether the cluster has it,
+  `PUT /api/packages/gcs/<name>` uploads it; the job's `runtime_env.working_dir` names it;
+- `POST /api/jobs/` submits, `GET /api/jobs/` lists, `GET /api/jobs/<id>` and
+  `GET /api/jobs/<id>/logs` read, `POST /api/jobs/<id>/stop` stops;
+- token auth: `Authorization: Bearer <RAY_AUTH_TOKEN>` (Ray's AUTHORIZATION_HEADER_NAME and
+  AUTHORIZATION_BEARER_PREFIX), the token from `.env`.
+
+What is uploaded: in a git work tree, the files git would track (`git ls-files --cached
+--others --exclude-standard`: .gitignore honoured as Ray does), minus `.rayignore` patterns;
+elsewhere every file except `.git`, `.venv` and `__pycache__`. Ray's own size limit applies.
+
+The dashboard address: `dashboard_url` is the one place that decides it (today: the current
+head from the health service's `known_head`, mapped to that node's published dashboard port).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+from .errors import PlatformError
+
+PKG_PREFIX = "_ray_pkg_"
+MAX_PACKAGE = 500 * 1024 * 1024  # Ray's GCS limit is the gRPC message size (512 MiB by default)
+ALWAYS_SKIP = {".git", ".venv", "__pycache__", "_build", "wheelhouse"}
+TERMINAL = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}  # the exit code of `inv submit --wait`
+
+
+class JobError(PlatformError):
+    exit_code = 1
+
+
+# --------------------------------------------------------------------------- the address
+
+
+def _host(cfg: Config) -> str:
+    host = cfg.get("network", "bind_address")
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
+def health_url(cfg: Config) -> str:
+    return f"http://{_host(cfg)}:{cfg.get('services', 'health', 'port')}/"
+
+
+def head_dashboard(cfg: Config, known_head: str) -> str:
+    """The published dashboard of the node that `known_head` (`HOSTNAME:PORT`) names. Pure."""
+    name = known_head.rsplit(":", 1)[0]
+    for kind in ("cpu", "gpu"):
+        if name == cfg.get("ray", kind, "hostname"):
+            return f"http://{_host(cfg)}:{cfg.get('ray', kind, 'ports', 'dashboard')}"
+    for host in cfg.get("hosts") or []:  # multi-host: ray-<kind>-<host>, dashboard on that host
+        for kind in ("cpu", "gpu"):
+            if name == f"ray-{kind}-{host['name']}":
+                return f"http://{host['address']}:{cfg.get('ray', kind, 'ports', 'dashboard')}"
+    raise JobError(f"the health service names {known_head!r} as head, which is not a node of this config")
+
+
+def dashboard_url(cfg: Config, fetch: Callable[[str], dict] | None = None) -> str:
+    """The Jobs API address of the cluster right now. The one place that decides it."""
+    fetch = fetch or (lambda url: json.loads(urllib.request.urlopen(url, timeout=10).read()))
+    url = health_url(cfg)
+    try:
+        state = fetch(url)
+    except (OSError, ValueError) as exc:
+        raise JobError(f"the health service at {url} does not answer ({exc}); is the stack up? (`inv up`)") from None
+    head = state.get("known_head")
+    if not head:
+        raise JobError(f"the health service at {url} knows no head yet; wait for `inv status` to show one")
+    return head_dashboard(cfg, head)
+
+
+# --------------------------------------------------------------------------- the package
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    parts = rel.split("/")
+    for pat in patterns:
+        pat = pat.rstrip("/")
+        if "/" in pat.lstrip("/"):
+            if fnmatch.fnmatch(rel, pat.lstrip("/")) or fnmatch.fnmatch(rel, pat.lstrip("/") + "/*"):
+                return True
+        elif any(fnmatch.fnmatch(part, pat) for part in parts):
+            return True
+    return False
+
+
+def rayignore(folder: Path) -> list[str]:
+    path = folder / ".rayignore"
+    if not path.is_file():
+        return []
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def package_files(folder: Path, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> list[str]:
+    """Relative POSIX paths of the files to upload, sorted."""
+    folder = folder.resolve()
+    proc = run(["git", "-C", str(folder), "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "."], capture_output=True)
+    if proc.returncode == 0:
+        names = [n for n in proc.stdout.decode().split("\0") if n]
+        found = [n for n in names if (folder / n).is_file()]
+    else:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if d not in ALWAYS_SKIP)
+            for name in filenames:
+                found.append((Path(dirpath) / name).relative_to(folder).as_posix())
+    patterns = rayignore(folder)
+    return sorted(n for n in found if not any(p in ALWAYS_SKIP for p in n.split("/")[:-1]) and not _ignored(n, patterns))
+
+
+def build_package(folder: Path, files: Iterable[str]) -> tuple[str, bytes]:
+    """(package name, zip bytes): files at their paths relative to `folder`, as Ray's
+    create_package(include_parent_dir=False) lays them out; the name is content-addressed."""
+    digest = hashlib.sha256()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, strict_timestamps=False) as zf:
+        for rel in files:
+            data = (folder / rel).read_bytes()
+            digest.update(rel.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+            info = zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = ((folder / rel).stat().st_mode & 0o777) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    return f"{PKG_PREFIX}{digest.hexdigest()[:16]}.zip", buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the API
+
+
+@dataclass
+class Client:
+    """The Ray Jobs REST API at `base` (http://HOST:PORT), with the cluster's token."""
+
+    base: str
+    token: str | None = None
+    opener: Callable = urllib.request.urlopen
+
+    def request(self, method: str, path: str, body: bytes | dict | None = None, ok404: bool = False):
+        data, headers = None, {}
+        if isinstance(body, dict):
+            data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+        elif body is not None:
+            data = body
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.base.rstrip("/") + path, data=data, method=method, headers=headers)
+        try:
+            with self.opener(req, timeout=60) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            if ok404 and exc.code == 404:
+                return None
+            detail = exc.read().decode(errors="replace").strip()[-600:]
+            if exc.code in (401, 403):
+                raise JobError(f"the Ray dashboard at {self.base} refused the token (HTTP {exc.code}); RAY_AUTH_TOKEN in .env must be the cluster's") from None
+            raise JobError(f"{method} {path} at {self.base} failed: HTTP {exc.code}: {detail}") from None
+        except OSError as exc:
+            raise JobError(f"the Ray dashboard at {self.base} does not answer ({exc})") from None
+        text = raw.decode(errors="replace")
+        try:
+            return json.loads(text) if text.strip() else {}
+        except ValueError:
+            return text
+
+    def upload(self, name: str, data: bytes) -> bool:
+        """Upload unless the cluster has it; True when it was uploaded."""
+        if self.request("GET", f"/api/packages/gcs/{name}", ok404=True) is not None:
+            return False
+        self.request("PUT", f"/api/packages/gcs/{name}", data)
+        return True
+
+    def submit(self, entrypoint: str, working_dir: str | None = None, submission_id: str | None = None, metadata: dict | None = None) -> str:
+        body: dict = {"entrypoint": entrypoint, "runtime_env": {"working_dir": working_dir} if working_dir else {}, "metadata": metadata or {}}
+        if submission_id:
+            body["submission_id"] = submission_id
+        return self.request("POST", "/api/jobs/", body)["submission_id"]
+
+    def info(self, job_id: str) -> dict:
+        return self.request("GET", f"/api/jobs/{job_id}")
+
+    def list(self) -> list[dict]:
+        return self.request("GET", "/api/jobs/")
+
+    def logs(self, job_id: str) -> str:
+        return self.request("GET", f"/api/jobs/{job_id}/logs").get("logs", "")
+
+    def stop(self, job_id: str) -> bool:
+        return bool(self.request("POST", f"/api/jobs/{job_id}/stop").get("stopped"))
+
+
+def exit_code(status: str) -> int:
+    return TERMINAL.get(status, 1)
+
+
+def wait(client: Client, job_id: str, out: Callable[[str], None] = print, poll: float = 2.0,
+         sleep: Callable[[float], None] = time.sleep) -> str:
+    """Follow a job's logs until it ends; return its final status."""
+    shown = 0
+    while True:
+        status = client.info(job_id).get("status", "")
+        logs = client.logs(job_id)
+        if len(logs) > shown:
+            out(logs[shown:].rstrip("\n"))
+            shown = len(logs)
+        if status in TERMINAL:
+            return status
+        sleep(poll)
+
+
+def format_jobs(jobs: list[dict]) -> str:
+    lines = [f"{'SUBMISSION ID':<28} {'STATUS':<10} {'START (UTC)':<20} ENTRYPOINT"]
+    for job in sorted(jobs, key=lambda j: j.get("start_time") or 0):
+        start = job.get("start_time")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start / 1000)) if start else "-"
+        lines.append(f"{job.get('submission_id') or job.get('job_id') or '-':<28} {job.get('status', ''):<10} {when:<20} {job.get('entrypoint', '')}")
+    return "\n".join(lines)
+
+
+def client_for(cfg: Config) -> Client:
+    return Client(dashboard_url(cfg), cfg.get("secrets", "ray_auth_token") if cfg.get("ray", "auth") == "token" else None)
+
+
+def submit(cfg: Config, command: str, working_dir: Path, name: str | None = None, follow: bool = False,
+           out: Callable[[str], None] = print, run=subprocess.run) -> int:
+    """`inv submit`: package and upload the working dir, submit, optionally follow. Exit code.
+    `command` is the job's entrypoint, a shell command line (as `ray job submit -- …` gives)."""
+    if not command.strip():
+        raise JobError("nothing to run: give the command after `--`, e.g. inv submit -- python train.py")
+    if not working_dir.is_dir():
+        raise JobError(f"the working dir {working_dir} is not a folder")
+    client = client_for(cfg)
+    files = package_files(working_dir, run)
+    pkg, data = build_package(working_dir.resolve(), files)
+    if len(data) > MAX_PACKAGE:
+        raise JobError(f"the working dir {working_dir} packs to {len(data) / 2**20:.0f} MiB, over Ray's limit; add a .rayignore")
+    uploaded = client.upload(pkg, data)
+    out(f"working dir {working_dir}: {len(files)} file(s), {len(data) / 1024:.0f} KiB -> gcs://{pkg} ({'uploaded' if uploaded else 'already on the cluster'})")
+    job_id = client.submit(command.strip(), f"gcs://{pkg}", submission_id=name)
+    out(f"submitted {job_id} to {client.base}")
+    if not follow:
+        out(f"follow it: inv jobs --logs {job_id}   stop it: inv jobs --stop {job_id}")
+        return 0
+    status = wait(client, job_id, out)
+    info = client.info(job_id)
+    message = (info.get("message") or "").split(", last available logs")[0].strip()  # the logs were shown already
+    out(f"job {job_id} {status}" + (f": {message}" if message and status != "SUCCEEDED" else ""))
+    return exit_code(status)

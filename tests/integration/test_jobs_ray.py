@@ -1,0 +1,97 @@
+"""Integration: `cslr.jobs` against a real Ray head's dashboard with token auth — the Jobs REST
+API that `inv submit` and `inv jobs` speak without Ray installed: the working dir is packaged
+and uploaded once, the CSLR example runs as a job across the node, logs are followed, stop and
+the exit codes, and a wrong token is refused. The head runs with its own temp dir and ports
+outside the ephemeral range, and only its own processes are stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cslr import jobs
+from tests._scripts import load_script
+from tests.integration.test_ray_node_ray import RAY, _free_block
+
+pytestmark = pytest.mark.integration
+rn = load_script("ray_node")
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "integration-jobs-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def dashboard():
+    tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")
+    base = _free_block("127.0.0.1")
+    ports = ["--port", base, "--dashboard-port", base + 1, "--ray-client-server-port", base + 2, "--node-manager-port", base + 3,
+             "--object-manager-port", base + 4, "--dashboard-agent-listen-port", base + 5, "--dashboard-agent-grpc-port", base + 6,
+             "--runtime-env-agent-port", base + 7, "--metrics-export-port", base + 8, "--min-worker-port", base + 20, "--max-worker-port", base + 60]
+    # `python` in a job's entrypoint is this interpreter (the raylet's PATH).
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [RAY, "start", "--head", "--block", "--temp-dir", tmp, "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+           "--num-cpus", "2", "--include-dashboard", "true", *map(str, ports)]
+    log = open(Path(tmp) / "start.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    client = jobs.Client(f"http://127.0.0.1:{base + 1}", TOKEN)
+    try:
+        import time
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client.list()
+                break
+            except jobs.JobError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("the Ray head's dashboard did not come up:\n" + (Path(tmp) / "start.log").read_text()[-3000:])
+                time.sleep(1)
+        yield client
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        rn.kill_pids(rn.own_ray_pids(tmp), signal.SIGKILL)
+        log.close()
+
+
+def test_the_example_runs_as_a_job_from_an_uploaded_working_dir(dashboard):
+    folder = ROOT / "examples" / "cslr"
+    files = jobs.package_files(folder)
+    assert {"train.py", "cslr_core.py"} <= set(files)
+    name, data = jobs.build_package(folder, files)
+    assert dashboard.upload(name, data) is True and dashboard.upload(name, data) is False  # content-addressed: once
+    job = dashboard.submit("python train.py --epochs 2 --train 200 --test 50", f"gcs://{name}", submission_id="integration-cslr")
+    lines = []
+    status = jobs.wait(dashboard, job, out=lines.append, poll=1.0)
+    text = "\n".join(lines)
+    assert status == "SUCCEEDED" and jobs.exit_code(status) == 0, text
+    assert "epoch  2/2" in text and "final test WER" in text
+    assert any(j["submission_id"] == "integration-cslr" and j["status"] == "SUCCEEDED" for j in dashboard.list())
+
+
+def test_failure_and_stop_give_their_exit_codes(dashboard):
+    failed = dashboard.submit("python -c 'raise SystemExit(3)'")
+    assert jobs.exit_code(jobs.wait(dashboard, failed, out=lambda s: None, poll=1.0)) == 1
+    long = dashboard.submit("python -c 'import time; print(\"started\", flush=True); time.sleep(300)'")
+    import time
+
+    deadline = time.monotonic() + 60
+    while "started" not in dashboard.logs(long) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert dashboard.stop(long) is True
+    assert jobs.exit_code(jobs.wait(dashboard, long, out=lambda s: None, poll=1.0)) == 130
+
+
+def test_a_wrong_token_is_refused_with_a_clear_message(dashboard):
+    with pytest.raises(jobs.JobError, match="refused the token"):
+        jobs.Client(dashboard.base, "not-the-token").list()
