@@ -810,10 +810,7 @@ class RegistryClient:
         self.thread: Optional[threading.Thread] = None
 
     def post(self, path: str, payload: dict) -> int:
-        url = self.cfg.health_url.rstrip("/") + path
-        if self.http is http_json:
-            return http_json(url, payload, secret=self.cfg.control_secret)[0]
-        return self.http(url, payload)[0]
+        return self.http(self.cfg.health_url.rstrip("/") + path, payload, secret=self.cfg.control_secret)[0]
 
     def loop(self) -> None:
         registered = False
