@@ -26,7 +26,7 @@ from cslr.project import generation_report, load_validated, plan_for, relative
 
 ROOT = Path(__file__).resolve().parent
 _config_mod = config  # the `config` module, reachable inside tasks whose --config parameter shadows it
-CONFIG, OUT = "config.yaml", "_build"   # the defaults of --config and --out, for every task
+CONFIG, OUT = "config.yaml", "_build"  # the defaults of --config and --out, for every task
 CONFIG_HELP = "config.yaml to read (default: ./config.yaml)"
 ENV_HELP = ".env to read (default: the .env beside the config file)"
 OUT_HELP = "directory of the generated project (default: _build)"
@@ -100,9 +100,13 @@ def _loaded(config_path: str, env_file: str | None):
     return loaded
 
 
-@cli(help={"force": "accepted for compatibility; replaces nothing",
-           "rotate_secrets": "replace every secret in .env (after a backup); refused while the Postgres or Redis volume exists",
-           "reset_config": "rewrite config.yaml from the template (after a backup)"})
+@cli(
+    help={
+        "force": "accepted for compatibility; replaces nothing",
+        "rotate_secrets": "replace every secret in .env (after a backup); refused while the Postgres or Redis volume exists",
+        "reset_config": "rewrite config.yaml from the template (after a backup)",
+    }
+)
 def init(c, config=CONFIG, env_file=None, force=False, rotate_secrets=False, reset_config=False):
     """Write config.yaml (if absent) and .env with new random secrets (mode 0600); add missing secrets, keep the rest."""
     cfg_path = Path(config)
@@ -157,8 +161,10 @@ def schema(c, output=None, docs=False):
 EXPORT_TARGETS = ("k8s",)
 
 
-@cli(positional=["target"], help={"target": "what to export: k8s (Kubernetes manifests for KubeRay, docs/kubernetes.md)",
-                                  "out": "directory of the export (default: _build/k8s)"})
+@cli(
+    positional=["target"],
+    help={"target": "what to export: k8s (Kubernetes manifests for KubeRay, docs/kubernetes.md)", "out": "directory of the export (default: _build/k8s)"},
+)
 def export(c, target, config=CONFIG, env_file=None, out=None):
     """Write the stack for another platform: `inv export k8s` -> a RayCluster, the services, a Secret (0600), kustomization.yaml."""
     if target not in EXPORT_TARGETS:
@@ -188,8 +194,13 @@ def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pul
     return stack_mod.Stack(loaded.cfg, build_dir)
 
 
-@cli(help={"timeout": "seconds to wait for every service to become healthy", "build": "rebuild the project's images even when their tags exist",
-           "show_secrets": "print the Marimo token in full in the table"})
+@cli(
+    help={
+        "timeout": "seconds to wait for every service to become healthy",
+        "build": "rebuild the project's images even when their tags exist",
+        "show_secrets": "print the Marimo token in full in the table",
+    }
+)
 def up(c, config=CONFIG, env_file=None, out=OUT, timeout=600, build=False, host=None, show_secrets=False):
     """Generate, preflight, make the images present, start the stack and wait until it is healthy."""
     st = _stack(config, env_file, out, generate_first=True, host=host, probe_pull=True)
@@ -220,8 +231,10 @@ def ps(c, config=CONFIG, env_file=None, out=OUT, show_secrets=False):
     print(st.table(st.services(), show_secrets=show_secrets))
 
 
-@cli(positional=["service"], help={"service": "the service, e.g. ray-cpu, or `all`", "follow": "keep following the output",
-                                   "tail": "lines per service to show first"})
+@cli(
+    positional=["service"],
+    help={"service": "the service, e.g. ray-cpu, or `all`", "follow": "keep following the output", "tail": "lines per service to show first"},
+)
 def logs(c, service, follow=False, tail=200, config=CONFIG, env_file=None, out=OUT):
     """Show the logs of one service (`inv logs ray-cpu`) or of the whole stack (`inv logs all`)."""
     st = _stack(config, env_file, out)
@@ -269,8 +282,13 @@ def _job_command(c) -> str:
     return shlex.join(sys.argv[sys.argv.index("--") + 1 :]) if "--" in sys.argv else c.remainder
 
 
-@cli(help={"wait": "follow the job's logs until it ends; exit with its code (SUCCEEDED 0, FAILED 1, STOPPED 130)", "name": "submission id (default: Ray picks one)",
-           "working_dir": "folder uploaded as the job's working dir (default: the current folder)"})
+@cli(
+    help={
+        "wait": "follow the job's logs until it ends; exit with its code (SUCCEEDED 0, FAILED 1, STOPPED 130)",
+        "name": "submission id (default: Ray picks one)",
+        "working_dir": "folder uploaded as the job's working dir (default: the current folder)",
+    }
+)
 def submit(c, wait=False, name=None, working_dir=".", config=CONFIG, env_file=None):
     """Submit a Ray job to the current head: inv submit [--wait] [--name N] -- python train.py ..."""
     from cslr import jobs as jobs_mod

@@ -24,6 +24,7 @@ Outputs
 Exit codes
     0  done, no split brain;  1  a split brain or a trial that never agreed;  2  usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,14 +101,18 @@ class Trial:
         self.runners, self.threads, self.launchers = [], [], []
         self.go = threading.Event()
         for i, ip in enumerate(ips):
-            env = {"NODE_HOSTNAME": ip, "NODE_IP": ip, "HEAD_WHITELIST": whitelist,
-                   "RAY_HEAD_PORT": str(port), "NODE_AGENT_BIND": ip, "RAY_TEMP_DIR": f"/nonexistent/{i}",
-                   "CSLR_CONTROL_SECRET": "bench-control-secret-0123456789"}
+            env = {
+                "NODE_HOSTNAME": ip,
+                "NODE_IP": ip,
+                "HEAD_WHITELIST": whitelist,
+                "RAY_HEAD_PORT": str(port),
+                "NODE_AGENT_BIND": ip,
+                "RAY_TEMP_DIR": f"/nonexistent/{i}",
+                "CSLR_CONTROL_SECRET": "bench-control-secret-0123456789",
+            }
             cfg = rn.load_config(env)
             launcher = FakeLauncher(ip, port)
-            runner = rn.NodeRunner(cfg, launcher, rng=random.Random(seed * 1000 + i),
-                                   http_fn=lambda *a, **k: (0, None),
-                                   on_decision=self._recorder(i))
+            runner = rn.NodeRunner(cfg, launcher, rng=random.Random(seed * 1000 + i), http_fn=lambda *a, **k: (0, None), on_decision=self._recorder(i))
             runner.write_state = lambda: None
             self.runners.append(runner)
             self.launchers.append(launcher)
@@ -118,6 +123,7 @@ class Trial:
             with self.changed:
                 self.decisions[i] = (time.monotonic(), decision.role, decision.head_address)
                 self.changed.notify_all()
+
         return record
 
     def _run(self, runner) -> None:
@@ -190,9 +196,18 @@ def run_size(rn, n: int, trials: int, loss_trials: int, rng: random.Random) -> d
                 loss.append(t_new - t_kill)
         finally:
             trial.finish()
-    return {"n": n, "trials": trials, "split": split, "failed": failed,
-            "p50": percentile(agree, 0.5), "p95": percentile(agree, 0.95), "max": max(agree or [float("nan")]),
-            "loss_trials": loss_trials, "loss_p50": percentile(loss, 0.5), "loss_p95": percentile(loss, 0.95)}
+    return {
+        "n": n,
+        "trials": trials,
+        "split": split,
+        "failed": failed,
+        "p50": percentile(agree, 0.5),
+        "p95": percentile(agree, 0.95),
+        "max": max(agree or [float("nan")]),
+        "loss_trials": loss_trials,
+        "loss_p50": percentile(loss, 0.5),
+        "loss_p95": percentile(loss, 0.95),
+    }
 
 
 def render(results: List[dict], seconds: float) -> str:
@@ -205,14 +220,14 @@ def render(results: List[dict], seconds: float) -> str:
         f"{seconds:.0f} s.  Head loss uses the production defaults (probe every 1 s, "
         "3 misses), so it is dominated by the ~3 s detection.",
         "",
-        "| N | trials | split-brain | no agreement | agree p50 (s) | agree p95 (s) | agree max (s) "
-        "| head-loss trials | new head p50 (s) | new head p95 (s) |",
+        "| N | trials | split-brain | no agreement | agree p50 (s) | agree p95 (s) | agree max (s) | head-loss trials | new head p50 (s) | new head p95 (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['n']} | {r['trials']} | {r['split']} | {r['failed']} | {r['p50']:.3f} | {r['p95']:.3f} "
-            f"| {r['max']:.3f} | {r['loss_trials']} | {r['loss_p50']:.2f} | {r['loss_p95']:.2f} |")
+            f"| {r['max']:.3f} | {r['loss_trials']} | {r['loss_p50']:.2f} | {r['loss_p95']:.2f} |"
+        )
     lines.append("")
     lines.append("Goals: 0 split-brain trials; every node agrees within 2 s (p95) at N = 64.")
     return "\n".join(lines) + "\n"
@@ -222,7 +237,7 @@ def write_section(path: Path, section: str) -> None:
     """Replace our section (up to the next "## " heading) or append it; keep the rest."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = text.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.strip() == HEADING), None)
+    start = next((i for i, line in enumerate(lines) if line.strip() == HEADING), None)
     if start is None:
         new = text.rstrip("\n") + "\n\n" + section
     else:

@@ -30,6 +30,7 @@ Outputs
 Exit codes
     0  done;  1  a trial never recovered;  2  usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,24 +82,38 @@ class Trial:
         self.hport, self.proxy = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.hport}/"
         self.procs: dict = {}
-        env = dict(os.environ, HEALTH_BIND="127.0.0.1", HEALTH_PORT=str(self.hport),
-                   RAY_CLIENT_PROXY_PORT=str(self.proxy), HEAD_WHITELIST=",".join(self.ips),
-                   RAY_HEAD_PORT=str(self.port), CSLR_CONTROL_SECRET=SECRET)
-        self.health = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "health.py")], env=env,
-                                       stdout=subprocess.DEVNULL, stderr=open(self.dir / "health.log", "w"))
+        env = dict(
+            os.environ,
+            HEALTH_BIND="127.0.0.1",
+            HEALTH_PORT=str(self.hport),
+            RAY_CLIENT_PROXY_PORT=str(self.proxy),
+            HEAD_WHITELIST=",".join(self.ips),
+            RAY_HEAD_PORT=str(self.port),
+            CSLR_CONTROL_SECRET=SECRET,
+        )
+        self.health = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "health.py")], env=env, stdout=subprocess.DEVNULL, stderr=open(self.dir / "health.log", "w")
+        )
         for ip in self.ips:
             self.start(ip)
 
     def node_env(self, ip: str) -> dict:
-        return dict(os.environ, NODE_HOSTNAME=ip, NODE_IP=ip, HEAD_WHITELIST=",".join(self.ips),
-                    RAY_HEAD_PORT=str(self.port), HEALTH_URL=f"http://127.0.0.1:{self.hport}",
-                    RAY_TEMP_DIR=str(self.dir / ip), RAY_BIN=fake_ray_bin(), CSLR_CONTROL_SECRET=SECRET,
-                    RAY_CLIENT_SERVER_PORT=str(self.port + 1))
+        return dict(
+            os.environ,
+            NODE_HOSTNAME=ip,
+            NODE_IP=ip,
+            HEAD_WHITELIST=",".join(self.ips),
+            RAY_HEAD_PORT=str(self.port),
+            HEALTH_URL=f"http://127.0.0.1:{self.hport}",
+            RAY_TEMP_DIR=str(self.dir / ip),
+            RAY_BIN=fake_ray_bin(),
+            CSLR_CONTROL_SECRET=SECRET,
+            RAY_CLIENT_SERVER_PORT=str(self.port + 1),
+        )
 
     def start(self, ip: str) -> None:
         log = open(self.dir / f"{ip}.log", "w")
-        self.procs[ip] = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "ray_node.py")],
-                                          env=self.node_env(ip), stdout=log, stderr=log)
+        self.procs[ip] = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "ray_node.py")], env=self.node_env(ip), stdout=log, stderr=log)
 
     def state(self, ip: str) -> dict:
         try:
@@ -143,8 +158,9 @@ class Trial:
         while time.monotonic() < end:
             head = self.agreed_head(self.ips)
             st = self.status() if head else {}
-            if (head and self.ask() == head and st.get("known_head") == f"{head}:{self.port}"
-                    and st.get("registered_head") == f"{head}:{self.port}"):  # the baseline's starting point too
+            if (
+                head and self.ask() == head and st.get("known_head") == f"{head}:{self.port}" and st.get("registered_head") == f"{head}:{self.port}"
+            ):  # the baseline's starting point too
                 break
             time.sleep(0.1)
         else:
@@ -168,8 +184,7 @@ class Trial:
                 st = self.status()
                 if st.get("known_head") and not st["known_head"].startswith(head + ":") and "known" not in marks:
                     marks["known"] = time.monotonic()
-                if (st.get("registered_head") and not st["registered_head"].startswith(head + ":")
-                        and "registered" not in marks):
+                if st.get("registered_head") and not st["registered_head"].startswith(head + ":") and "registered" not in marks:
                     marks["registered"] = time.monotonic()
                 stop.wait(0.02)
 
@@ -232,11 +247,16 @@ def run_ray(trials: int, workdir: Path) -> List[dict]:
         (workdir / f"r{k}").mkdir(parents=True, exist_ok=True)
         a, b = nodes.ips
         hport, proxy = free_port(), free_port()
-        henv = dict(os.environ, HEALTH_BIND="127.0.0.1", HEALTH_PORT=str(hport), RAY_CLIENT_PROXY_PORT=str(proxy),
-                    HEAD_WHITELIST=nodes.whitelist, RAY_HEAD_PORT=str(nodes.base[a]),
-                    CSLR_CONTROL_SECRET=nodes.env(a)["CSLR_CONTROL_SECRET"])
-        health = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "health.py")], env=henv,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        henv = dict(
+            os.environ,
+            HEALTH_BIND="127.0.0.1",
+            HEALTH_PORT=str(hport),
+            RAY_CLIENT_PROXY_PORT=str(proxy),
+            HEAD_WHITELIST=nodes.whitelist,
+            RAY_HEAD_PORT=str(nodes.base[a]),
+            CSLR_CONTROL_SECRET=nodes.env(a)["CSLR_CONTROL_SECRET"],
+        )
+        health = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "health.py")], env=henv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = None
         try:
             nodes.start(a)
@@ -246,10 +266,11 @@ def run_ray(trials: int, workdir: Path) -> List[dict]:
             nodes.wait_role(b, "worker", nodes.addr(a))
             nodes.wait_healthy(b)
             cenv = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-            client = subprocess.Popen([sys.executable, "-c", RAY_CLIENT, f"ray://127.0.0.1:{proxy}"], env=cenv,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            client = subprocess.Popen(
+                [sys.executable, "-c", RAY_CLIENT, f"ray://127.0.0.1:{proxy}"], env=cenv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
             lines: list = []
-            threading.Thread(target=lambda: [lines.append(json.loads(x)) for x in client.stdout], daemon=True).start()
+            threading.Thread(target=lambda out=client.stdout, into=lines: [into.append(json.loads(x)) for x in out], daemon=True).start()
             end = time.time() + 120
             while time.time() < end and not any(x.get("ip") == a for x in lines):
                 time.sleep(0.2)
@@ -324,36 +345,47 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     lag_after = [r["known"] - r["agree"] for r in ok if "known" in r and "agree" in r]
     client_after = [r["client"] - r["agree"] for r in ok if "agree" in r]
-    lines = [HEADING, "",
-             f"Measured on {platform.machine()} / {platform.system().lower()}, Python {platform.python_version()}, "
-             f"{os.cpu_count()} CPUs; {len(results)} trials, whole run {time.monotonic() - started:.0f} s. Real "
-             "scripts/health.py (proxy) and three real scripts/ray_node.py processes on 127.0.9.x with production "
-             "supervision defaults; their `ray` is the stand-in of tests/_scripts.py (its client server answers "
-             "`IP:message`), not real Ray. The head is crashed with SIGKILL (node process and its Ray stand-in).",
-             "", "| from the head crash until ... (s) | p50 / max |", "|---|---|",
-             f"| surviving nodes agree on a new head | {fmt(col('agree'))} |",
-             f"| proxy's `known_head` names it (election, via the agents) | {fmt(col('known'))} |",
-             f"| a client request through the proxy is answered by the new head | {fmt(col('client'))} |",
-             f"| registry's `registered_head` names it (the TTL'd registrations the proxy followed before) "
-             f"| {fmt(col('registered'))} |",
-             "", f"`known_head` lag after the nodes agree: p50 / max {fmt(lag_after)} s; the client's: "
-             f"{fmt(client_after)} s. Trials that never recovered: {failed}. Goal: client failover <= 6 s.", ""]
+    lines = [
+        HEADING,
+        "",
+        f"Measured on {platform.machine()} / {platform.system().lower()}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs; {len(results)} trials, whole run {time.monotonic() - started:.0f} s. Real "
+        "scripts/health.py (proxy) and three real scripts/ray_node.py processes on 127.0.9.x with production "
+        "supervision defaults; their `ray` is the stand-in of tests/_scripts.py (its client server answers "
+        "`IP:message`), not real Ray. The head is crashed with SIGKILL (node process and its Ray stand-in).",
+        "",
+        "| from the head crash until ... (s) | p50 / max |",
+        "|---|---|",
+        f"| surviving nodes agree on a new head | {fmt(col('agree'))} |",
+        f"| proxy's `known_head` names it (election, via the agents) | {fmt(col('known'))} |",
+        f"| a client request through the proxy is answered by the new head | {fmt(col('client'))} |",
+        f"| registry's `registered_head` names it (the TTL'd registrations the proxy followed before) | {fmt(col('registered'))} |",
+        "",
+        f"`known_head` lag after the nodes agree: p50 / max {fmt(lag_after)} s; the client's: "
+        f"{fmt(client_after)} s. Trials that never recovered: {failed}. Goal: client failover <= 6 s.",
+        "",
+    ]
     if args.ray:
         rok = [r for r in ray_results if r and "client" in r]
 
         def rcol(key: str) -> List[float]:
             return [r[key] for r in rok if key in r]
 
-        lines += ["With real Ray (`--ray`): two whitelisted nodes running real `ray start` on 127.0.0.2/3 "
-                  "(no GCS FT, production supervision defaults), the health proxy, and a Ray client that "
-                  "connects through the proxy, runs one task, disconnects, in a loop; the head is crashed "
-                  f"with SIGKILL. Client RAY_CLIENT_RECONNECT_GRACE_PERIOD="
-                  f"{os.environ.get('RAY_CLIENT_RECONNECT_GRACE_PERIOD', 'unset (Ray default 30 s)')}. "
-                  f"{len(ray_results)} trials, {len(ray_results) - len(rok)} never recovered.", "",
-                  "| from the head crash until ... (s) | p50 / max |", "|---|---|",
-                  f"| the worker is head (its state file) | {fmt(rcol('agree'))} |",
-                  f"| proxy's `known_head` names it | {fmt(rcol('known'))} |",
-                  f"| a `ray://` client through the proxy completes a task on it | {fmt(rcol('client'))} |", ""]
+        lines += [
+            "With real Ray (`--ray`): two whitelisted nodes running real `ray start` on 127.0.0.2/3 "
+            "(no GCS FT, production supervision defaults), the health proxy, and a Ray client that "
+            "connects through the proxy, runs one task, disconnects, in a loop; the head is crashed "
+            f"with SIGKILL. Client RAY_CLIENT_RECONNECT_GRACE_PERIOD="
+            f"{os.environ.get('RAY_CLIENT_RECONNECT_GRACE_PERIOD', 'unset (Ray default 30 s)')}. "
+            f"{len(ray_results)} trials, {len(ray_results) - len(rok)} never recovered.",
+            "",
+            "| from the head crash until ... (s) | p50 / max |",
+            "|---|---|",
+            f"| the worker is head (its state file) | {fmt(rcol('agree'))} |",
+            f"| proxy's `known_head` names it | {fmt(rcol('known'))} |",
+            f"| a `ray://` client through the proxy completes a task on it | {fmt(rcol('client'))} |",
+            "",
+        ]
     text = "\n".join(lines)
     print(text)
     if args.write:

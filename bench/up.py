@@ -44,7 +44,9 @@ class MemorySampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            ids = subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"], capture_output=True, text=True).stdout.split()
+            ids = subprocess.run(
+                ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"], capture_output=True, text=True
+            ).stdout.split()
             if ids:
                 out = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", *ids], capture_output=True, text=True).stdout
                 total = sum(parse_mem(line.split("/")[0]) for line in out.splitlines() if line.strip())

@@ -174,8 +174,10 @@ def format_dotenv_value(key: str, value: object) -> str:
     text = str(value)
     bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs") and c != "\t"), None)
     if bad is not None:
-        raise DotenvValueError(f"cannot write {key} to an env file: its value contains U+{ord(bad):04X} ({unicodedata.name(bad, 'a control character')}); "
-                               "expected a single line of printable text")
+        raise DotenvValueError(
+            f"cannot write {key} to an env file: its value contains U+{ord(bad):04X} ({unicodedata.name(bad, 'a control character')}); "
+            "expected a single line of printable text"
+        )
     if _UNQUOTED_SAFE.fullmatch(text):
         return f"{key}={text}"
     if "'" not in text and "\\" not in text:
@@ -415,13 +417,22 @@ def _kind(value: Any) -> str:
 # path -> (old environment name, what to use instead). Inside a bridge-networked Ray container
 # the ports are fixed (topology.RAY_CONTAINER_PORTS); the settings are the per-node ports.
 REMOVED: dict[tuple, tuple[str, str]] = {
-    ("ray", "head_port"): ("RAY_HEAD_PORT", "set each node's GCS port with ray.cpu.ports.gcs (RAY_CPU_GCS_HOST_PORT) and "
-                           "ray.gpu.ports.gcs (RAY_GPU_GCS_HOST_PORT); inside a container it is always 6379"),
-    ("ray", "dashboard_port"): ("RAY_DASHBOARD_PORT", "set each node's dashboard port with ray.cpu.ports.dashboard (RAY_CPU_DASHBOARD_HOST_PORT) and "
-                                "ray.gpu.ports.dashboard (RAY_GPU_DASHBOARD_HOST_PORT); inside a container it is always 8265"),
-    ("ray", "client_port"): ("RAY_CLIENT_SERVER_PORT", "clients reach the head through services.health.ray_client_port (RAY_CLIENT_HOST_PORT); "
-                             "in a multi-host cluster each node's client server port is ray.cpu.ports.client / ray.gpu.ports.client; "
-                             "inside a container it is always 10001"),
+    ("ray", "head_port"): (
+        "RAY_HEAD_PORT",
+        "set each node's GCS port with ray.cpu.ports.gcs (RAY_CPU_GCS_HOST_PORT) and "
+        "ray.gpu.ports.gcs (RAY_GPU_GCS_HOST_PORT); inside a container it is always 6379",
+    ),
+    ("ray", "dashboard_port"): (
+        "RAY_DASHBOARD_PORT",
+        "set each node's dashboard port with ray.cpu.ports.dashboard (RAY_CPU_DASHBOARD_HOST_PORT) and "
+        "ray.gpu.ports.dashboard (RAY_GPU_DASHBOARD_HOST_PORT); inside a container it is always 8265",
+    ),
+    ("ray", "client_port"): (
+        "RAY_CLIENT_SERVER_PORT",
+        "clients reach the head through services.health.ray_client_port (RAY_CLIENT_HOST_PORT); "
+        "in a multi-host cluster each node's client server port is ray.cpu.ports.client / ray.gpu.ports.client; "
+        "inside a container it is always 10001",
+    ),
 }
 
 

@@ -49,7 +49,9 @@ def on_without_gpu(state: GpuState, where: Location) -> Problem | None:
     if state.mode != "on" or state.count:
         return None
     reason = state.detail or "nvidia-smi listed no GPU"
-    return Problem(where, "$.gpu", f"on, but no GPU was detected ({reason}); the GPU node will start without GPUs unless the engine can hand them out", "warning")
+    return Problem(
+        where, "$.gpu", f"on, but no GPU was detected ({reason}); the GPU node will start without GPUs unless the engine can hand them out", "warning"
+    )
 
 
 def parse_nvidia_smi(output: str) -> tuple[Gpu, ...]:

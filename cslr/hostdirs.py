@@ -110,4 +110,8 @@ def problems(cfg: Config) -> Iterable[Problem]:
     folder = notebooks_dir(cfg)
     kind = _kind(folder)
     if kind not in (None, "missing"):
-        yield Problem(cfg.location(path), cfg.display_name(path), f"found {cfg.get(*path)!r} ({folder}), which is {kind}; expected a directory for the notebooks (or nothing: `inv up` creates it)")
+        yield Problem(
+            cfg.location(path),
+            cfg.display_name(path),
+            f"found {cfg.get(*path)!r} ({folder}), which is {kind}; expected a directory for the notebooks (or nothing: `inv up` creates it)",
+        )

@@ -118,7 +118,11 @@ def requirements_problems(cfg: Config, root: Path = ROOT) -> list[Problem]:
         return []
     where = cfg.location(("images", "requirements"))
     if not path.is_file():
-        return [Problem(where, "$.images.requirements", f"found {cfg.get('images', 'requirements')!r}, expected an existing pip requirements file ({path} is not one)")]
+        return [
+            Problem(
+                where, "$.images.requirements", f"found {cfg.get('images', 'requirements')!r}, expected an existing pip requirements file ({path} is not one)"
+            )
+        ]
     try:
         path.relative_to(root.resolve())
     except ValueError:
@@ -151,7 +155,12 @@ def project_tags(cfg: Config, bases: Mapping[str, str], pip_no_index: str, root:
     for the Ray images, the experiment requirements; the Marimo image's base is the Ray image's
     tag, so it changes whenever that one does.
     """
-    version = {"cslr/ray": cfg.get("ray", "version"), "cslr/ray-gpu": cfg.get("ray", "version"), "cslr/mlflow": mlflow_version(cfg.get("images", "mlflow_base")), "cslr/marimo": _pinned(root / "compose/marimo/requirements.txt", "marimo")}
+    version = {
+        "cslr/ray": cfg.get("ray", "version"),
+        "cslr/ray-gpu": cfg.get("ray", "version"),
+        "cslr/mlflow": mlflow_version(cfg.get("images", "mlflow_base")),
+        "cslr/marimo": _pinned(root / "compose/marimo/requirements.txt", "marimo"),
+    }
     req = experiment_requirements(cfg, root)
     tags: dict[str, str] = {}
     known = dict(bases)
@@ -307,7 +316,9 @@ def ensure(
             out(f"pulling {env[base]}")
             proc = docker.pull(env[base])
             if proc.returncode != 0:
-                raise ImageError(f"`docker pull {env[base]}` failed (exit {proc.returncode}). Without access to its registry set images.source: local (or auto) in config.yaml to build the bases locally (docs/images.md).")
+                raise ImageError(
+                    f"`docker pull {env[base]}` failed (exit {proc.returncode}). Without access to its registry set images.source: local (or auto) in config.yaml to build the bases locally (docs/images.md)."
+                )
             done.append(f"pulled {env[base]}")
     elif missing_bases:
         names = sorted({LOCAL_BUILD_NAME[b] for b in missing_bases})
@@ -361,7 +372,13 @@ def problems(cfg: Config, root: Path = ROOT) -> list[Problem]:
         pg = cfg.get("images", "postgres") or ""
         tag = pg.rsplit(":", 1)[1] if ":" in pg.rsplit("/", 1)[-1] else ""
         if tag and tag.split(".")[0].split("-")[0] != LOCAL_POSTGRES_MAJOR:
-            out.append(Problem(cfg.location(("images", "postgres")), "$.images.postgres",
-                               f"found {pg}, while images.source {source} may use the local PostgreSQL {LOCAL_POSTGRES_MAJOR} base; "
-                               f"a data volume is bound to one major version, so use postgres:{LOCAL_POSTGRES_MAJOR} or images.source: pull", "warning"))
+            out.append(
+                Problem(
+                    cfg.location(("images", "postgres")),
+                    "$.images.postgres",
+                    f"found {pg}, while images.source {source} may use the local PostgreSQL {LOCAL_POSTGRES_MAJOR} base; "
+                    f"a data volume is bound to one major version, so use postgres:{LOCAL_POSTGRES_MAJOR} or images.source: pull",
+                    "warning",
+                )
+            )
     return out

@@ -29,8 +29,10 @@ SECRET_ENV = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "MARIMO_TOKEN", "RAY_AUTH_T
 # Ray's GCS state) of a stack whose every client was given the old REDIS_PASSWORD.
 DATA_VOLUMES = {"postgres-data": "POSTGRES_PASSWORD", "redis-data": "REDIS_PASSWORD"}
 
-HEADER = ("Secrets of this machine's CSLR stack; written by `inv init`. Never commit this file.\n"
-          "Per-machine overrides of config.yaml (see docs/config-reference.md) may follow.")
+HEADER = (
+    "Secrets of this machine's CSLR stack; written by `inv init`. Never commit this file.\n"
+    "Per-machine overrides of config.yaml (see docs/config-reference.md) may follow."
+)
 _KEY = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -98,13 +100,23 @@ def existing_volumes(project: str, run: Runner = subprocess.run) -> list[str]:
         if proc.returncode == 0:
             found.append(volume)
         elif "no such volume" not in (proc.stderr or "").lower():
-            raise PlatformError(f"cannot tell whether volume {volume} exists (`docker volume inspect` exit {proc.returncode}: "
-                                f"{(proc.stderr or '').strip()}); start the Docker engine and retry --rotate-secrets")
+            raise PlatformError(
+                f"cannot tell whether volume {volume} exists (`docker volume inspect` exit {proc.returncode}: "
+                f"{(proc.stderr or '').strip()}); start the Docker engine and retry --rotate-secrets"
+            )
     return found
 
 
-def init(config_path: Path, env_path: Path, force: bool = False, rotate_secrets: bool = False, reset_config: bool = False,
-         project: str | None = None, run: Runner = subprocess.run, clock: Callable[[], float] = time.time) -> list[str]:
+def init(
+    config_path: Path,
+    env_path: Path,
+    force: bool = False,
+    rotate_secrets: bool = False,
+    reset_config: bool = False,
+    project: str | None = None,
+    run: Runner = subprocess.run,
+    clock: Callable[[], float] = time.time,
+) -> list[str]:
     """Create or complete the files; return what was done. Nothing is replaced without a backup.
 
     `force` is accepted for compatibility and replaces nothing: see `rotate_secrets` and
@@ -129,7 +141,8 @@ def init(config_path: Path, env_path: Path, force: bool = False, rotate_secrets:
                 f"refusing --rotate-secrets: volume(s) {', '.join(volumes)} still depend on the current "
                 f"{', '.join(DATA_VOLUMES[v.split('_', 1)[1]] for v in volumes)}; {env_path} is unchanged. Either delete the data "
                 "first (`inv down --volumes --yes`), or change the password inside the running service (e.g. Postgres "
-                "`ALTER USER`) and set the new value in .env by hand")
+                "`ALTER USER`) and set the new value in .env by hand"
+            )
         changed = new_secrets()
     elif missing:
         changed = new_secrets(missing)

@@ -211,8 +211,7 @@ def exit_code(status: str) -> int:
     return TERMINAL.get(status, 1)
 
 
-def wait(client: Client, job_id: str, out: Callable[[str], None] = print, poll: float = 2.0,
-         sleep: Callable[[float], None] = time.sleep) -> str:
+def wait(client: Client, job_id: str, out: Callable[[str], None] = print, poll: float = 2.0, sleep: Callable[[float], None] = time.sleep) -> str:
     """Follow a job's logs until it ends; return its final status."""
     shown = 0
     while True:
@@ -239,8 +238,9 @@ def client_for(cfg: Config) -> Client:
     return Client(dashboard_url(cfg), cfg.get("secrets", "ray_auth_token") if cfg.get("ray", "auth") == "token" else None)
 
 
-def submit(cfg: Config, command: str, working_dir: Path, name: str | None = None, follow: bool = False,
-           out: Callable[[str], None] = print, run=subprocess.run) -> int:
+def submit(
+    cfg: Config, command: str, working_dir: Path, name: str | None = None, follow: bool = False, out: Callable[[str], None] = print, run=subprocess.run
+) -> int:
     """`inv submit`: package and upload the working dir, submit, optionally follow. Exit code.
     `command` is the job's entrypoint, a shell command line (as `ray job submit -- …` gives)."""
     if not command.strip():

@@ -38,7 +38,9 @@ def check_preflight(stack: Stack, run=subprocess.run, routes: Callable[[], list]
     cfg = stack.cfg
     services = stack.expected_services()
     running = {r["Service"] for r in stack.services() if r.get("State") == "running"}
-    findings += preflight.busy_ports(cfg.get("network", "bind_address"), published_ports(cfg, "ray-gpu" in services), lambda setting: topology.owner(setting) in running)
+    findings += preflight.busy_ports(
+        cfg.get("network", "bind_address"), published_ports(cfg, "ray-gpu" in services), lambda setting: topology.owner(setting) in running
+    )
     import ipaddress
 
     findings += preflight.subnet_overlaps(ipaddress.IPv4Network(cfg.get("network", "subnet")), preflight.docker_subnets(stack.project, run), routes())

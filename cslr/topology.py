@@ -41,8 +41,15 @@ def _ray(kind: str) -> tuple[Port, ...]:
 
 
 SERVICES: tuple[Service, ...] = (
-    Service("health", None, None, (Port("http", ("services", "health", "port"), 8080),
-                                   Port("ray-client-proxy", ("services", "health", "ray_client_port"), RAY_CONTAINER_PORTS["client"]))),
+    Service(
+        "health",
+        None,
+        None,
+        (
+            Port("http", ("services", "health", "port"), 8080),
+            Port("ray-client-proxy", ("services", "health", "ray_client_port"), RAY_CONTAINER_PORTS["client"]),
+        ),
+    ),
     Service("ray-cpu", None, None, _ray("cpu")),
     Service("ray-gpu", None, None, _ray("gpu"), gpu_node=True),
     Service("redis", "redis", ("services", "redis", "enabled"), (Port("redis", ("services", "redis", "port"), 6379),)),

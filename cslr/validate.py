@@ -24,11 +24,21 @@ SHM_WARN_RATIO = 0.30  # Ray's own rule of thumb: object store ~30 % of memory l
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _expected_types(types: Any) -> str:
-    names = {"string": "a string", "integer": "an integer", "boolean": "a boolean (true/false)", "array": "a list", "object": "a mapping", "null": "null", "number": "a number"}
+    names = {
+        "string": "a string",
+        "integer": "an integer",
+        "boolean": "a boolean (true/false)",
+        "array": "a list",
+        "object": "a mapping",
+        "null": "null",
+        "number": "a number",
+    }
     types = types if isinstance(types, list) else [types]
     return " or ".join(names.get(t, t) for t in types)
 
@@ -160,9 +170,18 @@ def check_sizes(cfg: Config) -> Iterable[Problem]:
             if shm > mem:
                 yield _p(cfg, (*base, "shm_size"), f"found {cfg.get(*base, 'shm_size')} > memory {cfg.get(*base, 'memory')}, expected shm_size ≤ memory")
             elif shm < SHM_WARN_RATIO * mem:
-                yield _p(cfg, (*base, "shm_size"), f"{cfg.get(*base, 'shm_size')} is below 30 % of memory {cfg.get(*base, 'memory')}; Ray's object store will be small (Ray sizes it at ~30 % of memory)", "warning")
+                yield _p(
+                    cfg,
+                    (*base, "shm_size"),
+                    f"{cfg.get(*base, 'shm_size')} is below 30 % of memory {cfg.get(*base, 'memory')}; Ray's object store will be small (Ray sizes it at ~30 % of memory)",
+                    "warning",
+                )
         if obj is not None and shm is not None and obj > shm:
-            yield _p(cfg, (*base, "object_store_memory"), f"found {cfg.get(*base, 'object_store_memory')} > shm_size {cfg.get(*base, 'shm_size')}, expected the object store to fit in /dev/shm")
+            yield _p(
+                cfg,
+                (*base, "object_store_memory"),
+                f"found {cfg.get(*base, 'object_store_memory')} > shm_size {cfg.get(*base, 'shm_size')}, expected the object store to fit in /dev/shm",
+            )
 
 
 def published_ports(cfg: Config, gpu_node: bool) -> list[tuple[tuple, int]]:
@@ -218,14 +237,23 @@ def check_nodes(cfg: Config, gpu_node: bool = True) -> Iterable[Problem]:
         if not listed & {n.lower() for n in running}:
             gpu_name = cfg.get("ray", "gpu", "hostname")
             why = f" ({gpu_name} runs only with the GPU node, which is off)" if gpu_name.lower() in listed and not gpu_node else ""
-            yield _p(cfg, wl_path, f"found {shorten(whitelist)}: no node of this stack can ever become head{why}; "
-                     f"expected at least one of: {', '.join(running)} (or nodes.head_address to join an external head)")
+            yield _p(
+                cfg,
+                wl_path,
+                f"found {shorten(whitelist)}: no node of this stack can ever become head{why}; "
+                f"expected at least one of: {', '.join(running)} (or nodes.head_address to join an external head)",
+            )
     if not cfg.get("hosts") and whitelist:
         names = {cfg.get("ray", "cpu", "hostname"), cfg.get("ray", "gpu", "hostname")}
         for i, entry in enumerate(whitelist):
             host = str(entry).partition(":")[0]
             if host not in names:
-                yield _p(cfg, (*wl_path, i), f"{host!r} is not a node of this host ({', '.join(sorted(n for n in names if n))}); it must be reachable from the containers", "warning")
+                yield _p(
+                    cfg,
+                    (*wl_path, i),
+                    f"{host!r} is not a node of this host ({', '.join(sorted(n for n in names if n))}); it must be reachable from the containers",
+                    "warning",
+                )
 
 
 SECRET_RULES = {
@@ -242,12 +270,20 @@ def check_secrets(cfg: Config) -> Iterable[Problem]:
     for key, (_, env) in SECRET_RULES.items():
         path = ("secrets", key)
         if isinstance(in_yaml, dict) and in_yaml.get(key):
-            yield Problem(cfg.yaml_positions.get(path, cfg.location(path)), cfg.display_name(path), f"a secret is set in {cfg.config_path.name}, which git tracks; expected it in .env as {env}=... (move it there and delete it here)")
+            yield Problem(
+                cfg.yaml_positions.get(path, cfg.location(path)),
+                cfg.display_name(path),
+                f"a secret is set in {cfg.config_path.name}, which git tracks; expected it in .env as {env}=... (move it there and delete it here)",
+            )
     for key, (service, env) in SECRET_RULES.items():
         path = ("secrets", key)
         needed = cfg.get("ray", "auth") == "token" if service is None else True
         if needed and not cfg.get(*path):
-            yield Problem(Location(config_display(cfg.env_path or cfg.config_path.parent / ".env")), cfg.display_name(path), f"found no {env}, expected a secret: run `inv init` to generate .env")
+            yield Problem(
+                Location(config_display(cfg.env_path or cfg.config_path.parent / ".env")),
+                cfg.display_name(path),
+                f"found no {env}, expected a secret: run `inv init` to generate .env",
+            )
 
 
 def check_env_values(cfg: Config) -> Iterable[Problem]:
@@ -268,7 +304,9 @@ def check_env_values(cfg: Config) -> Iterable[Problem]:
 
 def check_features(cfg: Config) -> Iterable[Problem]:
     if cfg.get("ray", "gcs_fault_tolerance") and not cfg.get("services", "redis", "enabled"):
-        yield _p(cfg, ("ray", "gcs_fault_tolerance"), "found true with services.redis.enabled false; expected Redis on (GCS fault tolerance keeps its state there)")
+        yield _p(
+            cfg, ("ray", "gcs_fault_tolerance"), "found true with services.redis.enabled false; expected Redis on (GCS fault tolerance keeps its state there)"
+        )
 
 
 def gpu_workers_requested(cfg: Config) -> bool:
@@ -288,11 +326,18 @@ def check_kubernetes(cfg: Config) -> Iterable[Problem]:
         if low > high:
             yield _p(cfg, (*base, "min_replicas"), f"found {low} > max_replicas {high}, expected min_replicas ≤ max_replicas")
         elif autoscaling and not low <= replicas <= high:
-            yield _p(cfg, (*base, "replicas"), f"found {replicas} with autoscaling between min_replicas {low} and max_replicas {high}, "
-                     "expected a starting count inside that range")
+            yield _p(
+                cfg,
+                (*base, "replicas"),
+                f"found {replicas} with autoscaling between min_replicas {low} and max_replicas {high}, expected a starting count inside that range",
+            )
     if gpu_workers_requested(cfg) and cfg.get("images", "ray_gpu") == cfg.get("images", "ray"):
-        yield _p(cfg, ("images", "ray_gpu"), f"found {cfg.get('images', 'ray_gpu')!r}, the same base as images.ray, while kubernetes.gpu_workers asks for GPU pods; "
-                 "expected a CUDA base for the GPU image (e.g. rayproject/ray:<version>-py311-gpu), or kubernetes.gpu_workers.replicas and max_replicas 0")
+        yield _p(
+            cfg,
+            ("images", "ray_gpu"),
+            f"found {cfg.get('images', 'ray_gpu')!r}, the same base as images.ray, while kubernetes.gpu_workers asks for GPU pods; "
+            "expected a CUDA base for the GPU image (e.g. rayproject/ray:<version>-py311-gpu), or kubernetes.gpu_workers.replicas and max_replicas 0",
+        )
 
 
 def check_legacy(cfg: Config) -> Iterable[Problem]:
@@ -308,8 +353,11 @@ def check_legacy(cfg: Config) -> Iterable[Problem]:
         content = {}
     nodes = content.get("nodes", content) if isinstance(content, dict) else {}
     snippet = yaml.safe_dump({"nodes": nodes if isinstance(nodes, dict) else {}}, sort_keys=False).strip()
-    yield Problem(Location(legacy.name), "$.nodes", "found a legacy nodes.yaml; expected the node settings in config.yaml's `nodes:` section. "
-                  f"Move them there and delete nodes.yaml:\n{snippet}")
+    yield Problem(
+        Location(legacy.name),
+        "$.nodes",
+        f"found a legacy nodes.yaml; expected the node settings in config.yaml's `nodes:` section. Move them there and delete nodes.yaml:\n{snippet}",
+    )
 
 
 def check_extra_overlays(cfg: Config) -> Iterable[Problem]:
@@ -334,8 +382,10 @@ RULES: list[tuple[tuple[tuple, ...] | Callable[[], tuple[tuple, ...]], Callable[
     ((("extra_overlays",),), lambda cfg, gpu_node: check_extra_overlays(cfg)),
     ((("data",), ("workspace",), ("services", "marimo", "notebooks")), lambda cfg, gpu_node: _hostdir_problems(cfg)),
     ((("services",), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("hosts",)), check_ports),
-    ((("hosts",), ("services",), ("network", "bind_address"), ("nodes", "head_whitelist"), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("secrets",)),
-     lambda cfg, gpu_node: _multihost_problems(cfg)),
+    (
+        (("hosts",), ("services",), ("network", "bind_address"), ("nodes", "head_whitelist"), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("secrets",)),
+        lambda cfg, gpu_node: _multihost_problems(cfg),
+    ),
 ]
 
 

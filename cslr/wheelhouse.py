@@ -63,9 +63,22 @@ def download_command(cfg: Config, dest: Path, root: Path = ROOT, python: str = s
     for line in requirement_lines(cfg, root):
         args += ["-r", line[2:]] if line.startswith("-r") else [line]
     return [
-        python, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--dest", str(dest),
-        "--only-binary=:all:", "--implementation", "cp", "--python-version", IMAGE_PYTHON,
-        "--abi", "cp" + IMAGE_PYTHON.replace(".", ""), *[x for tag in platforms(machine_arch(arch)) for x in ("--platform", tag)],
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--dest",
+        str(dest),
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        IMAGE_PYTHON,
+        "--abi",
+        "cp" + IMAGE_PYTHON.replace(".", ""),
+        *[x for tag in platforms(machine_arch(arch)) for x in ("--platform", tag)],
         *args,
     ]
 
@@ -88,7 +101,9 @@ def is_complete(cfg: Config, dest: Path = DEFAULT_DIR, root: Path = ROOT) -> boo
     return marker(dest, cfg, root).exists()
 
 
-def ensure(cfg: Config, dest: Path = DEFAULT_DIR, root: Path = ROOT, run: Callable = subprocess.run, out: Callable[[str], None] = print, force: bool = False) -> str:
+def ensure(
+    cfg: Config, dest: Path = DEFAULT_DIR, root: Path = ROOT, run: Callable = subprocess.run, out: Callable[[str], None] = print, force: bool = False
+) -> str:
     """Download unless the folder is complete for these inputs; return what was done."""
     mark = marker(dest, cfg, root)
     if mark.exists() and not force:

@@ -121,7 +121,9 @@ def load(text: str, filename: str) -> tuple[Any, dict[Path, Location]]:
         loader = _Loader(text, filename)  # the reader checks every character here
         node = loader.get_single_node()
     except yaml.reader.ReaderError as exc:
-        raise ConfigSyntaxError(_reader_loc(text, exc.position, filename), f"found the character {_char(exc.character)} ({exc.reason}), expected printable text") from None
+        raise ConfigSyntaxError(
+            _reader_loc(text, exc.position, filename), f"found the character {_char(exc.character)} ({exc.reason}), expected printable text"
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         msg = exc.problem or str(exc)

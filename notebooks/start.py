@@ -67,10 +67,7 @@ def _(mo, nodes, ray, socket):
 
         return {"node": socket.gethostname(), "pid": _os.getpid(), "square": x * x}
 
-    refs = [
-        where_am_i.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(i)
-        for i, n in enumerate(nodes)
-    ]
+    refs = [where_am_i.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(i) for i, n in enumerate(nodes)]
     results = ray.get(refs, timeout=120)
     mo.vstack([mo.md(f"## A task on every node\n\n{len(results)} task(s) ran:"), mo.ui.table(results, selection=None)])
     return (results,)

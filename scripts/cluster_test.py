@@ -81,7 +81,7 @@ def known_head(health_url: str) -> Optional[str]:
 
 def client_url(head: str, client_port: int) -> str:
     """`ray-gpu:6379` (a head's GCS address) -> `ray://ray-gpu:10001` (its Ray client server)."""
-    host = head[len("ray://"):] if head.startswith("ray://") else head
+    host = head[len("ray://") :] if head.startswith("ray://") else head
     host = host.rsplit(":", 1)[0] if ":" in host else host
     return f"ray://{host}:{client_port}"
 
@@ -103,7 +103,7 @@ def check_ray(address: str, mlflow_uri: str = "") -> List[Result]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    host, port = split_address(address[len("ray://"):] if address.startswith("ray://") else address)
+    host, port = split_address(address[len("ray://") :] if address.startswith("ray://") else address)
     deadline = time.monotonic() + 60
     while not tcp_open(host, port):  # a Ray client against a dead head blocks ~40 s: probe first
         if time.monotonic() > deadline:
@@ -146,7 +146,9 @@ def check_ray(address: str, mlflow_uri: str = "") -> List[Result]:
 
             seen = ray.get(gpu_probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(), timeout=120)
             ok = bool(seen["gpus"]) and seen["cuda"] != ""
-            results.append(("PASS" if ok else "FAIL", "gpu", f"{node.get('NodeManagerHostname')}: GPU ids {seen['gpus']}, CUDA_VISIBLE_DEVICES={seen['cuda']!r}"))
+            results.append(
+                ("PASS" if ok else "FAIL", "gpu", f"{node.get('NodeManagerHostname')}: GPU ids {seen['gpus']}, CUDA_VISIBLE_DEVICES={seen['cuda']!r}")
+            )
         return results
     finally:
         ray.shutdown()
@@ -176,7 +178,11 @@ def nodes_log_to_mlflow(alive: List[Dict], uri: str) -> Result:
     hosts = sorted(ray.get(refs, timeout=180))
     params = MlflowClient(uri).get_run(run_id).data.params
     ok = len(hosts) == len(alive) and all(params.get(f"node.{h}") == "logged" for h in hosts)
-    return ("PASS" if ok else "FAIL", "mlflow-from-nodes", f"a task on each of {len(hosts)}/{len(alive)} nodes ({', '.join(hosts)}) logged to run {run_id}" if ok else f"params read back: {params}")
+    return (
+        "PASS" if ok else "FAIL",
+        "mlflow-from-nodes",
+        f"a task on each of {len(hosts)}/{len(alive)} nodes ({', '.join(hosts)}) logged to run {run_id}" if ok else f"params read back: {params}",
+    )
 
 
 def check_mlflow(uri: str) -> List[Result]:
@@ -200,7 +206,13 @@ def check_mlflow(uri: str) -> List[Result]:
         with open(back) as handle:
             content = handle.read()
     ok = got.data.params.get("marker") == marker and got.data.metrics.get("accuracy") == 0.875 and content == marker
-    return [("PASS" if ok else "FAIL", "mlflow", f"run {run.info.run_id}: param, metric and artifact read back" if ok else f"read back {got.data.params}, {got.data.metrics}, {content!r}")]
+    return [
+        (
+            "PASS" if ok else "FAIL",
+            "mlflow",
+            f"run {run.info.run_id}: param, metric and artifact read back" if ok else f"read back {got.data.params}, {got.data.metrics}, {content!r}",
+        )
+    ]
 
 
 def check_redis(url: str) -> List[Result]:

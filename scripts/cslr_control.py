@@ -21,6 +21,7 @@ Caller
 Outputs / exit codes
     None: a library.  No work at import time.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,9 +40,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 SECRET_VAR = "CSLR_CONTROL_SECRET"
 MIN_SECRET_LEN = 16
-WINDOW_S = 30.0                 # accepted clock difference for a signed request
-MAX_NONCES = 65536              # replay cache bound (only authenticated nonces are stored)
-AGENT_PORT_OFFSET = 1000        # election agent port = GCS port + this
+WINDOW_S = 30.0  # accepted clock difference for a signed request
+MAX_NONCES = 65536  # replay cache bound (only authenticated nonces are stored)
+AGENT_PORT_OFFSET = 1000  # election agent port = GCS port + this
 HDR_TIME, HDR_NONCE, HDR_MAC = "X-CSLR-Time", "X-CSLR-Nonce", "X-CSLR-MAC"
 
 # election states an agent publishes, and what a reader concludes otherwise
@@ -87,7 +88,7 @@ def parse_host_port(text: str, default_port: int) -> Tuple[str, int]:
         end = item.find("]")
         if end < 0:
             raise ValueError(expected)
-        host, rest = item[1:end], item[end + 1:]
+        host, rest = item[1:end], item[end + 1 :]
         if rest:
             if not rest.startswith(":"):
                 raise ValueError(expected)
@@ -197,8 +198,11 @@ class EnvReader:
             if not item.strip():
                 continue
             key, sep, port = item.strip().partition("=")
-            if not sep or not valid_host(key.strip()) or not (port.strip().isdigit() and port.strip().isascii()
-                                                              and len(port.strip()) <= 5 and 0 < int(port) < 65536):
+            if (
+                not sep
+                or not valid_host(key.strip())
+                or not (port.strip().isdigit() and port.strip().isascii() and len(port.strip()) <= 5 and 0 < int(port) < 65536)
+            ):
                 raise self._fail(name, value, "comma-separated name=port entries with ports 1..65535")
             out[key.strip().lower()] = int(port)
         return out
@@ -208,7 +212,7 @@ class EnvReader:
         if not value:
             return ""
         m = re.match(r"^https?://(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]+)(?::(\d{1,5}))?(/[^\s]*)?$", value)
-        host = (m.group(1).strip("[]") if m else "")
+        host = m.group(1).strip("[]") if m else ""
         if not m or not valid_host(host) or (m.group(2) and not 0 < int(m.group(2)) < 65536):
             raise self._fail(name, value, "an http:// or https:// URL such as http://health:8080")
         return value
@@ -258,8 +262,7 @@ def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
-def sign_request(secret: str, method: str, path: str, body: bytes,
-                 now: Optional[float] = None, nonce: Optional[str] = None) -> Dict[str, str]:
+def sign_request(secret: str, method: str, path: str, body: bytes, now: Optional[float] = None, nonce: Optional[str] = None) -> Dict[str, str]:
     """Headers that authenticate one HTTP request."""
     ts = f"{time.time() if now is None else now:.3f}"
     nonce = nonce or new_nonce()
@@ -274,15 +277,13 @@ STATUS = {MISSING: 401, BAD_MAC: 403, STALE: 403, REPLAY: 403, BUSY: 503}
 class Verifier:
     """Checks signed requests: MAC, time window, single use of each nonce (bounded cache)."""
 
-    def __init__(self, secret: str, window: float = WINDOW_S, clock: Callable[[], float] = time.time,
-                 max_nonces: int = MAX_NONCES) -> None:
+    def __init__(self, secret: str, window: float = WINDOW_S, clock: Callable[[], float] = time.time, max_nonces: int = MAX_NONCES) -> None:
         self.secret, self.window, self.clock, self.max_nonces = secret, window, clock, max_nonces
         self._seen: "OrderedDict[str, float]" = OrderedDict()
         self._lock = threading.Lock()
 
-    def verify(self, method: str, path: str, ts: Optional[str], nonce: Optional[str],
-               given: Optional[str], body: bytes) -> str:
-        """"" when authentic and fresh, else one of MISSING, BAD_MAC, STALE, REPLAY, BUSY."""
+    def verify(self, method: str, path: str, ts: Optional[str], nonce: Optional[str], given: Optional[str], body: bytes) -> str:
+        """ "" when authentic and fresh, else one of MISSING, BAD_MAC, STALE, REPLAY, BUSY."""
         if not ts or not nonce or not given:
             return MISSING
         if len(ts) > 32 or len(nonce) > 128 or len(given) > 128:
@@ -314,8 +315,7 @@ class Verifier:
 class Refusals:
     """Counts refused requests per reason; logs one line per source at most every ``every`` s."""
 
-    def __init__(self, log: Callable[[str], None], every: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic, max_sources: int = 1024) -> None:
+    def __init__(self, log: Callable[[str], None], every: float = 60.0, clock: Callable[[], float] = time.monotonic, max_sources: int = 1024) -> None:
         self.log, self.every, self.clock, self.max_sources = log, every, clock, max_sources
         self.counts: Dict[str, int] = {}
         self._last: "OrderedDict[str, float]" = OrderedDict()
@@ -332,8 +332,7 @@ class Refusals:
             self._last.move_to_end(source)
             while len(self._last) > self.max_sources:
                 self._last.popitem(last=False)
-        self.log(f"refused {what} from {source}: {reason} (further refusals from it are counted, "
-                 f"logged at most every {self.every:g} s)")
+        self.log(f"refused {what} from {source}: {reason} (further refusals from it are counted, logged at most every {self.every:g} s)")
 
     def snapshot(self) -> Dict[str, int]:
         with self._lock:

@@ -62,6 +62,7 @@ Exit codes
     2  bad command line / environment (``VAR=value: expected ...``; a secret's value is never
        shown), or a port that cannot be bound
 """
+
 from __future__ import annotations
 
 import argparse
@@ -340,8 +341,7 @@ class HealthHandler(BaseHTTPRequestHandler):
             if error:
                 self._send(error[0], {"error": error[1]})
                 return
-            reason = self.verifier.verify("POST", self.path, self.headers.get(cc.HDR_TIME),
-                                          self.headers.get(cc.HDR_NONCE), self.headers.get(cc.HDR_MAC), raw)
+            reason = self.verifier.verify("POST", self.path, self.headers.get(cc.HDR_TIME), self.headers.get(cc.HDR_NONCE), self.headers.get(cc.HDR_MAC), raw)
             if reason:
                 self.refusals.refuse(self.client_address[0], reason, f"POST {path}")
                 self._send(cc.STATUS[reason], {"error": f"not authenticated ({reason}): sign with {cc.SECRET_VAR}"})
@@ -400,11 +400,9 @@ class QuietServer(ThreadingHTTPServer):
             self._slots.release()
 
 
-def make_server(bind: str, port: int, registry: Registry, secret: str,
-                clock: Callable[[], float] = time.time) -> QuietServer:
+def make_server(bind: str, port: int, registry: Registry, secret: str, clock: Callable[[], float] = time.time) -> QuietServer:
     refusals = cc.Refusals(lambda m: print(f"health: {m}", file=sys.stderr, flush=True))
-    handler = type("BoundHealthHandler", (HealthHandler,), {
-        "registry": registry, "verifier": cc.Verifier(secret, clock=clock), "refusals": refusals})
+    handler = type("BoundHealthHandler", (HealthHandler,), {"registry": registry, "verifier": cc.Verifier(secret, clock=clock), "refusals": refusals})
     server = QuietServer((bind, port), handler, bind_and_activate=False)
     server._slots = threading.BoundedSemaphore(server.max_connections)
     server.refusals = refusals
@@ -417,8 +415,7 @@ def make_server(bind: str, port: int, registry: Registry, secret: str,
     return server
 
 
-def elected_head(views: List[Tuple[str, int, str, dict]], client_ports: Mapping[str, int],
-                 default_client_port: int) -> Optional[Tuple[str, int, int]]:
+def elected_head(views: List[Tuple[str, int, str, dict]], client_ports: Mapping[str, int], default_client_port: int) -> Optional[Tuple[str, int, int]]:
     """(host, GCS port, client port) of the first whitelisted node whose agent - authenticated -
     says it is head; ``views`` are (host, port, state, reply fields) in whitelist order."""
     for host, port, state, fields in views:
@@ -430,9 +427,15 @@ def elected_head(views: List[Tuple[str, int, str, dict]], client_ports: Mapping[
     return None
 
 
-def watch_election(registry: Registry, secret: str, stop: threading.Event, interval: float = 0.25,
-                   client_ports: Optional[Mapping[str, int]] = None, default_client_port: int = 10001,
-                   read: Optional[Callable[[str, int], Tuple[str, dict]]] = None) -> None:
+def watch_election(
+    registry: Registry,
+    secret: str,
+    stop: threading.Event,
+    interval: float = 0.25,
+    client_ports: Optional[Mapping[str, int]] = None,
+    default_client_port: int = 10001,
+    read: Optional[Callable[[str, int], Tuple[str, dict]]] = None,
+) -> None:
     """Keep ``registry.elected`` = the head the whitelisted nodes' agents report (see elected_head).
 
     Only whitelisted addresses are ever asked, so the proxy never relays anywhere else.
@@ -500,8 +503,7 @@ def relay(a: socket.socket, b: socket.socket, idle: float, clock: Callable[[], f
                 pass
 
 
-def forward_connection(client: socket.socket, target: Optional[Tuple[str, int]], connect_timeout: float = 3.0,
-                       idle: float = 600.0) -> bool:
+def forward_connection(client: socket.socket, target: Optional[Tuple[str, int]], connect_timeout: float = 3.0, idle: float = 600.0) -> bool:
     """Relay one accepted connection to ``target`` both ways (see relay)."""
     if target is None:
         client.close()
@@ -521,8 +523,7 @@ class ClientProxy:
     ``max_connections`` relays at once (one thread and two fds each); a connection over the
     cap, or made while no head is known, is closed at once; idle relays end after ``idle`` s."""
 
-    def __init__(self, listener: socket.socket, target: Callable[[], Optional[Tuple[str, int]]],
-                 max_connections: int = 256, idle: float = 600.0) -> None:
+    def __init__(self, listener: socket.socket, target: Callable[[], Optional[Tuple[str, int]]], max_connections: int = 256, idle: float = 600.0) -> None:
         self.listener, self.target, self.idle = listener, target, idle
         self.slots = threading.BoundedSemaphore(max_connections)
         self.refused_over_cap = 0
@@ -583,8 +584,7 @@ class Settings:
         self.secret = env.secret(cc.SECRET_VAR)
 
 
-def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None,
-         ready: Optional[Callable[[QuietServer], None]] = None) -> int:
+def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None, ready: Optional[Callable[[QuietServer], None]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", metavar="URL", help="exit 0 iff GET URL answers 200")
     args = parser.parse_args(argv)
@@ -600,8 +600,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     try:
         server = make_server(bind, cfg.port, registry, cfg.secret)
     except (OSError, OverflowError) as exc:
-        print(f"health: cannot listen on {bind}:{cfg.port} (HEALTH_BIND/HEALTH_PORT): "
-              f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        print(f"health: cannot listen on {bind}:{cfg.port} (HEALTH_BIND/HEALTH_PORT): {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
 
@@ -613,8 +612,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
     if registry.whitelist:
-        threading.Thread(target=watch_election, args=(registry, cfg.secret, stop, cfg.watch_interval,
-                                                       cfg.client_ports, cfg.client_port), daemon=True).start()
+        threading.Thread(target=watch_election, args=(registry, cfg.secret, stop, cfg.watch_interval, cfg.client_ports, cfg.client_port), daemon=True).start()
     if cfg.proxy_port:
         try:
             listener = socket.create_server((bind, cfg.proxy_port))
@@ -624,8 +622,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
             return 2
         proxy = ClientProxy(listener, registry.head_client, cfg.proxy_max, cfg.proxy_idle)
         threading.Thread(target=proxy.loop, args=(stop,), daemon=True).start()
-        print(f"health: Ray client proxy on {bind}:{listener.getsockname()[1]} -> the elected head",
-              file=sys.stderr, flush=True)
+        print(f"health: Ray client proxy on {bind}:{listener.getsockname()[1]} -> the elected head", file=sys.stderr, flush=True)
     print(f"health: listening on {bind}:{server.server_address[1]}", file=sys.stderr, flush=True)
     if ready is not None:
         ready(server)

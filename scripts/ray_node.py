@@ -86,6 +86,7 @@ Exit codes
        is never shown; e.g. an empty whitelist for a node without HEAD_ADDRESS, a whitelist
        entry ``host:port:junk``, a port outside 1..65535), or the agent's address:port is busy
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,13 +107,22 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import cslr_control as cc  # the scripts' shared helpers (this script's own directory)
-from cslr_control import (ABSENT, AGENT_PORT_OFFSET, CLAIMING, DECIDING, FORGED, HEAD,  # noqa: F401
-                          UNKNOWN, WORKER, EnvError, tcp_open)
+from cslr_control import (
+    ABSENT,
+    AGENT_PORT_OFFSET,
+    CLAIMING,
+    DECIDING,
+    FORGED,
+    HEAD,  # noqa: F401
+    UNKNOWN,
+    WORKER,
+    tcp_open,
+)
 
 DEFAULT_HEAD_PORT = 6379
 STATE_FILE_NAME = "cslr-node.json"
 AGENT_MAX_CONNECTIONS = 32  # concurrent agent exchanges; more are closed at once
-LOST_HEAD_STOP_S = 1.0      # SIGTERM -> SIGKILL when a worker stops its Ray after head loss
+LOST_HEAD_STOP_S = 1.0  # SIGTERM -> SIGKILL when a worker stops its Ray after head loss
 
 # election step actions
 JOIN, WAIT, CLAIM, COMMIT, BACKOFF = "join", "wait", "claim", "commit", "backoff"
@@ -156,8 +166,7 @@ def whitelist_index(whitelist: List[Entry], hostname: str, head_port: int) -> Op
     return matches[0] if matches else None
 
 
-def worker_target(env_head: str, cfg_head: str, whitelist: List[Entry], head_port: int,
-                  live_head: Optional[Entry] = None) -> Tuple[Entry, str]:
+def worker_target(env_head: str, cfg_head: str, whitelist: List[Entry], head_port: int, live_head: Optional[Entry] = None) -> Tuple[Entry, str]:
     """Head address for a node that is not whitelisted, in the document's priority order.
 
     1. HEAD_ADDRESS (env) 2. nodes.head_address (config) 3. the first whitelisted node with
@@ -182,13 +191,19 @@ class Decision:
     reason: str
 
     def to_json(self) -> str:
-        return json.dumps({"role": self.role, "head_address": self.head_address,
-                           "reason": self.reason}, sort_keys=True)
+        return json.dumps({"role": self.role, "head_address": self.head_address, "reason": self.reason}, sort_keys=True)
 
 
-def decide(whitelisted: bool, health_ok: bool, live_head: Optional[Entry], self_entry: Optional[Entry],
-           env_head: str = "", cfg_head: str = "", whitelist: Optional[List[Entry]] = None,
-           head_port: int = DEFAULT_HEAD_PORT) -> Decision:
+def decide(
+    whitelisted: bool,
+    health_ok: bool,
+    live_head: Optional[Entry],
+    self_entry: Optional[Entry],
+    env_head: str = "",
+    cfg_head: str = "",
+    whitelist: Optional[List[Entry]] = None,
+    head_port: int = DEFAULT_HEAD_PORT,
+) -> Decision:
     """The document's head/worker table (the election supplies ``live_head``)."""
     if not whitelisted:
         target, reason = worker_target(env_head, cfg_head, whitelist or [], head_port, live_head)
@@ -204,6 +219,7 @@ def decide(whitelisted: bool, health_ok: bool, live_head: Optional[Entry], self_
 @dataclass(frozen=True)
 class PeerView:
     """What one read of a peer showed. ``state``: deciding/claiming/head/worker/absent/unknown."""
+
     index: int
     entry: Entry
     state: str
@@ -374,18 +390,21 @@ def load_config(environ: Mapping[str, str], resolve: Callable[[str], str] = None
 
 def _count(env: "cc.EnvReader", name: str) -> str:
     """A resource amount for ``ray start`` (a whole number; empty = Ray detects)."""
-    value = env.integer(name, None, 0, 2 ** 62)
+    value = env.integer(name, None, 0, 2**62)
     return "" if value is None else str(value)
 
 
 def build_ray_command(cfg: Config, decision: Decision) -> List[str]:
     """The ``ray start ... --block`` command line for this node's role."""
-    cmd = list(cfg.ray_bin) + ["start", "--block", "--disable-usage-stats",
-                               f"--node-ip-address={cfg.node_ip}", f"--temp-dir={cfg.temp_dir}"]
+    cmd = list(cfg.ray_bin) + ["start", "--block", "--disable-usage-stats", f"--node-ip-address={cfg.node_ip}", f"--temp-dir={cfg.temp_dir}"]
     if decision.role == HEAD:
-        cmd += ["--head", f"--port={cfg.own_port}",
-                f"--dashboard-host={cfg.dashboard_host}", f"--dashboard-port={cfg.dashboard_port}",
-                f"--ray-client-server-port={cfg.client_server_port}"]
+        cmd += [
+            "--head",
+            f"--port={cfg.own_port}",
+            f"--dashboard-host={cfg.dashboard_host}",
+            f"--dashboard-port={cfg.dashboard_port}",
+            f"--ray-client-server-port={cfg.client_server_port}",
+        ]
         if cfg.gcs_ft and cfg.redis_password:
             # Stays in argv: Ray 2.60 offers no env/file for it. `ray start --redis-password` is a
             # plain click option (no envvar), and Ray itself passes the password on the command
@@ -395,8 +414,12 @@ def build_ray_command(cfg: Config, decision: Decision) -> List[str]:
             cmd.append(f"--redis-password={cfg.redis_password}")
     else:
         cmd.append(f"--address={decision.head_address}")
-    for flag, value in (("--num-cpus", cfg.num_cpus), ("--num-gpus", cfg.num_gpus),
-                        ("--memory", cfg.memory), ("--object-store-memory", cfg.object_store_memory)):
+    for flag, value in (
+        ("--num-cpus", cfg.num_cpus),
+        ("--num-gpus", cfg.num_gpus),
+        ("--memory", cfg.memory),
+        ("--object-store-memory", cfg.object_store_memory),
+    ):
         if value:
             cmd.append(f"{flag}={value}")
     for name, flag in PORT_FLAGS.items():
@@ -432,8 +455,7 @@ def ray_child_env(cfg: Config, environ: Mapping[str, str], role: str) -> Dict[st
 
 def agent_fields(hostname: str, state: str, head: str, index: Optional[int], client_port: int) -> dict:
     """What an agent answers (authenticated by cslr_control.agent_reply)."""
-    return {"v": 2, "hostname": hostname, "state": state, "head": head, "index": index,
-            "client_port": client_port}
+    return {"v": 2, "hostname": hostname, "state": state, "head": head, "index": index, "client_port": client_port}
 
 
 def matches_own_ray(cmdline: str, temp_dir: str) -> bool:
@@ -461,8 +483,7 @@ def default_node_ip(hostname: str) -> str:
         return "127.0.0.1"
 
 
-def http_json(url: str, payload: Optional[dict] = None, timeout: float = 2.0,
-              secret: str = "") -> Tuple[int, Optional[dict]]:
+def http_json(url: str, payload: Optional[dict] = None, timeout: float = 2.0, secret: str = "") -> Tuple[int, Optional[dict]]:
     """(status, body) of a GET (payload None) or POST; status 0 when unreachable.
 
     A POST carries the control-secret proof (cslr_control.sign_request) when ``secret`` is set.
@@ -503,8 +524,9 @@ class Agent:
     error line and is counted; at most AGENT_MAX_CONNECTIONS exchanges run at once.
     """
 
-    def __init__(self, hostname: str, index: Optional[int], bind: str, port: int, secret: str,
-                 client_port: int = 10001, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, hostname: str, index: Optional[int], bind: str, port: int, secret: str, client_port: int = 10001, clock: Callable[[], float] = time.time
+    ) -> None:
         self.hostname, self.index, self.client_port, self.secret = hostname, index, client_port, secret
         self.verifier = cc.Verifier(secret, clock=clock)
         self.refusals = cc.Refusals(log)
@@ -517,8 +539,9 @@ class Agent:
             self._sock.listen(256)
         except (OSError, OverflowError) as exc:
             self._sock.close()
-            raise AgentBindError(f"cannot open the election agent on {bind}:{port} "
-                                 f"(NODE_AGENT_BIND / NODE_AGENT_PORT): {getattr(exc, 'strerror', None) or exc}") from None
+            raise AgentBindError(
+                f"cannot open the election agent on {bind}:{port} (NODE_AGENT_BIND / NODE_AGENT_PORT): {getattr(exc, 'strerror', None) or exc}"
+            ) from None
         self.port = self._sock.getsockname()[1]
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="node-agent", daemon=True)
@@ -644,8 +667,7 @@ class RayLauncher:
     def start(self, decision: Decision) -> None:
         cmd = build_ray_command(self.cfg, decision)
         log("starting: " + " ".join(shlex.quote(c) for c in cmd if "password" not in c))
-        self.proc = subprocess.Popen(cmd, env=ray_child_env(self.cfg, self.environ, decision.role),
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, env=ray_child_env(self.cfg, self.environ, decision.role), stdin=subprocess.DEVNULL, start_new_session=True)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -688,9 +710,9 @@ class RayLauncher:
 class PeerReader:
     """Reads the whitelisted peers' agents; remembers how long each has been unreadable."""
 
-    def __init__(self, cfg: Config, clock: Callable[[], float],
-                 read_agent_fn: Optional[Callable[[str, int], str]] = None,
-                 tcp_open_fn: Callable[..., bool] = tcp_open) -> None:
+    def __init__(
+        self, cfg: Config, clock: Callable[[], float], read_agent_fn: Optional[Callable[[str, int], str]] = None, tcp_open_fn: Callable[..., bool] = tcp_open
+    ) -> None:
         self.cfg, self.clock, self.tcp_open = cfg, clock, tcp_open_fn
         self.read_agent = read_agent_fn or (lambda h, p: cc.read_agent(h, p, cfg.control_secret)[0])
         self._unknown_since: Dict[int, float] = {}
@@ -712,8 +734,10 @@ class PeerReader:
         if state == FORGED:
             if i not in self._forged_logged:
                 self._forged_logged.add(i)
-                log(f"{entry.address}: its agent answers without proof of {cc.SECRET_VAR} (another "
-                    f"secret, a clock more than {cc.WINDOW_S:g} s off, or not a node of this stack); ignored")
+                log(
+                    f"{entry.address}: its agent answers without proof of {cc.SECRET_VAR} (another "
+                    f"secret, a clock more than {cc.WINDOW_S:g} s off, or not a node of this stack); ignored"
+                )
             return PeerView(i, entry, FORGED, False)
         gcs = state in (HEAD, ABSENT) and self.tcp_open(entry.host, entry.port)
         return PeerView(i, entry, state, gcs)
@@ -746,9 +770,18 @@ class PeerReader:
 class Election:
     """The election loop of one node around the pure ``election_step``."""
 
-    def __init__(self, cfg: Config, peers: PeerReader, publish: Callable[..., None],
-                 health: Callable[[], bool], clock: Callable[[], float], sleep: Callable[[float], None],
-                 rng: random.Random, stop: threading.Event, tcp_open_fn: Callable[..., bool]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        peers: PeerReader,
+        publish: Callable[..., None],
+        health: Callable[[], bool],
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        rng: random.Random,
+        stop: threading.Event,
+        tcp_open_fn: Callable[..., bool],
+    ) -> None:
         self.cfg, self.peers, self.publish, self.health = cfg, peers, publish, health
         self.clock, self.sleep, self.rng, self.stop, self.tcp_open = clock, sleep, rng, stop, tcp_open_fn
 
@@ -804,8 +837,9 @@ class Election:
 class RegistryClient:
     """Registers this node with the health service and heartbeats (best effort, signed)."""
 
-    def __init__(self, cfg: Config, record: Callable[[], dict], http_fn: Callable[..., Tuple[int, Optional[dict]]],
-                 sleep: Callable[[float], None], stop: threading.Event) -> None:
+    def __init__(
+        self, cfg: Config, record: Callable[[], dict], http_fn: Callable[..., Tuple[int, Optional[dict]]], sleep: Callable[[float], None], stop: threading.Event
+    ) -> None:
         self.cfg, self.record, self.http, self.sleep, self.stop = cfg, record, http_fn, sleep, stop
         self.thread: Optional[threading.Thread] = None
 
@@ -832,12 +866,19 @@ class NodeRunner:
     """Supervision of one node: elect, start Ray, watch it, re-elect. Clock, sleep, launcher
     and probes are injectable; the parts above do the reading, electing and registering."""
 
-    def __init__(self, cfg: Config, launcher, stop: Optional[threading.Event] = None,
-                 clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
-                 read_agent_fn: Optional[Callable[[str, int], str]] = None,
-                 tcp_open_fn: Callable[..., bool] = tcp_open,
-                 http_fn: Callable[..., Tuple[int, Optional[dict]]] = http_json,
-                 with_agent: bool = True, on_decision: Optional[Callable[[Decision], None]] = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        launcher,
+        stop: Optional[threading.Event] = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Optional[random.Random] = None,
+        read_agent_fn: Optional[Callable[[str, int], str]] = None,
+        tcp_open_fn: Callable[..., bool] = tcp_open,
+        http_fn: Callable[..., Tuple[int, Optional[dict]]] = http_json,
+        with_agent: bool = True,
+        on_decision: Optional[Callable[[Decision], None]] = None,
+    ) -> None:
         self.cfg, self.launcher = cfg, launcher
         self.stop = stop or threading.Event()
         self.clock = clock
@@ -848,8 +889,7 @@ class NodeRunner:
         self.agent: Optional[Agent] = None
         self.decision: Optional[Decision] = None
         self.peers = PeerReader(cfg, clock, read_agent_fn, tcp_open_fn)
-        self.election = Election(cfg, self.peers, self.publish, self.health, clock,
-                                 lambda s: self.sleep(s), self.rng, self.stop, tcp_open_fn)
+        self.election = Election(cfg, self.peers, self.publish, self.health, clock, lambda s: self.sleep(s), self.rng, self.stop, tcp_open_fn)
         self.registry = RegistryClient(cfg, self._node_record, http_fn, lambda s: self.sleep(s), self.stop)
 
     # ---------------------------------------------------------------- helpers
@@ -871,24 +911,33 @@ class NodeRunner:
 
     def open_agent(self) -> Agent:
         cfg = self.cfg
-        return Agent(cfg.hostname, cfg.index, cfg.agent_bind, agent_port_for(cfg.self_entry, cfg.agent_port),
-                     cfg.control_secret, cfg.client_server_port)
+        return Agent(cfg.hostname, cfg.index, cfg.agent_bind, agent_port_for(cfg.self_entry, cfg.agent_port), cfg.control_secret, cfg.client_server_port)
 
     def elect(self, deadline: Optional[float] = None) -> Optional[Decision]:
         return self.election.run(deadline)
 
     def _node_record(self) -> dict:
         d = self.decision
-        return {"hostname": self.cfg.hostname, "address": self.cfg.node_ip,
-                "role": d.role if d else "unknown", "head_address": d.head_address if d else "",
-                "port": self.cfg.own_port, "client_port": self.cfg.client_server_port,
-                "state": self.agent.state if self.agent else ""}
+        return {
+            "hostname": self.cfg.hostname,
+            "address": self.cfg.node_ip,
+            "role": d.role if d else "unknown",
+            "head_address": d.head_address if d else "",
+            "port": self.cfg.own_port,
+            "client_port": self.cfg.client_server_port,
+            "state": self.agent.state if self.agent else "",
+        }
 
     def write_state(self) -> None:
         d = self.decision
-        data = {"role": d.role if d else "", "head_address": d.head_address if d else "",
-                "node_ip": self.cfg.node_ip, "port": self.cfg.own_port, "pid": os.getpid(),
-                "temp_dir": self.cfg.temp_dir}
+        data = {
+            "role": d.role if d else "",
+            "head_address": d.head_address if d else "",
+            "node_ip": self.cfg.node_ip,
+            "port": self.cfg.own_port,
+            "pid": os.getpid(),
+            "temp_dir": self.cfg.temp_dir,
+        }
         try:
             os.makedirs(self.cfg.temp_dir, exist_ok=True)
             tmp = self.cfg.state_file + ".tmp"

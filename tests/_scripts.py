@@ -7,6 +7,7 @@
   answers there like a client server that names its node); every ``start --block`` blocks
   until SIGTERM.  Election tests need a head port that accepts TCP, not Ray itself.
 """
+
 from __future__ import annotations
 
 import importlib.util

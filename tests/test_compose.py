@@ -21,8 +21,24 @@ def test_compose_command_exact():
         project_directory=".",
     )
     assert cmd == [
-        "docker", "compose", "--project-name", "cslr", "--project-directory", ".", "--env-file", "_build/.env",
-        "--profile", "redis", "--profile", "mlflow", "-f", "compose/compose.yaml", "-f", "overlays/gpu.yaml", "up", "-d",
+        "docker",
+        "compose",
+        "--project-name",
+        "cslr",
+        "--project-directory",
+        ".",
+        "--env-file",
+        "_build/.env",
+        "--profile",
+        "redis",
+        "--profile",
+        "mlflow",
+        "-f",
+        "compose/compose.yaml",
+        "-f",
+        "overlays/gpu.yaml",
+        "up",
+        "-d",
     ]
 
 
@@ -33,7 +49,12 @@ def test_compose_command_minimal_and_custom_binary():
 def test_choose_overlays():
     assert compose.choose_overlays(False, test_cluster=False) == []
     assert compose.choose_overlays(True, test_cluster=False) == [Path("overlays/gpu.yaml")]
-    assert compose.choose_overlays(True, multihost=True) == [Path("overlays/gpu.yaml"), Path("overlays/multihost.yaml"), Path("overlays/multihost-gpu.yaml"), Path("overlays/test-cluster.yaml")]
+    assert compose.choose_overlays(True, multihost=True) == [
+        Path("overlays/gpu.yaml"),
+        Path("overlays/multihost.yaml"),
+        Path("overlays/multihost-gpu.yaml"),
+        Path("overlays/test-cluster.yaml"),
+    ]
 
 
 def test_plan_uses_gpu_result_and_profiles(project):
@@ -44,8 +65,25 @@ def test_plan_uses_gpu_result_and_profiles(project):
     assert p.active_profiles == ["redis", "mlflow"]
     assert p.env["RAY_GPU_NUM_GPUS"] == "2"
     assert p.command(["config"]) == [
-        "docker", "compose", "--env-file", "_build/.env", "--profile", "redis", "--profile", "mlflow", "--profile", "marimo", "--profile", "test",
-        "-f", "compose/compose.yaml", "-f", "overlays/gpu.yaml", "-f", "overlays/test-cluster.yaml", "config",
+        "docker",
+        "compose",
+        "--env-file",
+        "_build/.env",
+        "--profile",
+        "redis",
+        "--profile",
+        "mlflow",
+        "--profile",
+        "marimo",
+        "--profile",
+        "test",
+        "-f",
+        "compose/compose.yaml",
+        "-f",
+        "overlays/gpu.yaml",
+        "-f",
+        "overlays/test-cluster.yaml",
+        "config",
     ]
 
 

@@ -87,7 +87,7 @@ def test_top_level_must_be_a_mapping(project):
 
 
 def test_dotenv_parsing_quotes_comments_export():
-    parsed = config.parse_dotenv("# c\nexport A=1\nB='x y'\nC=\"q\\\"\"\nD=v # note\n\n", ".env")
+    parsed = config.parse_dotenv('# c\nexport A=1\nB=\'x y\'\nC="q\\""\nD=v # note\n\n', ".env")
     assert {k: v for k, (v, _) in parsed.items()} == {"A": "1", "B": "x y", "C": 'q"', "D": "v"}
     assert str(parsed["B"][1]) == ".env:3:1"
 
@@ -149,8 +149,10 @@ def test_missing_config_says_exactly_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "ROOT", tmp_path / "checkout")
     with pytest.raises(ConfigSyntaxError) as info:
         config.load("config.yaml", environ={})
-    assert str(info.value) == (f"config.yaml: cannot read: file not found; looked for {tmp_path}/config.yaml and {tmp_path}/checkout/config.yaml; "
-                               "run `inv init` to create it, or pass --config PATH")
+    assert str(info.value) == (
+        f"config.yaml: cannot read: file not found; looked for {tmp_path}/config.yaml and {tmp_path}/checkout/config.yaml; "
+        "run `inv init` to create it, or pass --config PATH"
+    )
     assert info.value.exit_code == 2
 
 

@@ -12,6 +12,7 @@ environment gate (issue 9).
 * Environment gate: random environments give exit 2 with ``VAR=value: expected ...`` or a valid
   configuration - never a traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,9 +85,17 @@ class Health:
 
     def __init__(self, tmp_path, whitelist, head_port, **extra):
         self.port, self.proxy = free_port(), free_port()
-        env = dict(os.environ, HEALTH_BIND="127.0.0.1", HEALTH_PORT=str(self.port),
-                   RAY_CLIENT_PROXY_PORT=str(self.proxy), HEAD_WHITELIST=whitelist, RAY_HEAD_PORT=str(head_port),
-                   CSLR_CONTROL_SECRET=CONTROL_SECRET, HEALTH_ELECTION_POLL_S="0.1", **extra)
+        env = dict(
+            os.environ,
+            HEALTH_BIND="127.0.0.1",
+            HEALTH_PORT=str(self.port),
+            RAY_CLIENT_PROXY_PORT=str(self.proxy),
+            HEAD_WHITELIST=whitelist,
+            RAY_HEAD_PORT=str(head_port),
+            CSLR_CONTROL_SECRET=CONTROL_SECRET,
+            HEALTH_ELECTION_POLL_S="0.1",
+            **extra,
+        )
         self.log = open(tmp_path / "health.log", "w")
         self.proc = subprocess.Popen([PY, HEALTH], env=env, stdout=self.log, stderr=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -161,8 +170,7 @@ def test_forged_registrations_and_heartbeats_are_refused_and_the_proxy_keeps_the
     _wait(lambda: _through_proxy(h.proxy) == f"{ip}:ping".encode(), 30, "the head's client server via the proxy")
     _wait(lambda: any(n["role"] == "head" for n in _http(h.port, "GET", "/nodes")[1]["nodes"]), 30, "registration")
     attacker = Listener()
-    fake_head = {"hostname": "evil", "address": "127.0.0.1", "role": "head", "port": attacker.port,
-                 "client_port": attacker.port}
+    fake_head = {"hostname": "evil", "address": "127.0.0.1", "role": "head", "port": attacker.port, "client_port": attacker.port}
     demote = {"hostname": ip, "role": "worker", "head_address": f"127.0.0.1:{attacker.port}"}
     wrong = "not-the-stack-secret-0123456789"
     expected = {"missing": 0, "bad_mac": 0, "stale": 0, "replay": 0}
@@ -228,8 +236,7 @@ class RogueAgent:
                 if self.mode == "silent":
                     continue
                 fields = {"v": 2, "hostname": "rogue", "state": self.mode, "head": "", "index": 0, "client_port": 1}
-                line = (json.dumps(fields) if self.asked % 2 else
-                        json.dumps({"body": json.dumps(fields), "mac": "0" * 64}))
+                line = json.dumps(fields) if self.asked % 2 else json.dumps({"body": json.dumps(fields), "mac": "0" * 64})
                 try:
                     conn.sendall(line.encode() + b"\n")
                 except OSError:
@@ -249,8 +256,7 @@ def test_rogue_agent_cannot_block_an_election(tmp_path, mode, gcs):
     fake_gcs = Listener(c.ips[0], c.port) if gcs else None
     try:
         env = c.env(c.ips[1], PEER_DEAD_AFTER_S="1")
-        out = subprocess.run([PY, NODE, "--decide", "--decide-timeout", "40"], env=env, capture_output=True,
-                             text=True, timeout=90)
+        out = subprocess.run([PY, NODE, "--decide", "--decide-timeout", "40"], env=env, capture_output=True, text=True, timeout=90)
         assert out.returncode == 0, out.stderr
         d = json.loads(out.stdout)
         assert (d["role"], d["head_address"]) == ("head", f"{c.ips[1]}:{c.port}")
@@ -337,8 +343,7 @@ def test_many_idle_and_half_open_proxy_connections_keep_threads_and_fds_bounded(
         conns.clear()
         # Once the idle relays are gone, a new client gets through again.
         held_before = len(held)
-        _wait(lambda: (socket.create_connection(("127.0.0.1", h.proxy), timeout=5).close() or True)
-              and len(held) > held_before, 60, "a relay after the soak")
+        _wait(lambda: (socket.create_connection(("127.0.0.1", h.proxy), timeout=5).close() or True) and len(held) > held_before, 60, "a relay after the soak")
     finally:
         for s in conns:
             s.close()
@@ -349,19 +354,87 @@ def test_many_idle_and_half_open_proxy_connections_keep_threads_and_fds_bounded(
 
 # ----------------------------------------------------------------- environment gate
 
-NODE_VARS = ["NODE_HOSTNAME", "NODE_IP", "HEAD_WHITELIST", "HEAD_ADDRESS", "CFG_HEAD_ADDRESS", "RAY_HEAD_PORT",
-             "HEALTH_URL", "NODE_AGENT_PORT", "NODE_AGENT_BIND", "PEER_DEAD_AFTER_S", "RAY_NUM_CPUS", "RAY_NUM_GPUS",
-             "RAY_MEMORY", "RAY_OBJECT_STORE_MEMORY", "RAY_DASHBOARD_PORT", "RAY_CLIENT_SERVER_PORT",
-             "RAY_NODE_MANAGER_PORT", "RAY_GCS_FT", "RAY_REDIS_ADDRESS", "RAY_START_EXTRA_ARGS", "RAY_BIN",
-             "HEARTBEAT_INTERVAL_S", "HEAD_LOSS_PROBES", "HEAD_LOSS_GRACE_S", "ELECTION_SETTLE_S",
-             "SPLIT_CHECK_INTERVAL_S", "RAY_STOP_TIMEOUT_S", "CSLR_CONTROL_SECRET"]
-HEALTH_VARS = ["HEALTH_BIND", "HEALTH_PORT", "HEALTH_NODE_TTL", "HEAD_WHITELIST", "RAY_HEAD_PORT",
-               "RAY_CLIENT_PROXY_PORT", "RAY_CLIENT_SERVER_PORT", "RAY_CLIENT_PORTS", "RAY_CLIENT_PROXY_MAX_CONNECTIONS",
-               "RAY_CLIENT_PROXY_IDLE_S", "HEALTH_ELECTION_POLL_S", "CSLR_CONTROL_SECRET"]
-NASTY = st.sampled_from(["", "0", "1", "-1", "70000", "65535", "6379", "1e9", "nan", "inf", "0x10", " 7 ", "٣",
-                         "a", "a:b", "h:1:junk", "h:6379", "[::1]:1", "[::1", "a,b", "a,,b:99999", "x" * 300,
-                         "http://health:8080", "ftp://x", "'unclosed", "true", "maybe", "\x00", "a b", "é",
-                         "ray-cpu=10011", "=1", "s" * 40])
+NODE_VARS = [
+    "NODE_HOSTNAME",
+    "NODE_IP",
+    "HEAD_WHITELIST",
+    "HEAD_ADDRESS",
+    "CFG_HEAD_ADDRESS",
+    "RAY_HEAD_PORT",
+    "HEALTH_URL",
+    "NODE_AGENT_PORT",
+    "NODE_AGENT_BIND",
+    "PEER_DEAD_AFTER_S",
+    "RAY_NUM_CPUS",
+    "RAY_NUM_GPUS",
+    "RAY_MEMORY",
+    "RAY_OBJECT_STORE_MEMORY",
+    "RAY_DASHBOARD_PORT",
+    "RAY_CLIENT_SERVER_PORT",
+    "RAY_NODE_MANAGER_PORT",
+    "RAY_GCS_FT",
+    "RAY_REDIS_ADDRESS",
+    "RAY_START_EXTRA_ARGS",
+    "RAY_BIN",
+    "HEARTBEAT_INTERVAL_S",
+    "HEAD_LOSS_PROBES",
+    "HEAD_LOSS_GRACE_S",
+    "ELECTION_SETTLE_S",
+    "SPLIT_CHECK_INTERVAL_S",
+    "RAY_STOP_TIMEOUT_S",
+    "CSLR_CONTROL_SECRET",
+]
+HEALTH_VARS = [
+    "HEALTH_BIND",
+    "HEALTH_PORT",
+    "HEALTH_NODE_TTL",
+    "HEAD_WHITELIST",
+    "RAY_HEAD_PORT",
+    "RAY_CLIENT_PROXY_PORT",
+    "RAY_CLIENT_SERVER_PORT",
+    "RAY_CLIENT_PORTS",
+    "RAY_CLIENT_PROXY_MAX_CONNECTIONS",
+    "RAY_CLIENT_PROXY_IDLE_S",
+    "HEALTH_ELECTION_POLL_S",
+    "CSLR_CONTROL_SECRET",
+]
+NASTY = st.sampled_from(
+    [
+        "",
+        "0",
+        "1",
+        "-1",
+        "70000",
+        "65535",
+        "6379",
+        "1e9",
+        "nan",
+        "inf",
+        "0x10",
+        " 7 ",
+        "٣",
+        "a",
+        "a:b",
+        "h:1:junk",
+        "h:6379",
+        "[::1]:1",
+        "[::1",
+        "a,b",
+        "a,,b:99999",
+        "x" * 300,
+        "http://health:8080",
+        "ftp://x",
+        "'unclosed",
+        "true",
+        "maybe",
+        "\x00",
+        "a b",
+        "é",
+        "ray-cpu=10011",
+        "=1",
+        "s" * 40,
+    ]
+)
 VALUE = st.one_of(NASTY, st.text(max_size=40))
 
 
@@ -370,8 +443,7 @@ def _env(draw_vars, base):
 
 
 @settings(max_examples=400, deadline=None)
-@given(env=_env(NODE_VARS, {"NODE_HOSTNAME": "a", "NODE_IP": "10.0.0.1", "HEAD_WHITELIST": "a",
-                            "CSLR_CONTROL_SECRET": CONTROL_SECRET}))
+@given(env=_env(NODE_VARS, {"NODE_HOSTNAME": "a", "NODE_IP": "10.0.0.1", "HEAD_WHITELIST": "a", "CSLR_CONTROL_SECRET": CONTROL_SECRET}))
 def test_ray_node_environment_is_valid_or_refused_with_its_variable(env):
     try:
         rn.load_config(env)
@@ -410,13 +482,16 @@ def test_ray_node_process_never_shows_a_traceback(tmp_path_factory, env):
         assert "configuration error:" in out.stderr
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"HEAD_WHITELIST": "a:6379:junk"}, "HEAD_WHITELIST=a:6379:junk: expected comma-separated entries"),
-    ({"RAY_HEAD_PORT": "70000"}, "RAY_HEAD_PORT=70000: expected an integer 1..65535"),
-    ({"RAY_NODE_MANAGER_PORT": "x"}, "RAY_NODE_MANAGER_PORT=x: expected an integer 1..65535"),
-    ({"CSLR_CONTROL_SECRET": "short"}, "CSLR_CONTROL_SECRET: expected a printable secret of at least 16"),
-    ({"CSLR_CONTROL_SECRET": ""}, "CSLR_CONTROL_SECRET is not set"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"HEAD_WHITELIST": "a:6379:junk"}, "HEAD_WHITELIST=a:6379:junk: expected comma-separated entries"),
+        ({"RAY_HEAD_PORT": "70000"}, "RAY_HEAD_PORT=70000: expected an integer 1..65535"),
+        ({"RAY_NODE_MANAGER_PORT": "x"}, "RAY_NODE_MANAGER_PORT=x: expected an integer 1..65535"),
+        ({"CSLR_CONTROL_SECRET": "short"}, "CSLR_CONTROL_SECRET: expected a printable secret of at least 16"),
+        ({"CSLR_CONTROL_SECRET": ""}, "CSLR_CONTROL_SECRET is not set"),
+    ],
+)
 def test_ray_node_bad_environment_regressions(capsys, env, message):
     base = {"NODE_HOSTNAME": "a", "NODE_IP": "127.0.0.1", "HEAD_WHITELIST": "a", "CSLR_CONTROL_SECRET": CONTROL_SECRET}
     assert rn.main(["--decide"], environ={**base, **env}) == 2

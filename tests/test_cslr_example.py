@@ -85,7 +85,9 @@ def test_model_weight_gradient_matches_finite_differences():
 
 
 def test_greedy_decoding_merges_repeats_and_drops_blanks():
-    one_hot = lambda k: [5.0 if j == k else 0.0 for j in range(4)]
+    def one_hot(k):
+        return [5.0 if j == k else 0.0 for j in range(4)]
+
     assert core.greedy_decode([one_hot(k) for k in [0, 1, 1, 0, 1, 2, 2, 0, 0, 3]]) == [1, 1, 2, 3]
     assert core.greedy_decode([one_hot(0)] * 3) == []
 
@@ -113,7 +115,7 @@ def test_a_few_epochs_of_training_lower_the_held_out_wer():
     model = core.Model.create(8, 12, seed=0)
     opt = core.Adam((model.classes, model.inputs), lr=0.05)
     before = core.wer([s.glosses for s in test], [model.decode(s.frames) for s in test])
-    for epoch in range(4):
+    for _epoch in range(4):
         for b in range(0, len(train), 16):
             total = [[0.0] * model.inputs for _ in range(model.classes)]
             for s in train[b : b + 16]:

@@ -16,7 +16,27 @@ from cslr.config import DotenvValueError
 PRINTABLE = st.characters(blacklist_categories=("Cc", "Cs")) | st.just("\t")
 VALUES = st.text(PRINTABLE, max_size=40)
 KEYS = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True)
-NASTY = ["it's", "a\\b", "\\", "'", '"', "$HOME", "${X}", "$$", "a #b", "#x", " lead", "trail ", "\\n", "tab\there", "x='y'", 'q"\'"', "é日本\u2028", "=", "`cmd`"]
+NASTY = [
+    "it's",
+    "a\\b",
+    "\\",
+    "'",
+    '"',
+    "$HOME",
+    "${X}",
+    "$$",
+    "a #b",
+    "#x",
+    " lead",
+    "trail ",
+    "\\n",
+    "tab\there",
+    "x='y'",
+    'q"\'"',
+    "é日本\u2028",
+    "=",
+    "`cmd`",
+]
 
 
 def round_trip(values: dict) -> dict:
@@ -53,11 +73,22 @@ def test_safe_values_stay_unquoted_and_others_are_single_quoted():
     assert text.splitlines() == ["A=x/y:1,2", "B='with space'", 'C="it\'s \\$X"']
 
 
-@pytest.mark.parametrize("line, value", [
-    ("A=plain # comment", "plain"), ("A='lit $X \\n' # c", "lit $X \\n"), ('A="x\\ty\\q$$z\\$"', "x\ty\\q$z$"),
-    ("A='a\\'b'", "a'b"), ("A='x\\\\'", "x\\\\"), ("A='a\\\\\\'b'", "a\\\\'b"),
-    ("export A=1", "1"), ("  A = spaced  ", "spaced"), ("A=", ""), ("A=a#b", "a#b"), ("A=x\r", "x"),
-])
+@pytest.mark.parametrize(
+    "line, value",
+    [
+        ("A=plain # comment", "plain"),
+        ("A='lit $X \\n' # c", "lit $X \\n"),
+        ('A="x\\ty\\q$$z\\$"', "x\ty\\q$z$"),
+        ("A='a\\'b'", "a'b"),
+        ("A='x\\\\'", "x\\\\"),
+        ("A='a\\\\\\'b'", "a\\\\'b"),
+        ("export A=1", "1"),
+        ("  A = spaced  ", "spaced"),
+        ("A=", ""),
+        ("A=a#b", "a#b"),
+        ("A=x\r", "x"),
+    ],
+)
 def test_parse_dotenv_follows_composes_dialect(line, value):
     assert config.parse_dotenv(line + "\n", ".env")["A"][0] == value
 

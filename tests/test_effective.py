@@ -17,8 +17,14 @@ def test_every_origin_is_named(project):
     rows = by_setting(config.load(path, environ={"MLFLOW_HOST_PORT": "7500"}))
     assert rows["$.gpu (CSLR_GPU)"] == effective.Row("$.gpu (CSLR_GPU)", "off", "config.yaml:1")
     assert rows["$.ray.cpu.ports.gcs (RAY_CPU_GCS_HOST_PORT)"].origin == "config.yaml:4"
-    assert (rows["$.services.redis.port (REDIS_HOST_PORT)"].value, rows["$.services.redis.port (REDIS_HOST_PORT)"].origin) == ("7381", f".env:{len(SECRETS) + 1}")  # the line after the secrets
-    assert (rows["$.services.mlflow.port (MLFLOW_HOST_PORT)"].value, rows["$.services.mlflow.port (MLFLOW_HOST_PORT)"].origin) == ("7500", "environment $MLFLOW_HOST_PORT")
+    assert (rows["$.services.redis.port (REDIS_HOST_PORT)"].value, rows["$.services.redis.port (REDIS_HOST_PORT)"].origin) == (
+        "7381",
+        f".env:{len(SECRETS) + 1}",
+    )  # the line after the secrets
+    assert (rows["$.services.mlflow.port (MLFLOW_HOST_PORT)"].value, rows["$.services.mlflow.port (MLFLOW_HOST_PORT)"].origin) == (
+        "7500",
+        "environment $MLFLOW_HOST_PORT",
+    )
     assert rows["$.services.health.port (HEALTH_HOST_PORT)"] == effective.Row("$.services.health.port (HEALTH_HOST_PORT)", "8888", "schema default")
 
 
@@ -42,8 +48,14 @@ def test_list_rows_and_host_rows(project):
 
 
 def test_inv_config_from_another_folder_finds_the_project_config(tmp_path):
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "inv"), "--search-root", str(ROOT), "config"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    out = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "inv"), "--search-root", str(ROOT), "config"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["SETTING", "VALUE", "ORIGIN"]

@@ -29,7 +29,10 @@ def test_data_and_workspace_valid_folders_give_mounts(project, tmp_path):
     (tmp_path / "phoenix").mkdir()
     (tmp_path / "out").mkdir()
     loaded = load_validated(project(f"data:\n  phoenix: {tmp_path / 'phoenix'}\nworkspace: {tmp_path / 'out'}\n"), detect=lambda mode: GpuState("off"))
-    assert hostdirs.mounts(loaded.cfg) == [hostdirs.Mount(str(tmp_path / "phoenix"), "/data/phoenix", True), hostdirs.Mount(str(tmp_path / "out"), "/workspace", False)]
+    assert hostdirs.mounts(loaded.cfg) == [
+        hostdirs.Mount(str(tmp_path / "phoenix"), "/data/phoenix", True),
+        hostdirs.Mount(str(tmp_path / "out"), "/workspace", False),
+    ]
 
 
 def test_relative_missing_and_file_paths_are_refused_with_their_lines(project, tmp_path):
@@ -56,7 +59,9 @@ def test_an_unreadable_data_folder_and_a_read_only_workspace_are_refused(project
     if os.geteuid() == 0:
         # Root passes every permission check; stand in for a normal user's os.access (the
         # kernel's answer for an unprivileged uid on these modes).
-        monkeypatch.setattr(hostdirs.os, "access", lambda path, mode: not ((os.stat(path).st_mode & 0o777) == 0 or (mode & os.W_OK and not os.stat(path).st_mode & 0o200)))
+        monkeypatch.setattr(
+            hostdirs.os, "access", lambda path, mode: not ((os.stat(path).st_mode & 0o777) == 0 or (mode & os.W_OK and not os.stat(path).st_mode & 0o200))
+        )
     try:
         out = messages(project, f"data:\n  locked: {locked}\nworkspace: {ro}\n")
     finally:
@@ -79,7 +84,7 @@ def test_notebooks_folder_is_relative_to_the_config_file(project, tmp_path):
 def test_overlay_lists_every_mount_for_nodes_and_notebook_and_escapes_dollars(project, tmp_path):
     odd = tmp_path / "a $HOME 'quoted' dir"
     odd.mkdir()
-    cfg = config.load(project(f"data:\n  odd: \"{odd}\"\n"), environ={})
+    cfg = config.load(project(f'data:\n  odd: "{odd}"\n'), environ={})
     doc = yaml.safe_load(hostdirs.render_overlay(cfg, gpu_node=True))
     assert sorted(doc["services"]) == ["marimo", "ray-cpu", "ray-gpu"]
     vol = doc["services"]["ray-gpu"]["volumes"]
@@ -100,7 +105,12 @@ def test_plan_copies_new_keeps_identical_and_puts_a_different_one_beside(tmp_pat
     (tmp_path / "clash.from-volume.py").write_text("older")
     files = {"./new.py": b"N", "./same.py": b"A", "./clash.py": b"theirs", "./sub/deep.py": b"D", "../escape.py": b"X"}
     actions = {a.source: (a.kind, a.dest.relative_to(tmp_path).as_posix()) for a in notebooks.plan_copy(files, tmp_path)}
-    assert actions == {"./new.py": ("copy", "new.py"), "./same.py": ("same", "same.py"), "./clash.py": ("beside", "clash.from-volume-2.py"), "./sub/deep.py": ("copy", "sub/deep.py")}
+    assert actions == {
+        "./new.py": ("copy", "new.py"),
+        "./same.py": ("same", "same.py"),
+        "./clash.py": ("beside", "clash.from-volume-2.py"),
+        "./sub/deep.py": ("copy", "sub/deep.py"),
+    }
 
 
 def test_migration_from_a_tar_stream_writes_and_reports(tmp_path):
@@ -127,8 +137,10 @@ names = st.lists(st.sampled_from(["a.py", "b.py", "a.from-volume.py", "sub/a.py"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(existing=st.dictionaries(st.sampled_from(["a.py", "b.py", "a.from-volume.py", "x"]), st.binary(max_size=3), max_size=4),
-       volume=st.dictionaries(names.flatmap(lambda n: st.sampled_from(n) if n else st.just("a.py")), st.binary(max_size=3), max_size=5))
+@given(
+    existing=st.dictionaries(st.sampled_from(["a.py", "b.py", "a.from-volume.py", "x"]), st.binary(max_size=3), max_size=4),
+    volume=st.dictionaries(names.flatmap(lambda n: st.sampled_from(n) if n else st.just("a.py")), st.binary(max_size=3), max_size=5),
+)
 def test_migration_never_loses_or_overwrites_anything(tmp_path_factory, existing, volume):
     folder = tmp_path_factory.mktemp("nb")
     for name, data in existing.items():

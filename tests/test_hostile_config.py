@@ -27,6 +27,8 @@ from tests.conftest import ROOT, SECRETS, write_project
 SHIPPED_TEXT = (ROOT / "config.yaml").read_text()
 SHIPPED = yaml.safe_load(SHIPPED_TEXT)
 POSITION = re.compile(r"^(?:config\.yaml|\.env)(?::\d+(?::\d+)?)?: |^(?:environment \$\w+|schema default|nodes\.yaml): ")
+
+
 # Function-scoped tmp_path is reused across examples on purpose: each example rewrites the files.
 def cases(n: int) -> settings:
     return settings(max_examples=n, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -61,8 +63,14 @@ def _in_project(tmp_path, monkeypatch):
 PATHS = sorted(set(schema_paths(config.schema())) | set(data_paths(SHIPPED)), key=str)
 ONE_HOST = {"name": "host-a", "address": "10.0.0.1"}
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=30),
-                    st.sampled_from(["", "on", "off", "0.0.0.0", "ray-cpu", "10.0.0.1", "6379", "16g", "-1", "1e400", "~", "null"]))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=30),
+    st.sampled_from(["", "on", "off", "0.0.0.0", "ray-cpu", "10.0.0.1", "6379", "16g", "-1", "1e400", "~", "null"]),
+)
 hostile = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
 
 
@@ -172,22 +180,24 @@ def _limits() -> None:
 def run_inv(cwd: Path) -> subprocess.CompletedProcess:
     env = {"PATH": f"{cwd}/bin:/usr/bin:/bin", "HOME": str(cwd)}  # no nvidia-smi, no config variables
     (cwd / "bin").mkdir(exist_ok=True)
-    return subprocess.run([str(INV), "--search-root", str(ROOT), "validate"], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120, preexec_fn=_limits)
+    return subprocess.run([str(INV), "--search-root", str(ROOT), "validate"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, preexec_fn=_limits)
 
 
 BOMB = "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]) + "\n"
 
 
-@pytest.mark.parametrize("name, make, expected", [
-    ("alias bomb", lambda p: p.write_text(BOMB), "config.yaml:5:10: syntax error: found more than 10000 values"),
-    ("recursive alias", lambda p: p.write_text("gpu: &a [*a]\n"), "config.yaml:1:10: syntax error: found the alias *a"),
-    ("python tag as key", lambda p: p.write_text("!!python/object/apply:os.system [id]: 1\n"), "config.yaml:1:1: syntax error: found the tag"),
-    ("deep nesting", lambda p: p.write_text("a: " + "[" * 50_000 + "]" * 50_000 + "\n"), "config.yaml:1:35: syntax error: found nesting deeper"),
-    ("latin-1", lambda p: p.write_bytes(b"gpu: caf\xe9\n"), "config.yaml:1:9: cannot read: found byte 0xe9"),
-    ("wrong type", lambda p: p.write_text("hosts: [{}]\n"), "config.yaml:1:9: $.hosts[0]: missing key 'name'"),
-    ("/dev/zero", lambda p: (p.unlink(), p.symlink_to("/dev/zero")), "config.yaml: cannot read: found a character device"),
-])
+@pytest.mark.parametrize(
+    "name, make, expected",
+    [
+        ("alias bomb", lambda p: p.write_text(BOMB), "config.yaml:5:10: syntax error: found more than 10000 values"),
+        ("recursive alias", lambda p: p.write_text("gpu: &a [*a]\n"), "config.yaml:1:10: syntax error: found the alias *a"),
+        ("python tag as key", lambda p: p.write_text("!!python/object/apply:os.system [id]: 1\n"), "config.yaml:1:1: syntax error: found the tag"),
+        ("deep nesting", lambda p: p.write_text("a: " + "[" * 50_000 + "]" * 50_000 + "\n"), "config.yaml:1:35: syntax error: found nesting deeper"),
+        ("latin-1", lambda p: p.write_bytes(b"gpu: caf\xe9\n"), "config.yaml:1:9: cannot read: found byte 0xe9"),
+        ("wrong type", lambda p: p.write_text("hosts: [{}]\n"), "config.yaml:1:9: $.hosts[0]: missing key 'name'"),
+        ("/dev/zero", lambda p: (p.unlink(), p.symlink_to("/dev/zero")), "config.yaml: cannot read: found a character device"),
+    ],
+)
 def test_inv_validate_refuses_hostile_files_with_exit_2(tmp_path, name, make, expected):
     cfg = write_project(tmp_path)
     make(cfg)
@@ -207,8 +217,10 @@ def test_inv_validate_refuses_a_fifo_without_hanging(tmp_path):
 
 
 @cases(300)
-@given(key=st.sampled_from([f.env for f in config.env_fields()] + [env for env, _ in config.REMOVED.values()]),
-       raw=st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40))
+@given(
+    key=st.sampled_from([f.env for f in config.env_fields()] + [env for env, _ in config.REMOVED.values()]),
+    raw=st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40),
+)
 def test_any_process_environment_value_is_accepted_or_refused_with_a_position(tmp_path, key, raw):
     cfg = write_project(tmp_path, SHIPPED_TEXT)
     try:

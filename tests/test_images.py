@@ -119,7 +119,15 @@ def test_ensure_pulls_missing_bases_then_builds_ray_before_marimo(project):
         image = {"ray-cpu": "RAY_IMAGE", "mlflow": "MLFLOW_IMAGE", "marimo": "MARIMO_IMAGE"}[services[0]]
         docker.images.add(env[image])
 
-    done = images.ensure(env, ["health", "ray-cpu", "mlflow", "postgres", "marimo"], build, lambda s: None, docker, lambda *a: pytest.fail("no local build"), lambda: pytest.fail("no wheelhouse"))
+    done = images.ensure(
+        env,
+        ["health", "ray-cpu", "mlflow", "postgres", "marimo"],
+        build,
+        lambda s: None,
+        docker,
+        lambda *a: pytest.fail("no local build"),
+        lambda: pytest.fail("no wheelhouse"),
+    )
     assert [c[1] for c in docker.calls] == ["rayproject/ray:2.60.0-py311-cpu", "ghcr.io/mlflow/mlflow:v3.17.2", "postgres:15"]
     assert built == [["ray-cpu"], ["mlflow"], ["marimo"]]
     assert done[-1] == f"built {env['MARIMO_IMAGE']}"
@@ -192,7 +200,13 @@ def test_present_refs_in_one_call_and_none_without_an_engine():
             calls.append(cmd)
             refs = cmd[5:] if cmd[2] == "inspect" and cmd[3] == "--format" else cmd[3:]
             hits = [r for r in refs if r in found]
-            return subprocess.CompletedProcess(cmd, 0 if len(hits) == len(refs) else 1, "".join("sha\n" for _ in hits), err or "".join(f"Error: No such image: {r}\n" for r in refs if r not in found))
+            return subprocess.CompletedProcess(
+                cmd,
+                0 if len(hits) == len(refs) else 1,
+                "".join("sha\n" for _ in hits),
+                err or "".join(f"Error: No such image: {r}\n" for r in refs if r not in found),
+            )
+
         return run
 
     assert images.Docker(engine({"a", "b"})).present_refs(["a", "b"]) == {"a", "b"} and len(calls) == 1

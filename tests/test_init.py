@@ -102,7 +102,7 @@ def test_a_secret_added_to_the_platform_later_is_added_to_an_existing_env(tmp_pa
     done = init(tmp_path / "config.yaml", tmp_path / ".env", clock=CLOCK)
     text = (tmp_path / ".env").read_text()
     assert text.startswith(before)
-    added = text[len(before):]
+    added = text[len(before) :]
     assert added.startswith("CSLR_NEW_SECRET=") and added.count("\n") == 1 and len(added) > 50
     assert done[-1].startswith("added CSLR_NEW_SECRET in ")
 
@@ -112,7 +112,7 @@ def test_empty_secret_is_filled_in_place(tmp_path):
     init(tmp_path / "config.yaml", tmp_path / ".env", clock=CLOCK)
     lines = (tmp_path / ".env").read_text().splitlines()
     assert lines[0].startswith("REDIS_PASSWORD=") and len(lines[0]) > 40
-    assert lines[1] == "# tail"   # a last line without newline is kept, then the added secrets follow
+    assert lines[1] == "# tail"  # a last line without newline is kept, then the added secrets follow
     assert lines[2].split("=")[0] in SECRET_ENV
 
 
@@ -128,7 +128,7 @@ def test_rotate_secrets_replaces_only_secrets_and_keeps_a_backup(tmp_path):
     new = config.parse_dotenv(text, ".env")
     assert all(new[k][0] != old[k][0] for k in SECRET_ENV)
     assert text.endswith("# my override\nCSLR_GPU=off\n")
-    assert text.splitlines()[:2] == before.splitlines()[:2]   # the header comment
+    assert text.splitlines()[:2] == before.splitlines()[:2]  # the header comment
     assert [c[3] for c in docker.calls] == ["mine_postgres-data", "mine_redis-data"]
     assert (tmp_path / ".env.bak-20270115T080000Z").read_text() == before
     assert any(line.startswith("replaced POSTGRES_PASSWORD") for line in done)
@@ -156,8 +156,13 @@ def test_rotation_refuses_when_the_engine_cannot_answer(tmp_path):
     init(tmp_path / "config.yaml", tmp_path / ".env")
     before = (tmp_path / ".env").read_text()
     with pytest.raises(PlatformError, match="cannot tell whether volume cslr_postgres-data exists"):
-        init(tmp_path / "config.yaml", tmp_path / ".env", rotate_secrets=True, project="cslr",
-             run=Docker(stderr="Cannot connect to the Docker daemon at unix:///var/run/docker.sock"))
+        init(
+            tmp_path / "config.yaml",
+            tmp_path / ".env",
+            rotate_secrets=True,
+            project="cslr",
+            run=Docker(stderr="Cannot connect to the Docker daemon at unix:///var/run/docker.sock"),
+        )
     assert (tmp_path / ".env").read_text() == before
 
 

@@ -58,7 +58,10 @@ def test_package_outside_git_skips_only_tool_folders(tmp_path):
     for rel in ("train.py", "__pycache__/t.pyc", ".git/HEAD", "data/a.csv"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(rel)
-    no_git = lambda *a, **k: subprocess.CompletedProcess(a, 128, b"", b"not a git repository")
+
+    def no_git(*a, **k):
+        return subprocess.CompletedProcess(a, 128, b"", b"not a git repository")
+
     assert jobs.package_files(tmp_path, run=no_git) == ["data/a.csv", "train.py"]
 
 

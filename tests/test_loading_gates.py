@@ -88,8 +88,7 @@ def test_recursive_alias_is_a_syntax_error(project):
     assert str(err) == "config.yaml:2:23: syntax error: found the alias *a inside the value it names (a recursive alias), expected a finite value"
 
 
-@pytest.mark.parametrize("text", ["a: " + "[" * 100_000 + "]" * 100_000 + "\n",
-                                  "".join("  " * i + f"k{i}:\n" for i in range(200)) + "  " * 200 + "x: 1\n"])
+@pytest.mark.parametrize("text", ["a: " + "[" * 100_000 + "]" * 100_000 + "\n", "".join("  " * i + f"k{i}:\n" for i in range(200)) + "  " * 200 + "x: 1\n"])
 def test_deep_nesting_is_a_syntax_error(project, text):
     err = refusal(project(text))
     assert isinstance(err, ConfigSyntaxError) and f"found nesting deeper than {yamlpos.MAX_DEPTH} levels" in str(err)
@@ -127,14 +126,17 @@ def test_too_many_aliases(project):
     assert f"found more than {yamlpos.MAX_ALIASES} aliases" in str(refusal(project(text)))
 
 
-@pytest.mark.parametrize("text, where, tag", [
-    ("gpu: !!python/object/apply:os.system [echo hacked]\n", "1:6", "tag:yaml.org,2002:python/object/apply:os.system"),
-    ("!!python/name:os.system gpu: on\n", "1:1", "tag:yaml.org,2002:python/name:os.system"),
-    ("? !foo gpu\n: on\n", "1:3", "!foo"),
-    ("!foo {gpu: on}: x\n", "1:1", "!foo"),
-    ("gpu: !!str on\n", "1:6", "tag:yaml.org,2002:str"),
-    ("gpu: ! on\n", "1:6", "!"),
-])
+@pytest.mark.parametrize(
+    "text, where, tag",
+    [
+        ("gpu: !!python/object/apply:os.system [echo hacked]\n", "1:6", "tag:yaml.org,2002:python/object/apply:os.system"),
+        ("!!python/name:os.system gpu: on\n", "1:1", "tag:yaml.org,2002:python/name:os.system"),
+        ("? !foo gpu\n: on\n", "1:3", "!foo"),
+        ("!foo {gpu: on}: x\n", "1:1", "!foo"),
+        ("gpu: !!str on\n", "1:6", "tag:yaml.org,2002:str"),
+        ("gpu: ! on\n", "1:6", "!"),
+    ],
+)
 def test_every_tag_is_a_syntax_error_with_position(project, text, where, tag):
     err = refusal(project(text))
     assert str(err) == f"config.yaml:{where}: syntax error: found the tag {tag!r}, expected plain YAML (tags are not allowed in a configuration file)"
@@ -162,17 +164,23 @@ def test_dates_stay_strings(project):
 # ------------------------------------------------------------------------------ schema, then rules
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("nodes:\n  head_whitelist: 42\n", "config.yaml:2:19: $.nodes.head_whitelist (HEAD_WHITELIST): found 42 (an integer), expected a list"),
-    ("network:\n  addresses: 42\n", "config.yaml:2:14: $.network.addresses: found 42 (an integer), expected a mapping"),
-    ("ray:\n  cpu:\n    hostname: [x]\n", "config.yaml:3:15: $.ray.cpu.hostname (RAY_CPU_HOSTNAME): found ['x'] (a list), expected a string"),
-    ("hosts: 42\n", "config.yaml:1:8: $.hosts: found 42 (an integer), expected a list"),
-    ("hosts: [{}]\n", "config.yaml:1:9: $.hosts[0]: missing key 'name'"),
-    ("ray:\n  cpu:\n    ports: 7\n", "config.yaml:3:12: $.ray.cpu.ports: found 7 (an integer), expected a mapping"),
-    ("services:\n  redis: {enabled: 1}\n", "config.yaml:2:20: $.services.redis.enabled (REDIS_ENABLED): found 1 (an integer), expected a boolean (true/false)"),
-    ("hosts: [{name: a, address: 10.0.0.1, services: 1.5}]\n", "config.yaml:1:48: $.hosts[0].services: found 1.5 (a number), expected a list"),
-    ("extra_overlays: [{}]\n", "config.yaml:1:18: $.extra_overlays[0]: found {} (a mapping), expected a string"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("nodes:\n  head_whitelist: 42\n", "config.yaml:2:19: $.nodes.head_whitelist (HEAD_WHITELIST): found 42 (an integer), expected a list"),
+        ("network:\n  addresses: 42\n", "config.yaml:2:14: $.network.addresses: found 42 (an integer), expected a mapping"),
+        ("ray:\n  cpu:\n    hostname: [x]\n", "config.yaml:3:15: $.ray.cpu.hostname (RAY_CPU_HOSTNAME): found ['x'] (a list), expected a string"),
+        ("hosts: 42\n", "config.yaml:1:8: $.hosts: found 42 (an integer), expected a list"),
+        ("hosts: [{}]\n", "config.yaml:1:9: $.hosts[0]: missing key 'name'"),
+        ("ray:\n  cpu:\n    ports: 7\n", "config.yaml:3:12: $.ray.cpu.ports: found 7 (an integer), expected a mapping"),
+        (
+            "services:\n  redis: {enabled: 1}\n",
+            "config.yaml:2:20: $.services.redis.enabled (REDIS_ENABLED): found 1 (an integer), expected a boolean (true/false)",
+        ),
+        ("hosts: [{name: a, address: 10.0.0.1, services: 1.5}]\n", "config.yaml:1:48: $.hosts[0].services: found 1.5 (a number), expected a list"),
+        ("extra_overlays: [{}]\n", "config.yaml:1:18: $.extra_overlays[0]: found {} (a mapping), expected a string"),
+    ],
+)
 def test_rules_never_see_what_the_schema_refused(project, text, expected):
     err = refusal(project(text))
     assert isinstance(err, ConfigError)
@@ -234,6 +242,9 @@ def test_dotenv_values_are_never_shown_in_type_errors(project, tmp_path):
 
     path = project("{}\n", env={**SECRETS, "REDIS_HOST_PORT": "hunter2", "CSLR_GPU": "hunter3"})
     err = str(refusal(path))
-    assert f".env:{len(SECRETS) + 1}:1: $.services.redis.port (REDIS_HOST_PORT): found the value set there (not shown: .env may hold secrets), expected an integer" in err
+    assert (
+        f".env:{len(SECRETS) + 1}:1: $.services.redis.port (REDIS_HOST_PORT): found the value set there (not shown: .env may hold secrets), expected an integer"
+        in err
+    )
     assert f".env:{len(SECRETS) + 2}:1: $.gpu (CSLR_GPU): found the value set there (not shown: .env may hold secrets), expected one of: auto, on, off" in err
     assert "hunter" not in err

@@ -95,8 +95,9 @@ def test_loopback_binding_cannot_serve_other_hosts(project):
 
 
 def test_one_host_per_service(project):
-    text = TWO_HOSTS.replace("    gpu: true\n\n", "").replace("  - name: host-b\n    address: 192.168.1.11\n    gpu: true\n",
-                                                               "  - name: host-b\n    address: 192.168.1.11\n    services: [mlflow]\n")
+    text = TWO_HOSTS.replace("    gpu: true\n\n", "").replace(
+        "  - name: host-b\n    address: 192.168.1.11\n    gpu: true\n", "  - name: host-b\n    address: 192.168.1.11\n    services: [mlflow]\n"
+    )
     out = errors(load(project, text))
     assert any("lists 'mlflow', which hosts[0] already runs" in e for e in out), out
 
@@ -108,7 +109,7 @@ def commands(text):
 def test_firewall_filters_docker_published_ports_in_docker_user(project):
     lines = commands(multihost.firewall_rules(load(project), "host-a"))
     ipt = "iptables -w"
-    docker = lines[lines.index("set -e") + 1:lines.index(f"{ipt} -N CSLR-FW-INPUT 2>/dev/null || {ipt} -F CSLR-FW-INPUT")]
+    docker = lines[lines.index("set -e") + 1 : lines.index(f"{ipt} -N CSLR-FW-INPUT 2>/dev/null || {ipt} -F CSLR-FW-INPUT")]
     assert docker == [
         f"{ipt} -N CSLR-FW 2>/dev/null || {ipt} -F CSLR-FW",
         f"{ipt} -A CSLR-FW -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",

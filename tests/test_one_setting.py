@@ -39,17 +39,24 @@ def errors(*args, **kw):
 # ------------------------------------------------------------------------------ removed duplicates
 
 
-@pytest.mark.parametrize("key, new", [("head_port", "ray.cpu.ports.gcs (RAY_CPU_GCS_HOST_PORT)"),
-                                      ("dashboard_port", "ray.cpu.ports.dashboard (RAY_CPU_DASHBOARD_HOST_PORT)"),
-                                      ("client_port", "services.health.ray_client_port (RAY_CLIENT_HOST_PORT)")])
+@pytest.mark.parametrize(
+    "key, new",
+    [
+        ("head_port", "ray.cpu.ports.gcs (RAY_CPU_GCS_HOST_PORT)"),
+        ("dashboard_port", "ray.cpu.ports.dashboard (RAY_CPU_DASHBOARD_HOST_PORT)"),
+        ("client_port", "services.health.ray_client_port (RAY_CLIENT_HOST_PORT)"),
+    ],
+)
 def test_removed_key_is_a_migration_error_naming_the_new_one(project, key, new):
     out = errors(project(f"ray:\n  version: 2.60.0\n  {key}: 7000\n"))
     assert len(out) == 1, out  # the migration error only: not also "unknown key"
     assert out[0].startswith(f"config.yaml:3:3: $.ray.{key}: found a removed setting; ") and new in out[0]
 
 
-@pytest.mark.parametrize("env, new", [("RAY_HEAD_PORT", "RAY_CPU_GCS_HOST_PORT"), ("RAY_DASHBOARD_PORT", "RAY_CPU_DASHBOARD_HOST_PORT"),
-                                      ("RAY_CLIENT_SERVER_PORT", "RAY_CLIENT_HOST_PORT")])
+@pytest.mark.parametrize(
+    "env, new",
+    [("RAY_HEAD_PORT", "RAY_CPU_GCS_HOST_PORT"), ("RAY_DASHBOARD_PORT", "RAY_CPU_DASHBOARD_HOST_PORT"), ("RAY_CLIENT_SERVER_PORT", "RAY_CLIENT_HOST_PORT")],
+)
 def test_removed_variable_in_dotenv_is_an_error_and_in_the_environment_a_warning(project, env, new):
     from tests.conftest import SECRETS
 
@@ -138,7 +145,11 @@ def test_container_ports_in_compose_agree_with_compose_container_ports():
     doc = yaml.safe_load((ROOT / "compose" / "compose.yaml").read_text())
     ports = compose.CONTAINER_PORTS
     env = doc["x-ray-env"]
-    assert (env["RAY_HEAD_PORT"], env["RAY_DASHBOARD_PORT"], env["RAY_CLIENT_SERVER_PORT"]) == (str(ports["gcs"]), str(ports["dashboard"]), str(ports["client"]))
+    assert (env["RAY_HEAD_PORT"], env["RAY_DASHBOARD_PORT"], env["RAY_CLIENT_SERVER_PORT"]) == (
+        str(ports["gcs"]),
+        str(ports["dashboard"]),
+        str(ports["client"]),
+    )
     targets = [p.rsplit(":", 1)[1] for p in doc["services"]["ray-cpu"]["ports"]]
     assert targets == [str(ports["gcs"]), str(ports["dashboard"])]
     gpu = yaml.load((ROOT / "overlays" / "gpu.yaml").read_text(), Loader=_TagTolerantLoader)
@@ -209,8 +220,10 @@ def test_the_old_shipped_client_ports_clash_as_issue_9_found(tmp_path, monkeypat
 
 def test_whitelist_of_only_the_gpu_node_with_gpu_off_is_an_error(project):
     out = errors(project("nodes:\n  head_whitelist: [ray-gpu]\n"), gpu_node=False)
-    assert out == ["config.yaml:2:19: $.nodes.head_whitelist (HEAD_WHITELIST): found ['ray-gpu']: no node of this stack can ever become head "
-                   "(ray-gpu runs only with the GPU node, which is off); expected at least one of: ray-cpu (or nodes.head_address to join an external head)"]
+    assert out == [
+        "config.yaml:2:19: $.nodes.head_whitelist (HEAD_WHITELIST): found ['ray-gpu']: no node of this stack can ever become head "
+        "(ray-gpu runs only with the GPU node, which is off); expected at least one of: ray-cpu (or nodes.head_address to join an external head)"
+    ]
 
 
 def test_whitelist_of_only_the_gpu_node_with_gpu_on_is_fine(project):

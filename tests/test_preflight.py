@@ -75,7 +75,12 @@ def test_docker_available_reports_permission_and_old_engines():
     assert preflight.docker_available(answer("1.41\n")) == []
 
 
-GPU_DOC = {"services": {"ray-gpu": {"deploy": {"resources": {"reservations": {"devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}}}, "ray-cpu": {}}}
+GPU_DOC = {
+    "services": {
+        "ray-gpu": {"deploy": {"resources": {"reservations": {"devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}}},
+        "ray-cpu": {},
+    }
+}
 
 
 def test_wants_nvidia_devices_reads_the_merged_project():

@@ -1,4 +1,5 @@
 """Tests of scripts/ray_node.py: decision tables, the election protocol, and real processes on loopback."""
+
 from __future__ import annotations
 
 import json
@@ -53,10 +54,10 @@ def test_whitelist_index_matches_hostname_case_insensitively_and_prefers_own_por
 @pytest.mark.parametrize(
     "health_ok, live_head, role, head, reason_word",
     [
-        (False, None, "head", "a:6379", "failsafe"),          # Health 利用不可 -> Head (Failsafe)
-        (True, None, "head", "a:6379", "no existing head"),   # 既存 Head なし -> Head
-        (True, E("c", 6380), "worker", "c:6380", "join"),      # 既存 Head あり -> Worker
-        (False, E("c", 6380), "worker", "c:6380", "join"),     # failsafe unless a live head is found
+        (False, None, "head", "a:6379", "failsafe"),  # Health 利用不可 -> Head (Failsafe)
+        (True, None, "head", "a:6379", "no existing head"),  # 既存 Head なし -> Head
+        (True, E("c", 6380), "worker", "c:6380", "join"),  # 既存 Head あり -> Worker
+        (False, E("c", 6380), "worker", "c:6380", "join"),  # failsafe unless a live head is found
     ],
 )
 def test_whitelisted_table(health_ok, live_head, role, head, reason_word):
@@ -90,12 +91,19 @@ def test_non_whitelisted_without_any_address_is_a_configuration_error():
 
 
 def test_load_config_reads_the_contract():
-    cfg = rn.load_config({
-        "CSLR_CONTROL_SECRET": CONTROL_SECRET,
-        "NODE_HOSTNAME": "ray-gpu-host-a", "NODE_IP": "10.0.0.2", "RAY_HEAD_PORT": "6379",
-        "HEAD_WHITELIST": "ray-cpu-host-a:6379,ray-gpu-host-a:6380", "RAY_NUM_CPUS": "4",
-        "RAY_NODE_MANAGER_PORT": "7001", "RAY_GCS_FT": "1", "RAY_START_EXTRA_ARGS": "--labels='{\"a\": \"b\"}'",
-    })
+    cfg = rn.load_config(
+        {
+            "CSLR_CONTROL_SECRET": CONTROL_SECRET,
+            "NODE_HOSTNAME": "ray-gpu-host-a",
+            "NODE_IP": "10.0.0.2",
+            "RAY_HEAD_PORT": "6379",
+            "HEAD_WHITELIST": "ray-cpu-host-a:6379,ray-gpu-host-a:6380",
+            "RAY_NUM_CPUS": "4",
+            "RAY_NODE_MANAGER_PORT": "7001",
+            "RAY_GCS_FT": "1",
+            "RAY_START_EXTRA_ARGS": '--labels=\'{"a": "b"}\'',
+        }
+    )
     assert cfg.index == 1
     assert cfg.own_port == 6380  # the whitelist entry's port is what peers probe
     assert cfg.agent_bind == "10.0.0.2" and rn.agent_port_for(cfg.self_entry, cfg.agent_port) == 7380
@@ -103,18 +111,15 @@ def test_load_config_reads_the_contract():
     assert cfg.extra_args == ['--labels={"a": "b"}']
 
 
-@pytest.mark.parametrize("var, value", [("RAY_HEAD_PORT", "x"), ("RAY_NODE_MANAGER_PORT", "70000"),
-                                         ("HEAD_WHITELIST", "a:b")])
+@pytest.mark.parametrize("var, value", [("RAY_HEAD_PORT", "x"), ("RAY_NODE_MANAGER_PORT", "70000"), ("HEAD_WHITELIST", "a:b")])
 def test_load_config_rejects_bad_values(var, value):
-    env = {"NODE_HOSTNAME": "a", "NODE_IP": "10.0.0.1", "HEAD_WHITELIST": "a", "CSLR_CONTROL_SECRET": CONTROL_SECRET,
-           var: value}
+    env = {"NODE_HOSTNAME": "a", "NODE_IP": "10.0.0.1", "HEAD_WHITELIST": "a", "CSLR_CONTROL_SECRET": CONTROL_SECRET, var: value}
     with pytest.raises(ValueError):
         rn.load_config(env)
 
 
 def test_main_reports_configuration_errors_with_exit_2():
-    assert rn.main(["--decide"], environ={"NODE_HOSTNAME": "w", "NODE_IP": "10.0.0.9",
-                                          "CSLR_CONTROL_SECRET": CONTROL_SECRET}) == 2
+    assert rn.main(["--decide"], environ={"NODE_HOSTNAME": "w", "NODE_IP": "10.0.0.9", "CSLR_CONTROL_SECRET": CONTROL_SECRET}) == 2
 
 
 # ----------------------------------------------------------------- election step
@@ -257,21 +262,40 @@ def test_any_interleaving_elects_exactly_one_head(n, start_at, schedule, unknown
 
 
 def _cfg(**env):
-    base = {"NODE_HOSTNAME": "a", "NODE_IP": "10.0.0.2", "HEAD_WHITELIST": "a,b", "RAY_TEMP_DIR": "/tmp/r",
-            "CSLR_CONTROL_SECRET": CONTROL_SECRET}
+    base = {"NODE_HOSTNAME": "a", "NODE_IP": "10.0.0.2", "HEAD_WHITELIST": "a,b", "RAY_TEMP_DIR": "/tmp/r", "CSLR_CONTROL_SECRET": CONTROL_SECRET}
     base.update(env)
     return rn.load_config(base)
 
 
 def test_head_command_has_port_dashboard_resources_and_usage_stats_off():
-    cfg = _cfg(RAY_NUM_CPUS="4", RAY_NUM_GPUS="1", RAY_MEMORY="1000", RAY_OBJECT_STORE_MEMORY="500",
-               RAY_DASHBOARD_PORT="8266", RAY_MIN_WORKER_PORT="20000", RAY_MAX_WORKER_PORT="20100",
-               RAY_START_EXTRA_ARGS="--foo bar")
+    cfg = _cfg(
+        RAY_NUM_CPUS="4",
+        RAY_NUM_GPUS="1",
+        RAY_MEMORY="1000",
+        RAY_OBJECT_STORE_MEMORY="500",
+        RAY_DASHBOARD_PORT="8266",
+        RAY_MIN_WORKER_PORT="20000",
+        RAY_MAX_WORKER_PORT="20100",
+        RAY_START_EXTRA_ARGS="--foo bar",
+    )
     cmd = rn.build_ray_command(cfg, rn.Decision("head", "a:6379", ""))
-    for arg in ["--head", "--block", "--port=6379", "--node-ip-address=10.0.0.2", "--dashboard-host=0.0.0.0",
-                "--dashboard-port=8266", "--num-cpus=4", "--num-gpus=1", "--memory=1000",
-                "--object-store-memory=500", "--disable-usage-stats", "--temp-dir=/tmp/r",
-                "--min-worker-port=20000", "--max-worker-port=20100", "--ray-client-server-port=10001"]:
+    for arg in [
+        "--head",
+        "--block",
+        "--port=6379",
+        "--node-ip-address=10.0.0.2",
+        "--dashboard-host=0.0.0.0",
+        "--dashboard-port=8266",
+        "--num-cpus=4",
+        "--num-gpus=1",
+        "--memory=1000",
+        "--object-store-memory=500",
+        "--disable-usage-stats",
+        "--temp-dir=/tmp/r",
+        "--min-worker-port=20000",
+        "--max-worker-port=20100",
+        "--ray-client-server-port=10001",
+    ]:
         assert arg in cmd
     assert cmd[:2] == ["ray", "start"] and cmd[-2:] == ["--foo", "bar"]
 
@@ -366,8 +390,14 @@ def test_busy_agent_port_is_exit_2_naming_address_and_port(capsys, tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
-        env = {"NODE_HOSTNAME": "127.0.0.1", "NODE_IP": "127.0.0.1", "HEAD_WHITELIST": f"127.0.0.1:{port - 1000}",
-               "RAY_TEMP_DIR": str(tmp_path), "CSLR_CONTROL_SECRET": CONTROL_SECRET, "RAY_BIN": fake_ray_bin()}
+        env = {
+            "NODE_HOSTNAME": "127.0.0.1",
+            "NODE_IP": "127.0.0.1",
+            "HEAD_WHITELIST": f"127.0.0.1:{port - 1000}",
+            "RAY_TEMP_DIR": str(tmp_path),
+            "CSLR_CONTROL_SECRET": CONTROL_SECRET,
+            "RAY_BIN": fake_ray_bin(),
+        }
         assert rn.main([], environ=env) == 2
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and "Traceback" not in err
@@ -376,8 +406,7 @@ def test_busy_agent_port_is_exit_2_naming_address_and_port(capsys, tmp_path):
 def test_unreadable_peer_counts_as_gone_only_after_peer_dead_after():
     now = [0.0]
     cfg = _cfg(PEER_DEAD_AFTER_S="10")
-    runner = rn.NodeRunner(cfg, None, clock=lambda: now[0], read_agent_fn=lambda h, p: rn.UNKNOWN,
-                           tcp_open_fn=lambda h, p, t=0.5: False)
+    runner = rn.NodeRunner(cfg, None, clock=lambda: now[0], read_agent_fn=lambda h, p: rn.UNKNOWN, tcp_open_fn=lambda h, p, t=0.5: False)
     assert runner.view(1, E("b", 6379)).state == rn.UNKNOWN
     now[0] = 10.5
     assert runner.view(1, E("b", 6379)).state == rn.ABSENT
@@ -391,9 +420,8 @@ def test_worker_waits_out_grace_with_gcs_ft_and_leaves_at_once_without():
     for ft, expected_misses in (("0", 3), ("1", None)):
         now, probes = [0.0], []
         cfg = _cfg(RAY_GCS_FT=ft, HEAD_LOSS_GRACE_S="30", HEAD_MONITOR_INTERVAL_S="1")
-        runner = rn.NodeRunner(cfg, L(), clock=lambda: now[0],
-                               tcp_open_fn=lambda h, p, t=0.5: probes.append(now[0]) or False)
-        runner.sleep = lambda s: now.__setitem__(0, now[0] + s)
+        runner = rn.NodeRunner(cfg, L(), clock=lambda now=now: now[0], tcp_open_fn=lambda h, p, t=0.5, now=now, probes=probes: probes.append(now[0]) or False)
+        runner.sleep = lambda s, now=now: now.__setitem__(0, now[0] + s)
         assert runner.watch_head(E("b", 6379)) == "lost"
         if expected_misses:
             assert len(probes) == expected_misses
@@ -412,8 +440,7 @@ def test_lower_priority_head_yields_to_a_live_higher_priority_head():
     for me, expected in (("b", "split"), ("a", "stop")):
         cfg = _cfg(NODE_HOSTNAME=me, SPLIT_CHECK_INTERVAL_S="5", HEAD_MONITOR_INTERVAL_S="1")
         stop = rn.threading.Event()
-        runner = rn.NodeRunner(cfg, L(), stop=stop, clock=lambda: now[0],
-                               read_agent_fn=lambda h, p: states[h], tcp_open_fn=lambda h, p, t=0.5: True)
+        runner = rn.NodeRunner(cfg, L(), stop=stop, clock=lambda: now[0], read_agent_fn=lambda h, p: states[h], tcp_open_fn=lambda h, p, t=0.5: True)
 
         def tick(s, runner=runner, stop=stop):
             now[0] += s
@@ -432,16 +459,19 @@ def test_head_keeps_its_role_when_the_higher_priority_peer_is_not_head():
     now = [0.0]
     stop = rn.threading.Event()
     cfg = _cfg(NODE_HOSTNAME="b", SPLIT_CHECK_INTERVAL_S="5")
-    runner = rn.NodeRunner(cfg, L(), stop=stop, clock=lambda: now[0],
-                           read_agent_fn=lambda h, p: rn.WORKER, tcp_open_fn=lambda h, p, t=0.5: True)
+    runner = rn.NodeRunner(cfg, L(), stop=stop, clock=lambda: now[0], read_agent_fn=lambda h, p: rn.WORKER, tcp_open_fn=lambda h, p, t=0.5: True)
     runner.sleep = lambda s: (now.__setitem__(0, now[0] + s), now[0] > 60 and stop.set())
     assert runner.watch_self() == "stop"
 
 
 def test_healthcheck_without_state_file_fails(tmp_path):
-    assert rn.main(["--healthcheck"], environ={"NODE_HOSTNAME": "a", "NODE_IP": "127.0.0.1",
-                                               "HEAD_WHITELIST": "a", "RAY_TEMP_DIR": str(tmp_path),
-                                               "CSLR_CONTROL_SECRET": CONTROL_SECRET}) == 1
+    assert (
+        rn.main(
+            ["--healthcheck"],
+            environ={"NODE_HOSTNAME": "a", "NODE_IP": "127.0.0.1", "HEAD_WHITELIST": "a", "RAY_TEMP_DIR": str(tmp_path), "CSLR_CONTROL_SECRET": CONTROL_SECRET},
+        )
+        == 1
+    )
 
 
 # ----------------------------------------------------------------- real processes on loopback
@@ -477,11 +507,21 @@ class Cluster:
 
     def env(self, ip, **extra):
         env = dict(os.environ)
-        env.update({"NODE_HOSTNAME": ip, "NODE_IP": ip, "HEAD_WHITELIST": self.whitelist,
-                    "RAY_HEAD_PORT": str(self.port), "NODE_AGENT_BIND": ip, "HEALTH_URL": self.health_url,
-                    "RAY_TEMP_DIR": str(self.tmp / ip), "RAY_BIN": fake_ray_bin(),
-                    "HEAD_MONITOR_INTERVAL_S": "0.3", "HEARTBEAT_INTERVAL_S": "0.5",
-                    "CSLR_CONTROL_SECRET": CONTROL_SECRET})
+        env.update(
+            {
+                "NODE_HOSTNAME": ip,
+                "NODE_IP": ip,
+                "HEAD_WHITELIST": self.whitelist,
+                "RAY_HEAD_PORT": str(self.port),
+                "NODE_AGENT_BIND": ip,
+                "HEALTH_URL": self.health_url,
+                "RAY_TEMP_DIR": str(self.tmp / ip),
+                "RAY_BIN": fake_ray_bin(),
+                "HEAD_MONITOR_INTERVAL_S": "0.3",
+                "HEARTBEAT_INTERVAL_S": "0.5",
+                "CSLR_CONTROL_SECRET": CONTROL_SECRET,
+            }
+        )
         env.update(extra)
         return env
 
@@ -555,10 +595,18 @@ def test_health_service_up_registers_nodes_and_knows_the_head(cluster_factory, t
     hport = _free_pair("127.0.0.1")
     url = f"http://127.0.0.1:{hport}"
     c = cluster_factory(4, health_url=url, first_octet=40)
-    health = subprocess.Popen([PY, HEALTH], env=dict(os.environ, HEALTH_BIND="127.0.0.1", HEALTH_PORT=str(hport),
-                                                      CSLR_CONTROL_SECRET=CONTROL_SECRET, HEAD_WHITELIST=c.whitelist,
-                                                      RAY_HEAD_PORT=str(c.port)),
-                              stderr=subprocess.DEVNULL)
+    health = subprocess.Popen(
+        [PY, HEALTH],
+        env=dict(
+            os.environ,
+            HEALTH_BIND="127.0.0.1",
+            HEALTH_PORT=str(hport),
+            CSLR_CONTROL_SECRET=CONTROL_SECRET,
+            HEAD_WHITELIST=c.whitelist,
+            RAY_HEAD_PORT=str(c.port),
+        ),
+        stderr=subprocess.DEVNULL,
+    )
     try:
         end = time.monotonic() + 10
         while rn.http_json(url + "/")[0] != 200 and time.monotonic() < end:
@@ -626,8 +674,7 @@ def test_head_loss_makes_workers_elect_a_new_head(cluster_factory):
 
 def test_sigterm_stops_own_ray_only_and_exits_0(cluster_factory, tmp_path):
     c = cluster_factory(2, first_octet=120)
-    bystander = subprocess.Popen([PY, *fake_ray_bin().split()[1:], "start", "--block",
-                                  f"--temp-dir={tmp_path}/other"])
+    bystander = subprocess.Popen([PY, *fake_ray_bin().split()[1:], "start", "--block", f"--temp-dir={tmp_path}/other"])
     try:
         for ip in c.ips:
             c.start(ip)

@@ -52,7 +52,9 @@ def test_format_status_lists_nodes_head_first():
             {"hostname": "ray-gpu", "ip": "172.28.0.11", "role": "worker", "cpus": 4.0, "gpus": 1.0, "alive": True},
             {"hostname": "ray-cpu", "ip": "172.28.0.10", "role": "head", "cpus": 2.0, "gpus": 0.0, "alive": True},
         ],
-        "head": "ray-cpu", "mlflow": True, "redis": None,
+        "head": "ray-cpu",
+        "mlflow": True,
+        "redis": None,
     }
     lines = report.format_status(result).splitlines()
     assert lines[2].split() == ["ray-cpu", "172.28.0.10", "head", "2", "0", "yes"]

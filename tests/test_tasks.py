@@ -61,7 +61,10 @@ def test_generate_is_deterministic_and_private(project, tmp_path):
     assert second.returncode == 0 and built.read_bytes() == text1
     assert stat.S_IMODE(built.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "_build" / ".env").stat().st_mode) == 0o600
-    assert f"equivalent: docker compose --env-file {tmp_path}/_build/.env --profile redis --profile mlflow --profile marimo --profile test -f compose/compose.yaml -f overlays/test-cluster.yaml config" in first.stdout
+    assert (
+        f"equivalent: docker compose --env-file {tmp_path}/_build/.env --profile redis --profile mlflow --profile marimo --profile test -f compose/compose.yaml -f overlays/test-cluster.yaml config"
+        in first.stdout
+    )
     assert "overlays: overlays/test-cluster.yaml" in first.stdout
     assert sorted(p.name for p in (tmp_path / "_build").iterdir()) == [".env", "compose.yaml"]
 
@@ -94,7 +97,7 @@ def test_gpu_detected_by_fake_nvidia_smi_adds_the_overlay(project, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "overlays: overlays/gpu.yaml, overlays/test-cluster.yaml" in out.stdout
     text = (tmp_path / "_build" / "compose.yaml").read_text()
-    assert "driver: nvidia" in text and "RAY_NUM_GPUS: \"1\"" in text
+    assert "driver: nvidia" in text and 'RAY_NUM_GPUS: "1"' in text
 
 
 def test_init_then_validate(tmp_path):
@@ -160,7 +163,7 @@ def test_logs_takes_the_service_positionally(project, tmp_path):
     assert inv("generate", "--out", str(tmp_path / "_build"), cwd=tmp_path).returncode == 0
     # The fake stands in for `docker compose` against a running stack: it records its arguments.
     fake = tmp_bin(tmp_path) / "fake-compose"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/argv\n")
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/argv\n')
     fake.chmod(0o755)
     env = {"CSLR_COMPOSE_BIN": str(fake)}
     out = inv("logs", "ray-cpu", "-n", "5", "--out", str(tmp_path / "_build"), cwd=tmp_path, env=env)

@@ -51,8 +51,14 @@ def test_published_ports_follow_switches_and_the_gpu_node(project):
     off = dict(validate.published_ports(cfg, gpu_node=False))
     assert on[("ray", "gpu", "ports", "gcs")] == 6380 and ("ray", "gpu", "ports", "gcs") not in off
     assert ("services", "marimo", "port") not in on and on[("services", "mlflow", "port")] == 5000
-    assert list(off) == [("services", "health", "port"), ("services", "health", "ray_client_port"), ("ray", "cpu", "ports", "gcs"),
-                         ("ray", "cpu", "ports", "dashboard"), ("services", "redis", "port"), ("services", "mlflow", "port")]
+    assert list(off) == [
+        ("services", "health", "port"),
+        ("services", "health", "ray_client_port"),
+        ("ray", "cpu", "ports", "gcs"),
+        ("ray", "cpu", "ports", "dashboard"),
+        ("services", "redis", "port"),
+        ("services", "mlflow", "port"),
+    ]
 
 
 def test_owner_and_running_services(project):

@@ -72,7 +72,9 @@ def test_address_not_network_broadcast_or_gateway(project, addr, what):
 
 def test_addresses_unique(project):
     out = errors(project("network:\n  addresses:\n    redis: 172.28.0.10\n"))
-    assert out == ["config.yaml:3:12: $.network.addresses.redis (REDIS_IP): found 172.28.0.10, already used by network.addresses.ray_cpu; expected a unique address"]
+    assert out == [
+        "config.yaml:3:12: $.network.addresses.redis (REDIS_IP): found 172.28.0.10, already used by network.addresses.ray_cpu; expected a unique address"
+    ]
 
 
 def test_address_must_be_ipv4_format(project):
@@ -164,7 +166,9 @@ def test_legacy_nodes_yaml_is_an_error_with_migration(project, tmp_path):
 
 def test_secret_in_config_yaml_is_an_error(project):
     out = errors(project("secrets:\n  redis_password: hunter2\n"))
-    assert out == ["config.yaml:2:19: $.secrets.redis_password (REDIS_PASSWORD): a secret is set in config.yaml, which git tracks; expected it in .env as REDIS_PASSWORD=... (move it there and delete it here)"]
+    assert out == [
+        "config.yaml:2:19: $.secrets.redis_password (REDIS_PASSWORD): a secret is set in config.yaml, which git tracks; expected it in .env as REDIS_PASSWORD=... (move it there and delete it here)"
+    ]
 
 
 def test_missing_secrets_point_to_inv_init(project):

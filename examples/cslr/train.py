@@ -114,8 +114,14 @@ def main(argv=None) -> int:
     opt = Adam((model.classes, model.inputs), lr=args.lr)
     per_worker = max(1, args.batch // count)
     steps = max(1, per_shard // per_worker)
-    params = {**{k: v for k, v in vars(args).items() if k not in ("experiment", "run_name")}, "workers": count,
-              "worker_hosts": ",".join(sorted({h for h, _ in placed})), "cluster_gpus": gpus, "steps_per_epoch": steps, "model": "linear-window-ctc"}
+    params = {
+        **{k: v for k, v in vars(args).items() if k not in ("experiment", "run_name")},
+        "workers": count,
+        "worker_hosts": ",".join(sorted({h for h, _ in placed})),
+        "cluster_gpus": gpus,
+        "steps_per_epoch": steps,
+        "model": "linear-window-ctc",
+    }
     mlflow = start_mlflow(args, params)
     refs = [s.glosses for s in test]
     history = []

@@ -75,8 +75,15 @@ def test_published_ports_bind_to_loopback_by_default(project, tmp_path):
 def test_static_addresses_and_data_volumes(project, tmp_path):
     _, doc = render(project, "{}\n", ONE_GPU, False, tmp_path)
     addr = {name: svc["networks"]["ray-network"]["ipv4_address"] for name, svc in doc["services"].items()}
-    assert addr == {"health": "172.28.0.2", "ray-cpu": "172.28.0.10", "ray-gpu": "172.28.0.11", "redis": "172.28.0.20",
-                    "mlflow": "172.28.0.30", "postgres": "172.28.0.31", "marimo": "172.28.0.40"}
+    assert addr == {
+        "health": "172.28.0.2",
+        "ray-cpu": "172.28.0.10",
+        "ray-gpu": "172.28.0.11",
+        "redis": "172.28.0.20",
+        "mlflow": "172.28.0.30",
+        "postgres": "172.28.0.31",
+        "marimo": "172.28.0.40",
+    }
     assert doc["networks"]["ray-network"]["ipam"]["config"] == [{"subnet": "172.28.0.0/16"}]
     assert {"mlflow-data", "postgres-data", "redis-data", "ray-temp"} <= set(doc["volumes"])
     # Notebooks live in a host folder beside config.yaml (services.marimo.notebooks), not a volume.
@@ -135,10 +142,13 @@ def test_hand_run_with_the_generated_env_file_matches(project, tmp_path):
 MULTIHOST = (__import__("pathlib").Path(__file__).parent / "multihost-config.yaml").read_text()
 
 
-@pytest.mark.parametrize("host,services", [
-    ("host-a", {"health", "ray-cpu", "ray-gpu", "redis", "postgres", "mlflow", "marimo"}),
-    ("host-b", {"health", "ray-cpu", "ray-gpu"}),
-])
+@pytest.mark.parametrize(
+    "host,services",
+    [
+        ("host-a", {"health", "ray-cpu", "ray-gpu", "redis", "postgres", "mlflow", "marimo"}),
+        ("host-b", {"health", "ray-cpu", "ray-gpu"}),
+    ],
+)
 def test_multihost_projects_are_valid_compose(host, services, project, tmp_path, compose_spec):
     cfg = config.load(project(MULTIHOST), environ={})
     plan = compose.plan(cfg, NO_GPU, host=host)

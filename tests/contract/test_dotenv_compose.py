@@ -20,8 +20,9 @@ def compose_reads(tmp_path, values: dict) -> dict:
     env_file.write_text(config.format_dotenv(values, "header"), encoding="utf-8")
     project = tmp_path / "compose.yaml"
     project.write_text("services:\n  a:\n    image: scratch\n")
-    proc = subprocess.run([compose.compose_binary(), "--env-file", str(env_file), "-f", str(project), "config", "--environment"],
-                          capture_output=True, env={}, timeout=60)
+    proc = subprocess.run(
+        [compose.compose_binary(), "--env-file", str(env_file), "-f", str(project), "config", "--environment"], capture_output=True, env={}, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     out = {}
     for line in proc.stdout.decode("utf-8").split("\n"):
@@ -43,8 +44,19 @@ def test_random_printable_values_read_back_unchanged(tmp_path, values):
     assert compose_reads(tmp_path, named) == named
 
 
-HAND_WRITTEN = ["A=plain # comment", "A='lit $X \\n' # c", 'A="x\\ty\\q$$z\\$"', "A='a\\'b'", "A='x\\\\'", "A='a\\\\\\'b'",
-                "export A=1", "A = spaced  ", "A=", "A=a#b", 'A="a\\\\\\"b"']
+HAND_WRITTEN = [
+    "A=plain # comment",
+    "A='lit $X \\n' # c",
+    'A="x\\ty\\q$$z\\$"',
+    "A='a\\'b'",
+    "A='x\\\\'",
+    "A='a\\\\\\'b'",
+    "export A=1",
+    "A = spaced  ",
+    "A=",
+    "A=a#b",
+    'A="a\\\\\\"b"',
+]
 
 
 @pytest.mark.parametrize("line", HAND_WRITTEN)
@@ -53,8 +65,13 @@ def test_parse_dotenv_reads_hand_written_lines_as_compose_does(tmp_path, line):
     env_file.write_text(line + "\n")
     project = tmp_path / "compose.yaml"
     project.write_text("services:\n  a:\n    image: scratch\n")
-    proc = subprocess.run([compose.compose_binary(), "--env-file", str(env_file), "-f", str(project), "config", "--environment"],
-                          capture_output=True, text=True, env={}, timeout=60)
+    proc = subprocess.run(
+        [compose.compose_binary(), "--env-file", str(env_file), "-f", str(project), "config", "--environment"],
+        capture_output=True,
+        text=True,
+        env={},
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     theirs = next(v for k, _, v in (ln.partition("=") for ln in proc.stdout.splitlines()) if k == "A")
     assert config.parse_dotenv(line + "\n", ".env")["A"][0] == theirs

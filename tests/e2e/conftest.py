@@ -32,6 +32,7 @@ PROJECT = "cslr-e2e"
 # of their own with the venv `make venv` gives them (runtime dependencies only).
 E2E_USER = "cslr-e2e"
 
+
 def clean_env() -> dict:
     # The stack's settings come from the test's config and .env only, never from the caller's shell.
     drop = ("RAY_", "CSLR_", "HEAD_", "MLFLOW_", "REDIS_", "POSTGRES_", "MARIMO_", "COMPOSE_")

@@ -38,7 +38,12 @@ def bases_present():
 
 
 def test_ray_base_user_home_and_python_like_rayproject_ray():
-    out = run(RAY, "bash", "-c", 'id -u; id -g; id -un; echo "$HOME"; pwd; command -v python3; python3 -c "import sys; print(sys.version_info[:2])"; sudo -n true && echo sudo-ok')
+    out = run(
+        RAY,
+        "bash",
+        "-c",
+        'id -u; id -g; id -un; echo "$HOME"; pwd; command -v python3; python3 -c "import sys; print(sys.version_info[:2])"; sudo -n true && echo sudo-ok',
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:8] == ["1000", "100", "ray", "/home/ray", "/home/ray", "/home/ray/anaconda3/bin/python3", "(3, 11)", "sudo-ok"]
     assert config(RAY, "{{.Config.User}}") == "1000"

@@ -47,8 +47,9 @@ def dotenv(inv) -> dict:
 
 def test_submit_the_cslr_example_and_read_its_run_back_from_mlflow(inv):
     submitted = time.time()
-    proc = inv("submit", "--wait", "--name", "e2e-cslr", "--working-dir", str(inv.repo / "examples" / "cslr"), "--", "python", "train.py", "--epochs", "4",
-               timeout=900)
+    proc = inv(
+        "submit", "--wait", "--name", "e2e-cslr", "--working-dir", str(inv.repo / "examples" / "cslr"), "--", "python", "train.py", "--epochs", "4", timeout=900
+    )
     wall = time.time() - submitted
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "gradient worker(s)" in proc.stdout and "final test WER" in proc.stdout and "job e2e-cslr SUCCEEDED" in proc.stdout
@@ -67,8 +68,10 @@ def test_submit_the_cslr_example_and_read_its_run_back_from_mlflow(inv):
     artifacts = mlflow("GET", "artifacts/list", params={"run_id": run["info"]["run_id"], "path": "model"})
     assert [f["path"] for f in artifacts.get("files", [])] == ["model/cslr_linear_ctc.json"]
     first_metric = min(m["timestamp"] for m in history) / 1000
-    print(f"\nMEASURED warm `inv up`: {inv.up_seconds:.1f} s; submit -> first metric: {first_metric - submitted:.1f} s; "
-          f"example wall (submit --wait): {wall:.1f} s; final test WER {metrics['final_test_wer']:.3f} after 4 epochs")
+    print(
+        f"\nMEASURED warm `inv up`: {inv.up_seconds:.1f} s; submit -> first metric: {first_metric - submitted:.1f} s; "
+        f"example wall (submit --wait): {wall:.1f} s; final test WER {metrics['final_test_wer']:.3f} after 4 epochs"
+    )
 
     listed = inv("jobs", check=True).stdout
     assert any(line.split()[:2] == ["e2e-cslr", "SUCCEEDED"] for line in listed.splitlines()), listed
@@ -93,8 +96,13 @@ def test_the_starter_notebook_runs_headless_in_the_marimo_container(inv):
     # writes the complete HTML but its kernel process does not exit (a kernel executor thread
     # stays blocked at shutdown), so it runs under a kill timeout and the HTML is what is checked.
     subprocess.run(compose + ["exec", "-T", "marimo", "rm", "-f", "/tmp/start.html"], capture_output=True, env=clean_env())
-    subprocess.run(compose + ["exec", "-T", "marimo", "timeout", "-s", "KILL", "150", "marimo", "export", "html", "/notebooks/start.py", "-o", "/tmp/start.html"],
-                   capture_output=True, text=True, env=clean_env(), timeout=300)
+    subprocess.run(
+        compose + ["exec", "-T", "marimo", "timeout", "-s", "KILL", "150", "marimo", "export", "html", "/notebooks/start.py", "-o", "/tmp/start.html"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=300,
+    )
     html = subprocess.run(compose + ["exec", "-T", "marimo", "cat", "/tmp/start.html"], capture_output=True, text=True, env=clean_env(), check=True).stdout
     assert "2 alive node(s)" in html and "2 task(s) ran" in html
     assert "Logged run" in html and "starter-notebook" in html
@@ -150,10 +158,28 @@ def screenshot(url: str, out: Path) -> bytes:
         pytest.fail("chromium is missing: tools/ci-deps.sh installs it")
     profile = tempfile.mkdtemp(prefix="cslr-chromium-")
     try:
-        proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                               "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--hide-scrollbars",
-                               "--virtual-time-budget=15000", f"--screenshot={out}", "--window-size=1280,900", url],
-                              capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--hide-scrollbars",
+                "--virtual-time-budget=15000",
+                f"--screenshot={out}",
+                "--window-size=1280,900",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
     assert out.is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -39,7 +39,11 @@ def test_a_non_root_docker_group_user_ran_the_stack(inv):
     ident = subprocess.run([*inv.prefix, "id", "-un"], capture_output=True, text=True, env=inv.env).stdout.split()
     groups = subprocess.run([*inv.prefix, "id", "-Gn"], capture_output=True, text=True, env=inv.env).stdout.split()
     assert ident == [E2E_USER] and "docker" in groups and "root" not in groups
-    venv = subprocess.run([str(inv.repo / ".venv" / "bin" / "python"), "-c", "import importlib.util as u; print(bool(u.find_spec('ray')), bool(u.find_spec('pytest')))"], capture_output=True, text=True)
+    venv = subprocess.run(
+        [str(inv.repo / ".venv" / "bin" / "python"), "-c", "import importlib.util as u; print(bool(u.find_spec('ray')), bool(u.find_spec('pytest')))"],
+        capture_output=True,
+        text=True,
+    )
     assert venv.stdout.split() == ["False", "False"], venv.stdout + venv.stderr
 
 
@@ -134,7 +138,9 @@ def test_head_failover_keeps_the_client_address(inv):
 
 
 def test_published_ports_are_on_loopback_only(inv):
-    proc = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "{{.Ports}}"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        ["docker", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "{{.Ports}}"], capture_output=True, text=True, check=True
+    )
     bindings = [p.strip() for line in proc.stdout.splitlines() for p in line.split(",") if "->" in p]
     assert bindings and all(b.startswith("127.0.0.1:") for b in bindings), bindings
 
@@ -142,7 +148,10 @@ def test_published_ports_are_on_loopback_only(inv):
 def test_no_secret_is_in_any_process_command_line(inv):
     # argv is visible to every local user (`ps`), container processes included: no secret of
     # .env may appear there, whichever service or node it belongs to.
-    secrets = {k: v.strip("'\"") for k, v in (line.split("=", 1) for line in (inv.workdir / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))}
+    secrets = {
+        k: v.strip("'\"")
+        for k, v in (line.split("=", 1) for line in (inv.workdir / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    }
     secrets = {k: v for k, v in secrets.items() if len(v) >= 16}
     assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "MARIMO_TOKEN", "RAY_AUTH_TOKEN"} <= set(secrets)
     cmdlines = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True, check=True).stdout
@@ -172,6 +181,7 @@ def test_a_run_survives_down_and_up_and_volumes_go_only_with_yes(inv):
     assert mlflow_call("GET", "runs/get", params={"run_id": run_id})["run"]["info"]["run_id"] == run_id
 
     inv("down", "--volumes", "--yes", check=True)
-    volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"], capture_output=True, text=True, check=True).stdout.split()
+    volumes = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert volumes == []
-

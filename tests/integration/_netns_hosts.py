@@ -21,6 +21,7 @@ Names carry ``PREFIX`` + this process's pid, so parallel runs never clash; ``swe
 removes namespaces (killing what still runs in them), /etc/netns dirs and Ray temp dirs of
 earlier runs whose pid is gone.
 """
+
 from __future__ import annotations
 
 import json
@@ -176,8 +177,7 @@ class Lab:
 class Proc:
     """One long-running process in a host namespace, PID 1 of its own PID namespace."""
 
-    def __init__(self, lab: Lab, host: str, name: str, argv: Sequence[str], env: Mapping[str, str],
-                 log_path: Path) -> None:
+    def __init__(self, lab: Lab, host: str, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
         self.lab, self.host, self.name = lab, host, name
         self.argv, self.env = list(argv), dict(env)
         self.log_path = log_path
@@ -185,10 +185,8 @@ class Proc:
 
     def start(self) -> "Proc":
         log = open(self.log_path, "ab")
-        cmd = self.lab.exec_argv(self.host, ["unshare", "--pid", "--fork", "--mount-proc",
-                                             "--kill-child=SIGTERM", *self.argv])
-        self.popen = subprocess.Popen(cmd, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        cmd = self.lab.exec_argv(self.host, ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM", *self.argv])
+        self.popen = subprocess.Popen(cmd, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return self
 
@@ -295,12 +293,10 @@ print(json.dumps([{"id": i.node_id.hex(), "ip": i.node_manager_address, "alive":
 """
 
 
-def run_in(lab: Lab, host: str, code: str, args: Sequence[str], env: Mapping[str, str],
-           timeout: float = 20) -> Optional[object]:
+def run_in(lab: Lab, host: str, code: str, args: Sequence[str], env: Mapping[str, str], timeout: float = 20) -> Optional[object]:
     """Run ``python -c code args`` in ``host``'s namespace; its last stdout line as JSON, or None."""
     try:
-        out = subprocess.run(lab.exec_argv(host, [sys.executable, "-c", code, *args]), env=dict(env),
-                             capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(lab.exec_argv(host, [sys.executable, "-c", code, *args]), env=dict(env), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None
     if out.returncode != 0 or not out.stdout.strip():
@@ -368,8 +364,7 @@ class Cluster:
     sizes 2 test cores can afford; everything else is the host's generated environment.
     """
 
-    def __init__(self, tag: str, hosts: Mapping[str, Host], workdir: Path, python: str,
-                 scripts: Path, overrides: Mapping[str, str]) -> None:
+    def __init__(self, tag: str, hosts: Mapping[str, Host], workdir: Path, python: str, scripts: Path, overrides: Mapping[str, str]) -> None:
         self.tag, self.hosts, self.workdir = tag, dict(hosts), workdir
         self.python, self.scripts, self.overrides = python, scripts, dict(overrides)
         self.lab = Lab(tag, {n: h.address for n, h in self.hosts.items()})
@@ -391,8 +386,9 @@ class Cluster:
             bind, _, port = hostport.rpartition(":")
             env = dict(h.health_env)
             env.update(HEALTH_BIND=bind, HEALTH_PORT=port, PATH=self.path, LANG="C.UTF-8")
-            h.health = Proc(self.lab, name, "health", [self.python, str(self.scripts / "health.py")], env,
-                            self.workdir / f"{self.tag}-{name}-health.log").start()
+            h.health = Proc(
+                self.lab, name, "health", [self.python, str(self.scripts / "health.py")], env, self.workdir / f"{self.tag}-{name}-health.log"
+            ).start()
         end = time.monotonic() + health_timeout
         pending = set(self.hosts)
         while pending and time.monotonic() < end:
@@ -422,8 +418,11 @@ class Cluster:
         for name in names:
             h = self.hosts[name]
             shutil.rmtree(h.temp_dir, ignore_errors=True)
-            procs.append(Proc(self.lab, name, "node", [self.python, str(self.scripts / "ray_node.py")],
-                              self.node_env(name), self.workdir / f"{self.tag}-{name}-node.log"))
+            procs.append(
+                Proc(
+                    self.lab, name, "node", [self.python, str(self.scripts / "ray_node.py")], self.node_env(name), self.workdir / f"{self.tag}-{name}-node.log"
+                )
+            )
         for p in procs:  # back to back: "started together"
             self.hosts[p.host].node = p.start()
 
@@ -453,9 +452,11 @@ class Cluster:
         """From inside ``name``'s namespace: every whitelisted agent, every GCS port, its health."""
         h = self.hosts[name]
         wl = [(e.partition(":")[0], e.partition(":")[0], int(e.partition(":")[2] or 6379)) for e in self.whitelist]
-        args = {"agents": [(n, host, h.agent_port) for n, host, _ in wl] if agents else [],
-                "gcs": [(n, host, port) for n, host, port in wl] if agents else [],
-                "health": h.health_url.rstrip("/") + "/"}
+        args = {
+            "agents": [(n, host, h.agent_port) for n, host, _ in wl] if agents else [],
+            "gcs": [(n, host, port) for n, host, port in wl] if agents else [],
+            "health": h.health_url.rstrip("/") + "/",
+        }
         env = {"PATH": self.path, "CSLR_CONTROL_SECRET": h.node_env.get("CSLR_CONTROL_SECRET", "")}
         return run_in(self.lab, name, PROBE, [json.dumps(args)], env, timeout)
 
@@ -542,7 +543,7 @@ class Recorder:
                 self._offsets[name] = self._offsets.get(name, 0) + cut
                 for line in data[:cut].decode(errors="replace").splitlines():
                     if line.startswith("ray_node:"):
-                        self.note(name, "log " + line[len("ray_node:"):].strip()[:200])
+                        self.note(name, "log " + line[len("ray_node:") :].strip()[:200])
         heads = {n for n, (role, _) in self.current.items() if role == "head"}
         if len(heads) > 1:
             self.violations.append((self.now(), sorted(heads)))

@@ -29,15 +29,56 @@ TOKEN = "integration-jobs-token-0123456789"
 def dashboard():
     tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")
     base = _free_block("127.0.0.1")
-    ports = ["--port", base, "--dashboard-port", base + 1, "--ray-client-server-port", base + 2, "--node-manager-port", base + 3,
-             "--object-manager-port", base + 4, "--dashboard-agent-listen-port", base + 5, "--dashboard-agent-grpc-port", base + 6,
-             "--runtime-env-agent-port", base + 7, "--metrics-export-port", base + 8, "--min-worker-port", base + 20, "--max-worker-port", base + 60]
+    ports = [
+        "--port",
+        base,
+        "--dashboard-port",
+        base + 1,
+        "--ray-client-server-port",
+        base + 2,
+        "--node-manager-port",
+        base + 3,
+        "--object-manager-port",
+        base + 4,
+        "--dashboard-agent-listen-port",
+        base + 5,
+        "--dashboard-agent-grpc-port",
+        base + 6,
+        "--runtime-env-agent-port",
+        base + 7,
+        "--metrics-export-port",
+        base + 8,
+        "--min-worker-port",
+        base + 20,
+        "--max-worker-port",
+        base + 60,
+    ]
     # `python` in a job's entrypoint is this interpreter (the raylet's PATH).
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "RAY_USAGE_STATS_ENABLED": "0",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": TOKEN,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [RAY, "start", "--head", "--block", "--temp-dir", tmp, "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
-           "--num-cpus", "2", "--include-dashboard", "true", *map(str, ports)]
+    cmd = [
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        "--temp-dir",
+        tmp,
+        "--node-ip-address",
+        "127.0.0.1",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--num-cpus",
+        "2",
+        "--include-dashboard",
+        "true",
+        *map(str, ports),
+    ]
     log = open(Path(tmp) / "start.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     client = jobs.Client(f"http://127.0.0.1:{base + 1}", TOKEN)
@@ -49,9 +90,9 @@ def dashboard():
             try:
                 client.list()
                 break
-            except jobs.JobError:
+            except jobs.JobError as exc:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("the Ray head's dashboard did not come up:\n" + (Path(tmp) / "start.log").read_text()[-3000:])
+                    raise AssertionError("the Ray head's dashboard did not come up:\n" + (Path(tmp) / "start.log").read_text()[-3000:]) from exc
                 time.sleep(1)
         yield client
     finally:

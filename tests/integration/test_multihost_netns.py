@@ -29,6 +29,7 @@ set them: the times measured here are the production times.  HEAD_LOSS_GRACE_S d
 Needs root, `ip` and `unshare`.  Slow tier (marker ``integration``): about 4 minutes on 2 cores.
 Run with ``-s`` to see the recorded timelines.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,9 +67,13 @@ from cslr.gpu import GpuState  # noqa: E402
 
 SCRIPTS = _ROOT / "scripts"
 SUBNET = "10.213.7"
-SECRETS = {"POSTGRES_PASSWORD": "pg-test", "REDIS_PASSWORD": "redis-test",
-           "MARIMO_TOKEN": "marimo-test", "RAY_AUTH_TOKEN": "ray-test-token",
-           "CSLR_CONTROL_SECRET": "control-test-secret-0123456789"}
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-test",
+    "REDIS_PASSWORD": "redis-test",
+    "MARIMO_TOKEN": "marimo-test",
+    "RAY_AUTH_TOKEN": "ray-test-token",
+    "CSLR_CONTROL_SECRET": "control-test-secret-0123456789",
+}
 # What 2 cores afford: at most three Ray nodes at once, one CPU and 80 MB of object store each.
 SIZES = {"RAY_NUM_CPUS": "1", "RAY_OBJECT_STORE_MEMORY": str(80 * 1024 * 1024)}
 
@@ -97,8 +102,10 @@ HEAL_BOUND_S = 5 + 2 * (STOP_TIMEOUT_S + LOSS_PROBES * (MONITOR_INTERVAL_S + 1.0
 # host-b won 4 of 12 pair starts and 1 of 4 three-host starts here; with it, none of 4 runs.
 # Priority is liveness, not safety, and start-up jitter on a loaded CI machine can exceed the
 # settle window, so the tests assert one head, not which one (a warning names host-b's wins).
-PRIORITY_NOTE = ("ray-cpu-host-b became head although ray-cpu-host-a, first in the whitelist, was started at "
-                 "the same moment: priority is not honoured when a peer's agent is not listening yet")
+PRIORITY_NOTE = (
+    "ray-cpu-host-b became head although ray-cpu-host-a, first in the whitelist, was started at "
+    "the same moment: priority is not honoured when a peer's agent is not listening yet"
+)
 
 
 def render_hosts(workdir: Path, hosts: list, whitelist: list) -> dict:
@@ -128,8 +135,7 @@ def render_hosts(workdir: Path, hosts: list, whitelist: list) -> dict:
 
 
 def make_cluster(tag: str, workdir: Path, hosts: list, whitelist: list) -> nh.Cluster:
-    return nh.Cluster(tag, render_hosts(workdir / tag, hosts, whitelist), workdir,
-                      sys.executable, SCRIPTS, SIZES)
+    return nh.Cluster(tag, render_hosts(workdir / tag, hosts, whitelist), workdir, sys.executable, SCRIPTS, SIZES)
 
 
 @contextlib.contextmanager
@@ -191,24 +197,24 @@ def test_two_whitelisted_hosts_started_together_elect_one_head(rep, tmp_path_fac
             recorder.start()
             recorder.mark("both nodes started")
             cluster.start_nodes([A, B])
-            decided = wait_for(lambda: (lambda r: r if all(role for role, _ in r.values()) else None)(roles(cluster)),
-                               45, "both nodes to decide")
+            decided = wait_for(lambda: (lambda r: r if all(role for role, _ in r.values()) else None)(roles(cluster)), 45, "both nodes to decide")
             heads = [h for h, (role, _) in decided.items() if role == "head"]
             assert len(heads) == 1, decided
             head = heads[0]
             worker = B if head == A else A
             assert decided[head] == ("head", GCS[head])
             assert decided[worker] == ("worker", GCS[head])
-            table = wait_for(lambda: table_with(cluster, worker, GCS[head], {ADDR[A], ADDR[B]}),
-                             RAY_START_S, "both nodes alive in Ray's node table")
+            table = wait_for(lambda: table_with(cluster, worker, GCS[head], {ADDR[A], ADDR[B]}), RAY_START_S, "both nodes alive in Ray's node table")
             assert [n["ip"] for n in table if n["alive"] and n["head"]] == [ADDR[head]]
             assert roles(cluster) == decided, "a node changed its role while the cluster formed"
             assert not recorder.violations, f"two heads at once: {recorder.violations}"
-            print(f"\nrep {rep}: head {head} (decided after {recorder.first(head, 'state role=head')} s, "
-                  f"worker joined at {recorder.first(worker, 'state role=worker')} s; "
-                  f"node table complete at {recorder.now()} s)\n{recorder.text()}")
+            print(
+                f"\nrep {rep}: head {head} (decided after {recorder.first(head, 'state role=head')} s, "
+                f"worker joined at {recorder.first(worker, 'state role=worker')} s; "
+                f"node table complete at {recorder.now()} s)\n{recorder.text()}"
+            )
             if head != A:
-                warnings.warn(PRIORITY_NOTE)
+                warnings.warn(PRIORITY_NOTE, stacklevel=2)
     finally:
         recorder.stop()
         cluster.down()
@@ -236,6 +242,7 @@ def three_hosts(tmp_path_factory):
 def wait_formed(cluster: nh.Cluster) -> str:
     """Wait until the three nodes agree on one whitelisted head and Ray lists all three; return
     the head's host.  Which whitelisted node wins is not asserted here: see PRIORITY_NOTE."""
+
     def agreed():
         r = roles(cluster)
         heads = [h for h, (role, _) in r.items() if role == "head"]
@@ -245,8 +252,7 @@ def wait_formed(cluster: nh.Cluster) -> str:
 
     head = wait_for(agreed, 60, "one head that the two other nodes joined")
     assert head in (A, B), f"worker-only {head} became head"
-    wait_for(lambda: table_with(cluster, C, GCS[head], set(ADDR.values())), RAY_START_S,
-             f"three alive nodes in {head}'s node table")
+    wait_for(lambda: table_with(cluster, C, GCS[head], set(ADDR.values())), RAY_START_S, f"three alive nodes in {head}'s node table")
     return head
 
 
@@ -259,8 +265,11 @@ def test_three_hosts_one_head_everyone_points_at_it(three_hosts):
         # Every host's own view, from inside its namespace: the agents, the GCS ports, the
         # host's health service, the container healthcheck.
         for h in (A, B, C):
-            seen = wait_for(lambda: (lambda p: p if p and (p.get("health") or {}).get("known_head") == GCS[head] else None)(cluster.probe(h)),
-                            30, f"{h}'s view (health known_head {GCS[head]})")
+            seen = wait_for(
+                lambda h=h: (lambda p: p if p and (p.get("health") or {}).get("known_head") == GCS[head] else None)(cluster.probe(h)),
+                30,
+                f"{h}'s view (health known_head {GCS[head]})",
+            )
             assert seen["agents"][NODE[head]]["state"] == "head", seen
             assert seen["agents"][NODE[other]]["state"] == "worker", seen
             assert seen["agents"][NODE[other]]["head"] == GCS[head], seen
@@ -271,7 +280,7 @@ def test_three_hosts_one_head_everyone_points_at_it(three_hosts):
         assert [n["ip"] for n in table if n["alive"] and n["head"]] == [ADDR[head]], table
         print(f"\nformation: head {head}\n{recorder.text()}")
         if head != A:
-            warnings.warn(PRIORITY_NOTE)
+            warnings.warn(PRIORITY_NOTE, stacklevel=2)
 
 
 def test_head_host_cut_off_fails_over_and_heals_to_one_cluster(three_hosts):
@@ -302,13 +311,11 @@ def test_head_host_cut_off_fails_over_and_heals_to_one_cluster(three_hosts):
         watcher = threading.Thread(target=watch_old_table, daemon=True)
         watcher.start()
         try:
-            wait_for(lambda: roles(cluster)[new] == ("head", GCS[new]) or None, FAILOVER_DECISION_BOUND_S,
-                     f"{new} to become head")
+            wait_for(lambda: roles(cluster)[new] == ("head", GCS[new]) or None, FAILOVER_DECISION_BOUND_S, f"{new} to become head")
             t_new_head = recorder.now()
             wait_for(lambda: roles(cluster)[C] == ("worker", GCS[new]) or None, 60, f"{C} to join {new}")
             t_c_join = recorder.now()
-            table_new = wait_for(lambda: table_with(cluster, C, GCS[new], {ADDR[new], ADDR[C]}), RAY_START_S,
-                                 f"{new}'s node table to show {new} and {C} alive")
+            table_new = wait_for(lambda: table_with(cluster, C, GCS[new], {ADDR[new], ADDR[C]}), RAY_START_S, f"{new}'s node table to show {new} and {C} alive")
             t_new_table = recorder.now()
             assert [n["ip"] for n in table_new if n["alive"] and n["head"]] == [ADDR[new]], table_new
 
@@ -322,8 +329,7 @@ def test_head_host_cut_off_fails_over_and_heals_to_one_cluster(three_hosts):
             assert cluster.healthcheck(old) == 0
             assert cluster.healthcheck(new) == 0 and cluster.healthcheck(C) == 0
             # keep watching the old head's GCS until it declares the lost nodes dead (bounded)
-            wait_for(lambda: any(ips == [ADDR[old]] for _, ips in seen_by_old) or None, 90,
-                     f"{old}'s GCS to mark {new} and {C} dead", interval=1)
+            wait_for(lambda: any(ips == [ADDR[old]] for _, ips in seen_by_old) or None, 90, f"{old}'s GCS to mark {new} and {C} dead", interval=1)
         finally:
             stop_watch.set()
             watcher.join(30)
@@ -354,8 +360,7 @@ def test_head_host_cut_off_fails_over_and_heals_to_one_cluster(three_hosts):
         converged = {A: ("head", GCS[A]), B: ("worker", GCS[A]), C: ("worker", GCS[A])}
         wait_for(lambda: roles(cluster) == converged or None, HEAL_BOUND_S, "the healed partition to converge on host-a")
         t_converged = recorder.now()
-        table = wait_for(lambda: table_with(cluster, C, GCS[A], set(ADDR.values())), RAY_START_S,
-                         "host-a's node table to show all three hosts")
+        table = wait_for(lambda: table_with(cluster, C, GCS[A], set(ADDR.values())), RAY_START_S, "host-a's node table to show all three hosts")
         assert [n["ip"] for n in table if n["alive"] and n["head"]] == [ADDR[A]], table
         report["healed"] = {
             "loser_yields_s": recorder.first(loser, "yielding"),

@@ -4,6 +4,7 @@ Slow tier (pytest marker ``integration``).  GCS fault tolerance needs redis-serv
 (tools/ci-deps.sh installs it).  Ray binds some ports on all interfaces, so every node gets
 its own block of ports (as two nodes sharing one host do in a multi-host deployment).
 """
+
 from __future__ import annotations
 
 import json
@@ -109,18 +110,33 @@ class RayNodes:
     def env(self, ip):
         b = self.base[ip]
         env = dict(os.environ)
-        env.update({
-            "NODE_HOSTNAME": ip, "NODE_IP": ip, "HEAD_WHITELIST": self.whitelist, "RAY_HEAD_PORT": str(b),
-            "NODE_AGENT_BIND": ip, "HEALTH_URL": "http://127.0.0.1:9/", "RAY_BIN": RAY,
-            "RAY_TEMP_DIR": str(self.tmp / ip.replace(".", "_")), "RAY_NUM_CPUS": "1",
-            "RAY_OBJECT_STORE_MEMORY": str(100 * 1024 * 1024),
-            "RAY_DASHBOARD_HOST": ip, "RAY_DASHBOARD_PORT": str(b + 1), "RAY_CLIENT_SERVER_PORT": str(b + 2),
-            "RAY_NODE_MANAGER_PORT": str(b + 3), "RAY_OBJECT_MANAGER_PORT": str(b + 4),
-            "RAY_METRICS_EXPORT_PORT": str(b + 5), "RAY_DASHBOARD_AGENT_LISTEN_PORT": str(b + 6),
-            "RAY_DASHBOARD_AGENT_GRPC_PORT": str(b + 7), "RAY_RUNTIME_ENV_AGENT_PORT": str(b + 8),
-            "RAY_MIN_WORKER_PORT": str(b + 20), "RAY_MAX_WORKER_PORT": str(b + 60),
-            "HEAD_MONITOR_INTERVAL_S": "1", "CSLR_CONTROL_SECRET": CONTROL_SECRET,
-        })
+        env.update(
+            {
+                "NODE_HOSTNAME": ip,
+                "NODE_IP": ip,
+                "HEAD_WHITELIST": self.whitelist,
+                "RAY_HEAD_PORT": str(b),
+                "NODE_AGENT_BIND": ip,
+                "HEALTH_URL": "http://127.0.0.1:9/",
+                "RAY_BIN": RAY,
+                "RAY_TEMP_DIR": str(self.tmp / ip.replace(".", "_")),
+                "RAY_NUM_CPUS": "1",
+                "RAY_OBJECT_STORE_MEMORY": str(100 * 1024 * 1024),
+                "RAY_DASHBOARD_HOST": ip,
+                "RAY_DASHBOARD_PORT": str(b + 1),
+                "RAY_CLIENT_SERVER_PORT": str(b + 2),
+                "RAY_NODE_MANAGER_PORT": str(b + 3),
+                "RAY_OBJECT_MANAGER_PORT": str(b + 4),
+                "RAY_METRICS_EXPORT_PORT": str(b + 5),
+                "RAY_DASHBOARD_AGENT_LISTEN_PORT": str(b + 6),
+                "RAY_DASHBOARD_AGENT_GRPC_PORT": str(b + 7),
+                "RAY_RUNTIME_ENV_AGENT_PORT": str(b + 8),
+                "RAY_MIN_WORKER_PORT": str(b + 20),
+                "RAY_MAX_WORKER_PORT": str(b + 60),
+                "HEAD_MONITOR_INTERVAL_S": "1",
+                "CSLR_CONTROL_SECRET": CONTROL_SECRET,
+            }
+        )
         env.update(self.extra)
         return env
 
@@ -249,12 +265,19 @@ def test_head_and_worker_then_head_loss_fails_over(ray_nodes):
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server missing (tools/ci-deps.sh)")
 def test_gcs_ft_restarted_head_keeps_worker_and_actor(ray_nodes, tmp_path):
     rport = _free_block("127.0.0.1")
-    redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(tmp_path)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        c = ray_nodes(pidns=shutil.which("unshare") is not None, RAY_GCS_FT="1", RAY_REDIS_ADDRESS=f"127.0.0.1:{rport}",
-                      RAY_CLUSTER_NAME=f"itest-{rport}", HEAD_LOSS_GRACE_S="90")
+        c = ray_nodes(
+            pidns=shutil.which("unshare") is not None,
+            RAY_GCS_FT="1",
+            RAY_REDIS_ADDRESS=f"127.0.0.1:{rport}",
+            RAY_CLUSTER_NAME=f"itest-{rport}",
+            HEAD_LOSS_GRACE_S="90",
+        )
         a, b = c.ips
         c.start(a)
         c.wait_role(a, "head", c.addr(a))
@@ -262,8 +285,7 @@ def test_gcs_ft_restarted_head_keeps_worker_and_actor(ray_nodes, tmp_path):
         c.wait_role(b, "worker", c.addr(a))
         table = c.nodes(c.addr(a), 2)
         b_id = next(n["id"] for n in table if n["ip"] == b and n["alive"])
-        made = subprocess.run([sys.executable, "-c", ACTOR, c.addr(a), b, "create", b_id],
-                              capture_output=True, text=True, timeout=120)
+        made = subprocess.run([sys.executable, "-c", ACTOR, c.addr(a), b, "create", b_id], capture_output=True, text=True, timeout=120)
         assert "RESULT 1" in made.stdout, made.stdout + made.stderr
         actor_pid = made.stdout.split("RESULT")[1].split()[1]
 
@@ -274,8 +296,7 @@ def test_gcs_ft_restarted_head_keeps_worker_and_actor(ray_nodes, tmp_path):
         c.wait_role(a, "head", c.addr(a))
         table = c.nodes(c.addr(a), 2)
         assert b_id in {n["id"] for n in table if n["alive"]}  # the same worker node, not a new one
-        again = subprocess.run([sys.executable, "-c", ACTOR, c.addr(a), b, "get"],
-                               capture_output=True, text=True, timeout=120)
+        again = subprocess.run([sys.executable, "-c", ACTOR, c.addr(a), b, "get"], capture_output=True, text=True, timeout=120)
         assert f"RESULT 2 {actor_pid}" in again.stdout, again.stdout + again.stderr
     finally:
         redis.terminate()
