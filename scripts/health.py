@@ -46,12 +46,18 @@ Ray client proxy
     no head is known, or over RAY_CLIENT_PROXY_MAX_CONNECTIONS, is closed at once; a relay
     with no traffic for RAY_CLIENT_PROXY_IDLE_S ends.
 
+Ray dashboard proxy
+    With RAY_DASHBOARD_PROXY_PORT set, the same relay (same cap, same idle limit) goes to the
+    elected head's Ray dashboard - its Jobs API included - at RAY_DASHBOARD_PORTS' port for
+    that node, else RAY_DASHBOARD_PORT: one stable dashboard / Jobs address across failovers.
+
 Environment (each through cslr_control.EnvReader; see docs/runtime.md)
     CSLR_CONTROL_SECRET (required), HEALTH_BIND (0.0.0.0), HEALTH_PORT (8080),
     HEALTH_NODE_TTL (15), HEAD_WHITELIST (""), RAY_HEAD_PORT (6379),
     RAY_CLIENT_PROXY_PORT (off), RAY_CLIENT_SERVER_PORT (10001), RAY_CLIENT_PORTS
     ("name=port,..."), RAY_CLIENT_PROXY_MAX_CONNECTIONS (256), RAY_CLIENT_PROXY_IDLE_S (600),
-    HEALTH_ELECTION_POLL_S (0.25).
+    RAY_DASHBOARD_PROXY_PORT (off), RAY_DASHBOARD_PORT (8265), RAY_DASHBOARD_PORTS
+    ("name=port,..."), HEALTH_ELECTION_POLL_S (0.25).
 
 Outputs
     One start line and one stop line on stderr; per-request logs are suppressed.
@@ -169,8 +175,12 @@ class Registry:
         default_port: int = 6379,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        dashboard_ports: Optional[Mapping[str, int]] = None,
+        default_dashboard_port: int = 8265,
     ) -> None:
         self.ttl = ttl
+        self.dashboard_ports = {k.lower(): v for k, v in (dashboard_ports or {}).items()}
+        self.default_dashboard_port = default_dashboard_port
         self.whitelist = list(whitelist or [])
         self.default_port = default_port
         self.clock = clock
@@ -247,6 +257,13 @@ class Registry:
         """(whitelisted host, Ray client port) of the elected head, or None."""
         elected = self.elected
         return (elected[0], elected[2]) if elected else None
+
+    def head_dashboard(self) -> Optional[Tuple[str, int]]:
+        """(whitelisted host, Ray dashboard port) of the elected head, or None."""
+        elected = self.elected
+        if not elected:
+            return None
+        return elected[0], self.dashboard_ports.get(elected[0].lower()) or self.default_dashboard_port
 
     def status(self, refused: Optional[Mapping[str, int]] = None) -> dict:
         nodes = self.nodes()
@@ -518,8 +535,9 @@ def forward_connection(client: socket.socket, target: Optional[Tuple[str, int]],
 
 
 class ClientProxy:
-    """Ray client proxy: each connection goes to the elected head's Ray client server, so a
-    notebook's RAY_ADDRESS (ray://health:PORT) survives a head failover.  At most
+    """Relay to the elected head: each connection goes to ``target()`` at accept time - the
+    head's Ray client server (a notebook's ray://health:PORT survives a head failover) or its
+    dashboard (one stable dashboard / Jobs address).  At most
     ``max_connections`` relays at once (one thread and two fds each); a connection over the
     cap, or made while no head is known, is closed at once; idle relays end after ``idle`` s."""
 
@@ -580,6 +598,9 @@ class Settings:
         self.whitelist = env.host_ports("HEAD_WHITELIST", self.head_port)
         self.proxy_max = env.integer("RAY_CLIENT_PROXY_MAX_CONNECTIONS", 256, 1, 10000)
         self.proxy_idle = env.number("RAY_CLIENT_PROXY_IDLE_S", 600.0, 0.1, 86400)
+        self.dashboard_proxy_port = env.integer("RAY_DASHBOARD_PROXY_PORT", 0, 0, 65535)
+        self.dashboard_port = env.port("RAY_DASHBOARD_PORT", 8265)
+        self.dashboard_ports = env.name_ports("RAY_DASHBOARD_PORTS")
         self.watch_interval = env.number("HEALTH_ELECTION_POLL_S", 0.25, 0.01, 60)
         self.secret = env.secret(cc.SECRET_VAR)
 
@@ -596,7 +617,9 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         print(f"health: configuration error: {exc}", file=sys.stderr)
         return 2
     bind = cfg.bind
-    registry = Registry(ttl=cfg.ttl, whitelist=cfg.whitelist, default_port=cfg.head_port)
+    registry = Registry(
+        ttl=cfg.ttl, whitelist=cfg.whitelist, default_port=cfg.head_port, dashboard_ports=cfg.dashboard_ports, default_dashboard_port=cfg.dashboard_port
+    )
     try:
         server = make_server(bind, cfg.port, registry, cfg.secret)
     except (OSError, OverflowError) as exc:
@@ -613,16 +636,26 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         signal.signal(signal.SIGINT, _stop)
     if registry.whitelist:
         threading.Thread(target=watch_election, args=(registry, cfg.secret, stop, cfg.watch_interval, cfg.client_ports, cfg.client_port), daemon=True).start()
-    if cfg.proxy_port:
+    relays = [
+        ("Ray client", "RAY_CLIENT_PROXY_PORT", cfg.proxy_port, registry.head_client),
+        ("Ray dashboard", "RAY_DASHBOARD_PROXY_PORT", cfg.dashboard_proxy_port, registry.head_dashboard),
+    ]
+    listeners = []
+    for label, var, port, target in relays:
+        if not port:
+            continue
         try:
-            listener = socket.create_server((bind, cfg.proxy_port))
+            listeners.append((label, socket.create_server((bind, port)), target))
         except (OSError, OverflowError) as exc:
-            print(f"health: cannot listen on {bind}:{cfg.proxy_port} (RAY_CLIENT_PROXY_PORT): {exc}", file=sys.stderr)
+            print(f"health: cannot listen on {bind}:{port} ({var}): {exc}", file=sys.stderr)
+            for _, sock, _ in listeners:
+                sock.close()
             server.server_close()
             return 2
-        proxy = ClientProxy(listener, registry.head_client, cfg.proxy_max, cfg.proxy_idle)
+    for label, listener, target in listeners:
+        proxy = ClientProxy(listener, target, cfg.proxy_max, cfg.proxy_idle)
         threading.Thread(target=proxy.loop, args=(stop,), daemon=True).start()
-        print(f"health: Ray client proxy on {bind}:{listener.getsockname()[1]} -> the elected head", file=sys.stderr, flush=True)
+        print(f"health: {label} proxy on {bind}:{listener.getsockname()[1]} -> the elected head", file=sys.stderr, flush=True)
     print(f"health: listening on {bind}:{server.server_address[1]}", file=sys.stderr, flush=True)
     if ready is not None:
         ready(server)

@@ -365,3 +365,95 @@ def test_relay_passes_half_close_and_ends_idle_connections():
     assert a1.recv(10) == b""
     for s in (a1, b2):
         s.close()
+
+
+# ----------------------------------------------------------------- Ray dashboard proxy
+
+
+def _run_health(**env):
+    """The real health.py `main` on loopback in a thread; returns (its registry, stop)."""
+    got: list = []
+    ready = threading.Event()
+
+    def on_ready(srv):
+        got.append(srv)
+        ready.set()
+
+    base = {"HEALTH_BIND": "127.0.0.1", "HEALTH_PORT": "0", "CSLR_CONTROL_SECRET": CONTROL_SECRET}
+    t = threading.Thread(target=hs.main, kwargs={"argv": [], "environ": {**base, **env}, "ready": on_ready}, daemon=True)
+    t.start()
+    assert ready.wait(10), "health.main did not start"
+    srv = got[0]
+
+    def stop():
+        srv.shutdown()
+        t.join(10)
+
+    return srv.RequestHandlerClass.registry, stop
+
+
+def test_dashboard_proxy_reaches_only_the_elected_heads_dashboard_and_follows_a_new_head():
+    # Two "nodes" on two loopback addresses; each has a dashboard listener and a client-server
+    # listener (echo servers standing for Ray's dashboard HTTP server and client server: the relay
+    # is protocol-agnostic). The tag in each answer says which listener answered.
+    dash1, dport1 = _echo_server()
+    dash2, dport2 = _echo_server()
+    client1, cport1 = _echo_server()
+    proxy_port, dash_proxy_port, nothing = _free_port(), _free_port(), _free_port()
+    reg, stop = _run_health(
+        RAY_CLIENT_PROXY_PORT=str(proxy_port),
+        RAY_DASHBOARD_PROXY_PORT=str(dash_proxy_port),
+        RAY_DASHBOARD_PORTS=f"127.0.0.1={dport1},localhost={dport2}",
+        RAY_DASHBOARD_PORT=str(nothing),
+    )
+    try:
+        # No head known: closed at once, nothing reached.
+        assert _ask(dash_proxy_port) == b""
+        # A registration does not move it; only the election does.
+        reg.register({"hostname": "127.0.0.1", "address": "127.0.0.1", "role": "head"})
+        assert _ask(dash_proxy_port) == b""
+        # Head 127.0.0.1 (its client server on cport1): the dashboard relay goes to that node's
+        # dashboard port, the client relay to its client port - each to its own, never the other.
+        reg.elected = ("127.0.0.1", 6379, cport1)
+        assert _ask(dash_proxy_port, b"GET /api/jobs/") == f"{dport1}:GET /api/jobs/".encode()
+        assert _ask(proxy_port, b"ray") == f"{cport1}:ray".encode()
+        # Failover to the other node: the same dashboard address now reaches the new head's.
+        reg.elected = ("localhost", 6379, cport1)
+        assert _ask(dash_proxy_port, b"again") == f"{dport2}:again".encode()
+        # A head not in RAY_DASHBOARD_PORTS gets RAY_DASHBOARD_PORT, where nothing listens here:
+        # the connection is closed, never sent to another node's dashboard.
+        reg.elected = ("127.0.0.2", 6379, cport1)
+        assert _ask(dash_proxy_port, b"lost") == b""
+        reg.elected = None
+        assert _ask(dash_proxy_port) == b""
+    finally:
+        stop()
+        for s in (dash1, dash2, client1):
+            s.close()
+
+
+def test_dashboard_port_defaults_to_ray_dashboard_port_for_unlisted_nodes():
+    reg = hs.Registry(dashboard_ports={"Ray-CPU-A": 18265}, default_dashboard_port=8265)
+    assert reg.head_dashboard() is None
+    reg.elected = ("ray-cpu-a", 6379, 10011)
+    assert reg.head_dashboard() == ("ray-cpu-a", 18265)
+    reg.elected = ("ray-cpu", 6379, 10001)
+    assert reg.head_dashboard() == ("ray-cpu", 8265)
+    cfg = hs.Settings({"CSLR_CONTROL_SECRET": CONTROL_SECRET, "RAY_DASHBOARD_PROXY_PORT": "8265", "RAY_DASHBOARD_PORTS": "ray-cpu-a=8265,ray-gpu-a=8266"})
+    assert (cfg.dashboard_proxy_port, cfg.dashboard_port, cfg.dashboard_ports) == (8265, 8265, {"ray-cpu-a": 8265, "ray-gpu-a": 8266})
+    with pytest.raises(hs.cc.EnvError, match="RAY_DASHBOARD_PORTS"):
+        hs.Settings({"CSLR_CONTROL_SECRET": CONTROL_SECRET, "RAY_DASHBOARD_PORTS": "ray-cpu-a=99999"})
+
+
+def test_busy_dashboard_proxy_port_is_exit_2(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        env = {"HEALTH_BIND": "127.0.0.1", "HEALTH_PORT": "0", "CSLR_CONTROL_SECRET": CONTROL_SECRET, "RAY_DASHBOARD_PROXY_PORT": str(port)}
+        assert hs.main([], environ=env) == 2
+    assert f"cannot listen on 127.0.0.1:{port} (RAY_DASHBOARD_PROXY_PORT)" in capsys.readouterr().err
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
