@@ -189,6 +189,7 @@ def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[
     env["RAY_GCS_FT"] = "1" if cfg.get("ray", "gcs_fault_tolerance") else "0"
     env["RAY_ADDRESS"] = client_address(cfg)
     env["RAY_CLIENT_PORTS"] = ""  # single host: every node's client server is on CONTAINER_PORTS["client"]
+    env["RAY_DASHBOARD_PORTS"] = ""  # single host: every node's dashboard is on CONTAINER_PORTS["dashboard"]
 
     user, db = cfg.get("services", "postgres", "user"), cfg.get("services", "postgres", "db")
     pg_password = cfg.get("secrets", "postgres_password") or ""

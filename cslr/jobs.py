@@ -16,8 +16,9 @@ What is uploaded: in a git work tree, the files git would track (`git ls-files -
 --others --exclude-standard`: .gitignore honoured as Ray does), minus `.rayignore` patterns;
 elsewhere every file except `.git`, `.venv` and `__pycache__`. Ray's own size limit applies.
 
-The dashboard address: `dashboard_url` is the one place that decides it (today: the current
-head from the health service's `known_head`, mapped to that node's published dashboard port).
+The dashboard address: `dashboard_url` is the one place that decides it: the health service's
+dashboard proxy (`services.health.dashboard_port`), which relays to the elected head's
+dashboard, so one address holds across failovers - once the health service knows a head.
 """
 
 from __future__ import annotations
@@ -61,21 +62,14 @@ def health_url(cfg: Config) -> str:
     return f"http://{_host(cfg)}:{cfg.get('services', 'health', 'port')}/"
 
 
-def head_dashboard(cfg: Config, known_head: str) -> str:
-    """The published dashboard of the node that `known_head` (`HOSTNAME:PORT`) names. Pure."""
-    name = known_head.rsplit(":", 1)[0]
-    for kind in ("cpu", "gpu"):
-        if name == cfg.get("ray", kind, "hostname"):
-            return f"http://{_host(cfg)}:{cfg.get('ray', kind, 'ports', 'dashboard')}"
-    for host in cfg.get("hosts") or []:  # multi-host: ray-<kind>-<host>, dashboard on that host
-        for kind in ("cpu", "gpu"):
-            if name == f"ray-{kind}-{host['name']}":
-                return f"http://{host['address']}:{cfg.get('ray', kind, 'ports', 'dashboard')}"
-    raise JobError(f"the health service names {known_head!r} as head, which is not a node of this config")
+def proxy_dashboard(cfg: Config) -> str:
+    """The stable dashboard / Jobs API address: the health service's dashboard proxy. Pure."""
+    return f"http://{_host(cfg)}:{cfg.get('services', 'health', 'dashboard_port')}"
 
 
 def dashboard_url(cfg: Config, fetch: Callable[[str], dict] | None = None) -> str:
-    """The Jobs API address of the cluster right now. The one place that decides it."""
+    """The Jobs API address of the cluster. The one place that decides it: the health service's
+    dashboard proxy, once that service knows a head (else a clear error, not a closed socket)."""
     fetch = fetch or (lambda url: json.loads(urllib.request.urlopen(url, timeout=10).read()))
     url = health_url(cfg)
     try:
@@ -85,7 +79,7 @@ def dashboard_url(cfg: Config, fetch: Callable[[str], dict] | None = None) -> st
     head = state.get("known_head")
     if not head:
         raise JobError(f"the health service at {url} knows no head yet; wait for `inv status` to show one")
-    return head_dashboard(cfg, head)
+    return proxy_dashboard(cfg)
 
 
 # --------------------------------------------------------------------------- the package

@@ -160,6 +160,8 @@ def host_env(cfg: Config, host: dict) -> dict[str, str]:
     env["RAY_ADDRESS"] = f"ray://{explicit.partition(':')[0]}:{cfg.get('ray', 'cpu', 'ports', 'client')}" if explicit else "ray://health:10001"
     # The proxy of every host's health service must know each possible head's client port.
     env["RAY_CLIENT_PORTS"] = ",".join(f"{n.name}={n.client}" for n in nodes(cfg))
+    # ... and its dashboard proxy each possible head's dashboard port.
+    env["RAY_DASHBOARD_PORTS"] = ",".join(f"{n.name}={n.dashboard}" for n in nodes(cfg))
     hosts_allowed = list(cfg.get("services", "mlflow", "allowed_hosts") or [])
     for h in cfg.get("hosts") or []:
         hosts_allowed += [h["address"], f"{h['address']}:*"]
@@ -230,6 +232,7 @@ def problems(cfg: Config) -> Iterable[Problem]:
     used: dict[int, str] = {
         cfg.get("services", "health", "port"): "services.health.port",
         cfg.get("services", "health", "ray_client_port"): "services.health.ray_client_port",
+        cfg.get("services", "health", "dashboard_port"): "services.health.dashboard_port",
     }
     for svc in ("redis", "mlflow", "marimo"):
         if cfg.get("services", svc, "enabled"):

@@ -41,7 +41,7 @@ def service_urls(cfg: Config, show_secrets: bool = False) -> dict[str, str]:
     shown = token if show_secrets else mask(token)
     where = "" if show_secrets else " (token: MARIMO_TOKEN in .env)"
     return {
-        "health": f"http://{host}:{cfg.get('services', 'health', 'port')}/ (Ray client: ray://{host}:{cfg.get('services', 'health', 'ray_client_port')})",
+        "health": f"http://{host}:{cfg.get('services', 'health', 'port')}/ (Ray client: ray://{host}:{cfg.get('services', 'health', 'ray_client_port')}, dashboard / Jobs: http://{host}:{cfg.get('services', 'health', 'dashboard_port')}/)",
         "ray-cpu": f"http://{host}:{cfg.get('ray', 'cpu', 'ports', 'dashboard')}/ (dashboard, if head)",
         "ray-gpu": f"http://{host}:{cfg.get('ray', 'gpu', 'ports', 'dashboard')}/ (dashboard, if head)",
         "mlflow": f"http://{host}:{cfg.get('services', 'mlflow', 'port')}/",

@@ -22,7 +22,7 @@ RAY_CONTAINER_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
 
 @dataclass(frozen=True)
 class Port:
-    name: str  # what it serves: http, ray-client-proxy, gcs, dashboard, redis
+    name: str  # what it serves: http, ray-client-proxy, ray-dashboard-proxy, gcs, dashboard, redis
     setting: tuple  # config path of the host port
     container: int  # the port inside the container
 
@@ -48,6 +48,7 @@ SERVICES: tuple[Service, ...] = (
         (
             Port("http", ("services", "health", "port"), 8080),
             Port("ray-client-proxy", ("services", "health", "ray_client_port"), RAY_CONTAINER_PORTS["client"]),
+            Port("ray-dashboard-proxy", ("services", "health", "dashboard_port"), RAY_CONTAINER_PORTS["dashboard"]),
         ),
     ),
     Service("ray-cpu", None, None, _ray("cpu")),

@@ -13,26 +13,18 @@ import pytest
 from cslr import config, jobs
 
 
-def test_known_head_maps_to_that_nodes_published_dashboard(project):
-    cfg = config.load(project("ray:\n  cpu: {ports: {dashboard: 18265}}\n  gpu: {ports: {dashboard: 18266}}\n"), environ={})
-    assert jobs.head_dashboard(cfg, "ray-cpu:6379") == "http://127.0.0.1:18265"
-    assert jobs.head_dashboard(cfg, "ray-gpu:6379") == "http://127.0.0.1:18266"
-    with pytest.raises(jobs.JobError, match="'elsewhere:6379'.*not a node"):
-        jobs.head_dashboard(cfg, "elsewhere:6379")
-
-
-def test_multihost_head_maps_to_its_hosts_address(project):
-    from tests.conftest import ROOT
-
-    cfg = config.load(project((ROOT / "tests" / "contract" / "multihost-config.yaml").read_text()), environ={})
-    host = cfg.get("hosts")[0]
-    assert jobs.head_dashboard(cfg, f"ray-cpu-{host['name']}:6379") == f"http://{host['address']}:{cfg.get('ray', 'cpu', 'ports', 'dashboard')}"
+def test_dashboard_is_the_health_services_proxy_whichever_node_is_head(project):
+    cfg = config.load(project("services:\n  health: {dashboard_port: 18260}\n"), environ={})
+    for head in ("ray-cpu:6379", "ray-gpu:6379", "ray-cpu-host-b:6379"):
+        assert jobs.dashboard_url(cfg, lambda url, h=head: {"known_head": h}) == "http://127.0.0.1:18260"
+    cfg = config.load(project("network: {bind_address: 10.1.2.3}\n"), environ={})
+    assert jobs.proxy_dashboard(cfg) == f"http://10.1.2.3:{config.defaults()['services']['health']['dashboard_port']}"
 
 
 def test_dashboard_url_asks_the_health_service_and_says_when_it_cannot(project):
     cfg = config.load(project("services:\n  health: {port: 18888}\n"), environ={})
     seen = []
-    assert jobs.dashboard_url(cfg, lambda url: seen.append(url) or {"known_head": "ray-gpu:6379"}) == "http://127.0.0.1:8266"
+    assert jobs.dashboard_url(cfg, lambda url: seen.append(url) or {"known_head": "ray-gpu:6379"}) == "http://127.0.0.1:8260"
     assert seen == ["http://127.0.0.1:18888/"]
     with pytest.raises(jobs.JobError, match="knows no head yet"):
         jobs.dashboard_url(cfg, lambda url: {"known_head": None})

@@ -48,6 +48,7 @@ def test_worker_only_host_points_at_the_services_host(project):
     assert b["HEALTH_URL"] == "http://127.0.0.1:8888"
     assert b["RAY_ADDRESS"] == "ray://health:10001"
     assert b["RAY_CLIENT_PORTS"] == "ray-cpu-host-a=10011,ray-gpu-host-a=10012,ray-cpu-host-b=10011,ray-gpu-host-b=10012"
+    assert b["RAY_DASHBOARD_PORTS"] == "ray-cpu-host-a=8265,ray-gpu-host-a=8266,ray-cpu-host-b=8265,ray-gpu-host-b=8266"
     assert (b["RAY_CPU_NODE_NAME"], b["HOST_ADDRESS"]) == ("ray-cpu-host-b", "192.168.1.11")
     assert multihost.host_profiles(cfg, multihost.this_host(cfg, "host-b")) == []
     a = multihost.host_env(cfg, multihost.this_host(cfg, "host-a"))
@@ -118,6 +119,7 @@ def test_firewall_filters_docker_published_ports_in_docker_user(project):
         f"{ipt} -A CSLR-FW -s 172.28.0.0/16 -j RETURN",
         f"{ipt} -A CSLR-FW -p tcp -m conntrack --ctstate DNAT --ctorigdstport 8888 -m comment --comment 'cslr services.health.port' -j DROP",
         f"{ipt} -A CSLR-FW -p tcp -m conntrack --ctstate DNAT --ctorigdstport 10001 -m comment --comment 'cslr services.health.ray_client_port' -j DROP",
+        f"{ipt} -A CSLR-FW -p tcp -m conntrack --ctstate DNAT --ctorigdstport 8260 -m comment --comment 'cslr services.health.dashboard_port' -j DROP",
         f"{ipt} -A CSLR-FW -p tcp -m conntrack --ctstate DNAT --ctorigdstport 6381 -m comment --comment 'cslr services.redis.port' -j DROP",
         f"{ipt} -A CSLR-FW -p tcp -m conntrack --ctstate DNAT --ctorigdstport 5000 -m comment --comment 'cslr services.mlflow.port' -j DROP",
         f"{ipt} -A CSLR-FW -p tcp -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment 'cslr services.marimo.port' -j DROP",
@@ -146,7 +148,7 @@ def test_firewall_filters_host_network_ray_ports_in_input(project):
     ]
     # A worker-only host publishes only its health service and proxy; Redis and MLflow live on host-a.
     drops = [line.split("--ctorigdstport ")[1].split()[0] for line in lines if "--ctorigdstport" in line]
-    assert drops == ["8888", "10001"]
+    assert drops == ["8888", "10001", "8260"]
 
 
 def test_firewall_covers_every_published_service_port_of_the_services_host(project):
@@ -156,7 +158,7 @@ def test_firewall_covers_every_published_service_port_of_the_services_host(proje
     lines = commands(multihost.firewall_rules(cfg, "host-a"))
     drops = sorted(int(line.split("--ctorigdstport ")[1].split()[0]) for line in lines if "--ctorigdstport" in line)
     expected = sorted(port for path, port in validate.published_ports(cfg, gpu_node=True) if path[0] == "services")
-    assert drops == expected == [5000, 6381, 8888, 10001]
+    assert drops == expected == [5000, 6381, 8260, 8888, 10001]
 
 
 def test_firewall_script_is_valid_sh_and_removal_undoes_it(project, tmp_path):

@@ -38,7 +38,7 @@ def test_service_urls_use_bind_address_and_mask_the_token(project):
     assert "marimo-secret" not in report.table([{"Service": "marimo", "State": "running", "Health": "healthy"}], cfg)
     assert report.service_urls(cfg, show_secrets=True)["marimo"] == "http://127.0.0.1:8080/?access_token=marimo-secret"
     wide = config.load(project("network: {bind_address: 0.0.0.0}\n"), environ={})
-    assert report.service_urls(wide)["health"] == "http://127.0.0.1:8888/ (Ray client: ray://127.0.0.1:10001)"
+    assert report.service_urls(wide)["health"] == "http://127.0.0.1:8888/ (Ray client: ray://127.0.0.1:10001, dashboard / Jobs: http://127.0.0.1:8260/)"
 
 
 @pytest.mark.parametrize("secret,shown", [("", ""), ("short", "…"), ("abcdefghij", "abcd…")])

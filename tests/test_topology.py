@@ -54,6 +54,7 @@ def test_published_ports_follow_switches_and_the_gpu_node(project):
     assert list(off) == [
         ("services", "health", "port"),
         ("services", "health", "ray_client_port"),
+        ("services", "health", "dashboard_port"),
         ("ray", "cpu", "ports", "gcs"),
         ("ray", "cpu", "ports", "dashboard"),
         ("services", "redis", "port"),

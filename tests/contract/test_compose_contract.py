@@ -69,7 +69,16 @@ def test_published_ports_bind_to_loopback_by_default(project, tmp_path):
     published = [(name, p) for name, svc in doc["services"].items() for p in svc.get("ports", [])]
     assert published, "the stack publishes ports"
     assert {p["host_ip"] for _, p in published} == {"127.0.0.1"}
-    assert {int(p["published"]) for _, p in published} == {8888, 10001, 6379, 8265, 6380, 8266, 6381, 5000, 8080}
+    assert {int(p["published"]) for _, p in published} == {8888, 10001, 8260, 6379, 8265, 6380, 8266, 6381, 5000, 8080}
+
+
+def test_health_publishes_its_dashboard_proxy_on_bind_address(project, tmp_path):
+    _, doc = render(project, "network: {bind_address: 10.9.8.7}\nservices:\n  health: {dashboard_port: 18260}\n", ONE_GPU, False, tmp_path)
+    health = doc["services"]["health"]
+    dash = [p for p in health["ports"] if p["target"] == 8265]
+    assert [(p["host_ip"], p["published"]) for p in dash] == [("10.9.8.7", "18260")]
+    env = health["environment"]
+    assert (env["RAY_DASHBOARD_PROXY_PORT"], env["RAY_DASHBOARD_PORT"], env["RAY_DASHBOARD_PORTS"]) == ("8265", "8265", "")
 
 
 def test_static_addresses_and_data_volumes(project, tmp_path):
@@ -112,7 +121,7 @@ def test_nodes_and_notebook_get_ray_and_mlflow_addresses(project, tmp_path):
     assert doc["services"]["marimo"]["environment"]["RAY_ADDRESS"] == "ray://health:10001"  # the proxy follows the head
     health = doc["services"]["health"]
     assert health["environment"]["RAY_CLIENT_PROXY_PORT"] == "10001"
-    assert [(p["published"], p["target"]) for p in health["ports"]] == [("8888", 8080), ("10001", 10001)]
+    assert [(p["published"], p["target"]) for p in health["ports"]] == [("8888", 8080), ("10001", 10001), ("8260", 8265)]
     gpu_env = doc["services"]["ray-gpu"]["environment"]
     assert (gpu_env["NODE_HOSTNAME"], gpu_env["NODE_IP"], gpu_env["RAY_NUM_GPUS"]) == ("ray-gpu", "172.28.0.11", "1")
 
