@@ -84,6 +84,12 @@ def test_clashing_ports_on_one_host(project):
     assert any("$.ray.gpu.ports.gcs" in e and "already used by ray.cpu gcs" in e for e in out), out
 
 
+def test_dashboard_proxy_port_must_not_be_a_nodes_dashboard_port_on_host_networking(project):
+    text = TWO_HOSTS + "ray:\n  cpu:\n    ports: {dashboard: 8260}\n"
+    out = errors(load(project, text))
+    assert any("$.ray.cpu.ports.dashboard" in e and "already used by services.health.dashboard_port" in e for e in out), out
+
+
 def test_worker_port_range_must_not_cover_a_service_port(project):
     text = TWO_HOSTS + "services:\n  mlflow: {port: 20150}\n"
     out = errors(load(project, text))
