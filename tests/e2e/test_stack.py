@@ -127,10 +127,13 @@ def test_ray_client_from_the_host_through_the_published_proxy(inv):
 def test_head_failover_keeps_the_client_address(inv):
     compose = compose_cmd(inv.workdir / "_build")
     assert known_head().startswith("ray-cpu:")
+    # The stable Jobs address (the health service's dashboard relay) answers before and after.
+    assert inv("jobs").returncode == 0
     subprocess.run(compose + ["stop", "ray-cpu"], check=True, capture_output=True, env=clean_env())
     # The worker notices the head loss, re-elects and becomes head; the proxy follows.
     wait_until(lambda: known_head().startswith("ray-gpu:"), 180, "ray-gpu to become head")
     assert wait_until(lambda: try_nodes(inv) == ["ray-gpu"] or None, 120, "the client to reach ray-gpu") is True
+    assert wait_until(lambda: inv("jobs").returncode == 0 or None, 120, "the Jobs address to answer from ray-gpu") is True
     # The old head comes back and joins the incumbent instead of taking over.
     subprocess.run(compose + ["start", "ray-cpu"], check=True, capture_output=True, env=clean_env())
     wait_until(lambda: try_nodes(inv) == ["ray-cpu", "ray-gpu"] or None, 180, "ray-cpu to rejoin")

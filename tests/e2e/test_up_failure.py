@@ -24,7 +24,7 @@ images: {source: local}
 ray:
   cpu: {cpus: 1, memory: 2g, shm_size: 1g, ports: {gcs: 26379, dashboard: 28265, client: 21001}}
 services:
-  health: {port: 28888}
+  health: {port: 28888, ray_client_port: 21101, dashboard_port: 28260}
   redis: {enabled: false}
   mlflow: {enabled: false}
   marimo: {enabled: false}
