@@ -161,3 +161,12 @@ def inv(tmp_path_factory):
         runner("down", "--volumes", "--yes", timeout=300)
         if prefix:
             shutil.rmtree(repo, ignore_errors=True)
+
+
+@pytest.fixture
+def dump_on_failure(request, inv):
+    """`ps` and logs of the stack after a failed test (the modules that use the stack ask for it)."""
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        dump(inv)

@@ -19,20 +19,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.conftest import clean_env, compose_cmd, dump
+from tests.e2e.conftest import clean_env, compose_cmd
 
 MLFLOW = "http://127.0.0.1:15000"
 MARIMO = "http://127.0.0.1:18080"
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(autouse=True)
-def dump_on_failure(request, inv):
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        dump(inv)
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("dump_on_failure")]
 
 
 def mlflow(method: str, path: str, **kw) -> dict:

@@ -15,20 +15,12 @@ import uuid
 import pytest
 import requests
 
-from tests.e2e.conftest import E2E_USER, clean_env, compose_cmd, dump
+from tests.e2e.conftest import E2E_USER, clean_env, compose_cmd
 
 MLFLOW = "http://127.0.0.1:15000"
 PROJECT = "cslr-e2e"
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(autouse=True)
-def dump_on_failure(request, inv):
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        dump(inv)
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("dump_on_failure")]
 
 
 def test_a_non_root_docker_group_user_ran_the_stack(inv):
