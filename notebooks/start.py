@@ -25,12 +25,23 @@ def _():
 
 @app.cell
 def _(os):
+    import time
+
     import ray
 
     address = os.environ.get("RAY_ADDRESS", "ray://health:10001")
     if not ray.is_initialized():
         # Token auth: RAY_AUTH_TOKEN comes from .env through the container's environment.
-        ray.init(address=address, logging_level="ERROR")
+        # The head's client server may be starting, or the head may just have failed over:
+        # Ray then refuses the session and a new attempt succeeds.
+        for attempt in range(5):
+            try:
+                ray.init(address=address, logging_level="ERROR")
+                break
+            except ConnectionError:
+                if attempt == 4:
+                    raise
+                time.sleep(3)
     return address, ray
 
 
