@@ -342,6 +342,18 @@ class Refusals:
 # =========================================================================== agent wire protocol
 
 
+def recv_line(sock: socket.socket, limit: int) -> bytes:
+    """Bytes up to and including the first newline, at most about `limit` of them, or what came
+    before the peer closed (the agent protocol is one line each way; the socket's timeout holds)."""
+    data = b""
+    while not data.endswith(b"\n") and len(data) < limit:
+        chunk = sock.recv(limit)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def agent_request(secret: str, now: Optional[float] = None, nonce: Optional[str] = None) -> Tuple[bytes, str]:
     """(request line, its nonce) for reading an election agent."""
     h = sign_request(secret, "AGENT", "/state", b"", now, nonce)
@@ -396,12 +408,7 @@ def read_agent(host: str, port: int, secret: str, timeout: float = 0.5) -> Tuple
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
             s.sendall(line)
-            data = b""
-            while not data.endswith(b"\n") and len(data) < 4096:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+            data = recv_line(s, 4096)
     except ConnectionRefusedError:
         return ABSENT, {}
     except socket.gaierror as exc:

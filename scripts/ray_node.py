@@ -571,12 +571,7 @@ class Agent:
     def _answer(self, conn: socket.socket, peer: object) -> None:
         try:
             conn.settimeout(0.5)
-            line = b""
-            while not line.endswith(b"\n") and len(line) < 1024:
-                chunk = conn.recv(1024)
-                if not chunk:
-                    break
-                line += chunk
+            line = cc.recv_line(conn, 1024)
             reason, nonce = cc.check_agent_request(self.verifier, line)
             if reason:
                 self.refusals.refuse(str(peer[0]) if isinstance(peer, tuple) else str(peer), reason, "agent request")
