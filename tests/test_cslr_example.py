@@ -239,3 +239,17 @@ def test_gpu_shares_always_fit_the_nodes_gpus(node_gpus, data):
     for n, share in zip(placement, shares):
         assert (share > 0) == (node_gpus[n] >= 1)  # a GPU node's worker always gets a share, a CPU node's never
         assert share <= 1.0
+
+
+def test_the_gpu_requirements_are_the_cpu_ones_plus_torch():
+    """requirements-gpu.txt repeats requirements.txt (the image hash reads one file) and adds torch,
+    at the version the test lock pins (the CPU build of the same release)."""
+
+    def pins(name):
+        text = (Path(__file__).resolve().parents[1] / name).read_text()
+        return {line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()}
+
+    cpu, gpu = pins("examples/cslr/requirements.txt"), pins("examples/cslr/requirements-gpu.txt")
+    assert not any(p.startswith("torch") for p in cpu)  # a CPU Ray image must not pull CUDA torch
+    assert gpu - cpu == {"torch==2.13.0"} and cpu <= gpu
+    assert "torch==2.13.0+cpu" in pins("requirements-test.lock")
