@@ -134,6 +134,7 @@ def start_mlflow(args, params: dict):
 
 
 def pick_backend(requested: str) -> tuple[str, str]:
+    """(backend, reason) for this driver's interpreter; the workers run the same image."""
     error = torch_import_error() if requested != "python" else None
     version = ""
     if requested != "python" and error is None:
