@@ -94,7 +94,8 @@ lock:                      ## re-pin both lock files from the .in files (fresh t
 	rm -rf /tmp/cslr-lock && $(PY) -m venv /tmp/cslr-lock/rt && /tmp/cslr-lock/rt/bin/pip install --quiet -r requirements.in
 	/tmp/cslr-lock/rt/bin/pip freeze --exclude-editable > requirements.lock
 	$(PY) -m venv /tmp/cslr-lock/test && /tmp/cslr-lock/test/bin/pip install --quiet -r requirements-test.in
-	/tmp/cslr-lock/test/bin/pip freeze --exclude-editable > requirements-test.lock
+	# --all: torch needs setuptools>=77, newer than a fresh venv's, so the lock pins it too (not pip).
+	/tmp/cslr-lock/test/bin/pip freeze --all --exclude-editable | grep -v '^pip==' > requirements-test.lock
 
 clean:
 	rm -rf _build .pytest_cache

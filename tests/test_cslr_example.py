@@ -1,6 +1,7 @@
 """The CSLR example's pure parts (examples/cslr/cslr_core.py): CTC loss against a brute-force sum
 over every alignment, its gradient against finite differences, greedy decoding, WER, and the
-seeded data generator."""
+seeded data generator; and its backend, device and GPU-share decisions (cslr_backend.py).
+The torch backend against these: tests/test_cslr_torch.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "cslr"))
+import cslr_backend as backend_mod
 import cslr_core as core
 
 
@@ -124,3 +126,130 @@ def test_a_few_epochs_of_training_lower_the_held_out_wer():
             opt.step(model.weights, total)
     after = core.wer([s.glosses for s in test], [model.decode(s.frames) for s in test])
     assert after < 0.6 * before, (before, after)
+
+
+# ------------------------------------------------------ backend, device and GPU-share decisions
+# (examples/cslr/cslr_backend.py: pure functions; train.py acts on them)
+
+
+@pytest.mark.parametrize(
+    "requested, torch_error, backend, reason",
+    [
+        ("python", None, "python", "--backend python requested"),
+        ("python", "ModuleNotFoundError: No module named 'torch'", "python", "--backend python requested"),
+        ("torch", None, "torch", "--backend torch requested (torch 2.13.0 imports)"),
+        ("auto", None, "torch", "--backend auto: torch 2.13.0 imports"),
+        ("auto", "ModuleNotFoundError: No module named 'torch'", "python", "torch does not import (ModuleNotFoundError: No module named 'torch')"),
+    ],
+)
+def test_backend_choice_table(requested, torch_error, backend, reason):
+    got, why = backend_mod.choose_backend(requested, torch_error, "2.13.0")
+    assert got == backend and reason in why
+
+
+def test_a_forced_torch_backend_without_torch_is_refused_with_what_to_install():
+    with pytest.raises(backend_mod.BackendError, match=r"torch does not import here \(ImportError: libcudart.so.12: cannot open.*requirements-gpu\.txt"):
+        backend_mod.choose_backend("torch", "ImportError: libcudart.so.12: cannot open shared object file", "")
+    with pytest.raises(backend_mod.BackendError, match="expected one of auto, python, torch, found 'jax'"):
+        backend_mod.choose_backend("jax", None)
+
+
+def test_torch_import_error_names_the_import_failure(monkeypatch):
+    assert backend_mod.torch_import_error() is None  # torch is in requirements-test.lock
+    monkeypatch.setitem(sys.modules, "torch", None)  # what an interpreter without torch does on `import torch`
+    assert backend_mod.torch_import_error().startswith("ModuleNotFoundError: ")
+
+
+def test_train_py_exits_2_before_touching_ray_when_a_forced_torch_backend_cannot_import(monkeypatch, capsys):
+    import train
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setattr(train.ray, "init", lambda *a, **k: pytest.fail("ray.init called for a backend that cannot run"))
+    assert train.main(["--backend", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train.py: --backend torch: torch does not import here (ModuleNotFoundError") and "requirements-gpu.txt" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "backend, gpu_ids, cuda, device, reason",
+    [
+        ("python", [], False, "cpu", "pure-Python backend: using cpu"),
+        ("python", ["0"], True, "cpu", "GPU 0 assigned by Ray but the pure-Python backend runs on the CPU: using cpu"),
+        ("torch", [], False, "cpu", "no GPU assigned by Ray: using cpu"),
+        ("torch", [], True, "cpu", "torch sees CUDA but Ray assigned this worker no GPU: using cpu"),
+        ("torch", ["0"], False, "cpu", "GPU 0 assigned by Ray but torch.cuda.is_available() is False: using cpu"),
+        ("torch", ["1"], True, "cuda:0", "GPU 1 assigned by Ray and torch.cuda.is_available() is True: using cuda:0 (CUDA_VISIBLE_DEVICES=1)"),
+        ("torch", ["0", "3"], True, "cuda:0", "GPUs 0,3 assigned by Ray and torch.cuda.is_available() is True: using cuda:0 (CUDA_VISIBLE_DEVICES=0,3)"),
+    ],
+)
+def test_device_choice_table(backend, gpu_ids, cuda, device, reason):
+    assert backend_mod.choose_device(backend, gpu_ids, cuda) == (device, reason)
+
+
+@pytest.mark.parametrize(
+    "node_gpus, placement, shares",
+    [
+        ([0], [0, 0], [0.0, 0.0]),  # a CPU node: no GPU requested
+        ([1], [0], [1.0]),
+        ([1], [0, 0], [0.5, 0.5]),  # two workers share the one GPU
+        ([1], [0, 0, 0], [0.3333, 0.3333, 0.3333]),  # rounded down: three shares fit on one GPU
+        ([2], [0, 0, 0], [0.5, 0.5, 0.5]),  # not 2/3 each: 2/3 + 2/3 would not fit on one GPU
+        ([4], [0, 0], [1.0, 1.0]),
+        ([0, 1], [0, 1, 0, 1], [0.0, 0.5, 0.0, 0.5]),  # mixed cluster: only the GPU node's workers ask
+        ([0.5], [0], [0.0]),  # less than one whole GPU advertised: not requested
+    ],
+)
+def test_gpu_share_table(node_gpus, placement, shares):
+    assert backend_mod.gpu_shares(node_gpus, placement) == shares
+
+
+def test_the_pure_python_backend_requests_no_gpu():
+    assert backend_mod.gpu_shares([2, 1], [0, 1, 0], use_gpus=False) == [0.0, 0.0, 0.0]
+
+
+def ray_packs(node_gpus, placement, shares):
+    """Whether every request fits, placed as Ray does: a whole-number request takes whole free
+    GPUs, a fractional one must fit on a single GPU (first fit; Ray counts in 1/10000)."""
+    free = [[10_000] * int(g) for g in node_gpus]
+    for n, share in zip(placement, shares):
+        units = round(share * 10_000)
+        if units == 0:
+            continue
+        if units >= 10_000:
+            whole = [i for i, f in enumerate(free[n]) if f == 10_000][: units // 10_000]
+            if len(whole) < units // 10_000:
+                return False
+            for i in whole:
+                free[n][i] = 0
+        else:
+            fit = next((i for i, f in enumerate(free[n]) if f >= units), None)
+            if fit is None:
+                return False
+            free[n][fit] -= units
+    return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(node_gpus=st.lists(st.integers(0, 8), min_size=1, max_size=4), data=st.data())
+def test_gpu_shares_always_fit_the_nodes_gpus(node_gpus, data):
+    placement = data.draw(st.lists(st.integers(0, len(node_gpus) - 1), max_size=12))
+    shares = backend_mod.gpu_shares(node_gpus, placement)
+    assert ray_packs(node_gpus, placement, shares)
+    for n, share in zip(placement, shares):
+        assert (share > 0) == (node_gpus[n] >= 1)  # a GPU node's worker always gets a share, a CPU node's never
+        assert share <= 1.0
+
+
+def test_the_gpu_requirements_are_the_cpu_ones_plus_torch():
+    """requirements-gpu.txt repeats requirements.txt (the image hash reads one file) and adds torch,
+    at the version the test lock pins (the CPU build of the same release)."""
+
+    def pins(name):
+        text = (Path(__file__).resolve().parents[1] / name).read_text()
+        return {line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()}
+
+    cpu, gpu = pins("examples/cslr/requirements.txt"), pins("examples/cslr/requirements-gpu.txt")
+    assert not any(p.startswith("torch") for p in cpu)  # a CPU Ray image must not pull CUDA torch
+    assert gpu - cpu == {"torch==2.13.0"} and cpu <= gpu
+    assert "torch==2.13.0+cpu" in pins("requirements-test.lock")

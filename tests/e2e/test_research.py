@@ -55,6 +55,10 @@ def test_submit_the_cslr_example_and_read_its_run_back_from_mlflow(inv):
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert 0.0 <= metrics["final_test_wer"] <= 1.0 and "test_wer" in metrics and params["workers"] == "2"
+    # The default images carry no torch: `--backend auto` takes the pure-Python backend, which asks
+    # Ray for no GPU even on ray-gpu; each worker's backend and device are params.
+    assert params["backend_requested"] == "auto" and params["backend"] == "python", params
+    assert [params[f"worker{i}_{k}"] for i in (0, 1) for k in ("backend", "device", "gpu_share")] == ["python", "cpu", "0.0"] * 2, params
     history = mlflow("GET", "metrics/get-history", params={"run_id": run["info"]["run_id"], "metric_key": "test_wer"})["metrics"]
     assert [m["step"] for m in history] == [1, 2, 3, 4]
     artifacts = mlflow("GET", "artifacts/list", params={"run_id": run["info"]["run_id"], "path": "model"})

@@ -6,6 +6,7 @@ outside the ephemeral range, and only its own processes are stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,9 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "integration-jobs-token-0123456789"
 
 
-@pytest.fixture(scope="module")
-def dashboard():
-    tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")
+@contextlib.contextmanager
+def ray_head(*extra: str, prefix: str = "rj"):
+    """A Ray head with its dashboard (token auth) in its own temp dir and port block: the Jobs
+    client for it. `extra`: more `ray start` arguments (e.g. `--num-gpus 1`). Stops only its own
+    processes."""
+    tmp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     base = _free_block("127.0.0.1")
     ports = [
         "--port",
@@ -78,6 +82,7 @@ def dashboard():
         "--include-dashboard",
         "true",
         *map(str, ports),
+        *extra,
     ]
     log = open(Path(tmp) / "start.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -105,10 +110,16 @@ def dashboard():
         log.close()
 
 
+@pytest.fixture(scope="module")
+def dashboard():
+    with ray_head() as client:
+        yield client
+
+
 def test_the_example_runs_as_a_job_from_an_uploaded_working_dir(dashboard):
     folder = ROOT / "examples" / "cslr"
     files = jobs.package_files(folder)
-    assert {"train.py", "cslr_core.py"} <= set(files)
+    assert {"train.py", "cslr_core.py", "cslr_backend.py", "cslr_torch.py"} <= set(files)
     name, data = jobs.build_package(folder, files)
     assert dashboard.upload(name, data) is True and dashboard.upload(name, data) is False  # content-addressed: once
     job = dashboard.submit("python train.py --epochs 2 --train 200 --test 50", f"gcs://{name}", submission_id="integration-cslr")
