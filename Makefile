@@ -95,7 +95,9 @@ lock:                      ## re-pin both lock files from the .in files (fresh t
 	/tmp/cslr-lock/rt/bin/pip freeze --exclude-editable > requirements.lock
 	$(PY) -m venv /tmp/cslr-lock/test && /tmp/cslr-lock/test/bin/pip install --quiet -r requirements-test.in
 	# --all: torch needs setuptools>=77, newer than a fresh venv's, so the lock pins it too (not pip).
-	/tmp/cslr-lock/test/bin/pip freeze --all --exclude-editable | grep -v '^pip==' > requirements-test.lock
+	# torch without its local label: `==2.13.0` takes the CPU build where one is offered (a local
+	# version sorts above the public one) and PyPI's build elsewhere, instead of failing there.
+	/tmp/cslr-lock/test/bin/pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements-test.lock
 
 clean:
 	rm -rf _build .pytest_cache
