@@ -65,6 +65,6 @@ def test_nodes_and_notebook_run_as_the_user_of_the_generated_env(project, tmp_pa
     assert services["marimo"]["environment"]["HOME"] == "/tmp/cslr-home"
     for node in ("ray-cpu", "ray-gpu"):
         svc = services[node]
-        assert svc["user"] == "0:0" and "setpriv --reuid=\"$$CSLR_UID\" --regid=\"$$CSLR_GID\"" in svc["command"][-1]
+        assert svc["user"] == "0:0" and 'setpriv --reuid="$$CSLR_UID" --regid="$$CSLR_GID"' in svc["command"][-1]
         assert (svc["environment"]["CSLR_UID"], svc["environment"]["CSLR_GID"]) == ("4321", "8765")
     assert services["test-cluster"]["user"] == "0:0"  # touches no host folder
