@@ -109,17 +109,19 @@ def test_the_starter_notebook_runs_headless_in_the_marimo_container(inv):
 # ------------------------------------------------------------------------------ whose files
 
 
-def host_process_uids(inv, service: str, word: str) -> dict[int, str]:
-    """Host pid -> `Uid:` (real uid) of the service's processes whose command line has `word`."""
-    top = subprocess.run(compose_cmd(inv.workdir / "_build") + ["top", service], capture_output=True, text=True, env=clean_env(), check=True).stdout
+def process_uids(inv, service: str, word: str) -> dict[int, int]:
+    """Host pid -> real uid of the service's processes whose command line has `word`."""
+    container = subprocess.run(
+        compose_cmd(inv.workdir / "_build") + ["ps", "-q", service], capture_output=True, text=True, env=clean_env(), check=True
+    ).stdout.strip()
+    top = subprocess.run(["docker", "top", container, "-eo", "pid,uid,args"], capture_output=True, text=True, check=True).stdout
     out = {}
-    for line in top.splitlines():
-        cols = line.split()
+    for line in top.splitlines()[1:]:
+        pid, uid, args = line.split(None, 2)
         # Not docker-init (Compose's `init: true`, the container's own user) nor a healthcheck
         # that happens to run (Docker starts those as the container's user).
-        if len(cols) > 7 and cols[1].isdigit() and word in line and "docker-init" not in line and "--healthcheck" not in line:
-            status = Path(f"/proc/{cols[1]}/status").read_text()
-            out[int(cols[1])] = next(row.split()[1] for row in status.splitlines() if row.startswith("Uid:"))
+        if word in args and "docker-init" not in args and "--healthcheck" not in args:
+            out[int(pid)] = int(uid)
     return out
 
 
@@ -131,8 +133,8 @@ def user_removes(inv, path: Path) -> None:
 def test_a_notebook_the_server_creates_and_a_jobs_workspace_files_belong_to_the_user(inv):
     uid = invoking_uid(inv)
     # The notebook server itself runs as the user who ran `inv`, not root.
-    server = host_process_uids(inv, "marimo", "marimo edit")
-    assert server and set(server.values()) == {str(uid)}, server
+    server = process_uids(inv, "marimo", "marimo edit")
+    assert server and set(server.values()) == {uid}, server
     # A notebook created through the server's own API (the file explorer's "new notebook").
     session = requests.Session()
     page = session.get(f"{MARIMO}/?access_token={dotenv(inv)['MARIMO_TOKEN'].strip(chr(39))}", timeout=60)
@@ -176,8 +178,8 @@ def test_a_notebook_the_server_creates_and_a_jobs_workspace_files_belong_to_the_
     # And Ray itself (raylet, GCS, the node entrypoint) runs as the user, on every node.
     for node in ("ray-cpu", "ray-gpu"):
         for word in ("ray_node.py", "raylet"):
-            ray = host_process_uids(inv, node, word)
-            assert ray and set(ray.values()) == {str(uid)}, (node, word, ray)
+            ray = process_uids(inv, node, word)
+            assert ray and set(ray.values()) == {uid}, (node, word, ray)
 
 
 # ------------------------------------------------------------------------------ screenshots
