@@ -46,6 +46,9 @@ def check_preflight(stack: Stack, run=subprocess.run, routes: Callable[[], list]
     findings += preflight.subnet_overlaps(ipaddress.IPv4Network(cfg.get("network", "subnet")), preflight.docker_subnets(stack.project, run), routes())
     if preflight.wants_nvidia_devices(stack.doc(), services):
         findings += preflight.gpu_runtime(run)
+    uid = stack.env().get("CSLR_UID", "")
+    if uid.isdigit() and uid != "0":
+        findings += preflight.remapped_ids(preflight.security_options(run), int(uid))
     return findings
 
 
