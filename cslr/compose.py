@@ -202,6 +202,9 @@ def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[
     env["REDIS_URL"] = f"redis://:{quote(redis_password, safe='')}@redis:6379/0" if redis_on else ""
     env["RAY_REDIS_ADDRESS"] = "redis:6379" if redis_on else ""
     env["MARIMO_NOTEBOOKS"] = str(hostdirs.notebooks_dir(cfg))  # Compose would resolve a relative one against compose/
+    # Who the Ray nodes' processes and the notebook server run as: the user running `inv`, so what
+    # they write into the notebooks folder and the workspace is that user's (docs/security.md).
+    env.update(zip(hostdirs.USER_VARS, map(str, hostdirs.host_user())))
     env.update(images.image_env(cfg, image_source))
     return env
 
@@ -295,6 +298,7 @@ def subprocess_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
         "COMPOSE_PROJECT_NAME",
         "COMPOSE_FILE",
         "COMPOSE_ENV_FILES",
+        *hostdirs.USER_VARS,
     }
     names |= {image.env for image in images.PROJECT_IMAGES} | set(images.BASE_KEYS) | {"PIP_NO_INDEX", "EXPERIMENT_REQUIREMENTS"}
     return {k: v for k, v in (os.environ if base is None else base).items() if k not in names}

@@ -6,24 +6,58 @@ and workspace bind mounts are rendered from overlays/data-mounts.yaml.j2 into th
 directory (as the multi-host name resolution is); the notebooks folder is one fixed mount that
 compose/compose.yaml interpolates from `MARIMO_NOTEBOOKS`.
 
-Pure functions first (`mounts`, `render_overlay`, `problems`); nothing here touches Docker.
+Whose files: the containers that write into these folders (every Ray node, the notebook) run as
+the user who runs `inv` (`host_user`, written to the generated env file as `CSLR_UID` /
+`CSLR_GID`), so what they write is that user's, as if written on the host. docs/security.md.
+
+Pure functions first (`host_user`, `mounts`, `render_overlay`, `problems`); nothing here touches Docker.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ROOT, Config
-from .errors import Problem
+from .errors import ConfigError, Location, Problem
 
 TEMPLATE = Path("overlays/data-mounts.yaml.j2")
 OVERLAY = "data-mounts.yaml"  # generated into the build directory
 DATA_ROOT = "/data"
 WORKSPACE = "/workspace"
 NOTEBOOKS = "/notebooks"
+USER_VARS = ("CSLR_UID", "CSLR_GID")  # the generated env file's names for `host_user`
+ID_MAX = 2**31 - 2  # the largest id the kernel accepts (2**32 - 1 is "no id"; Docker takes an int32)
+
+
+def host_user(environ: Mapping[str, str] = os.environ, getuid: Callable[[], int] = os.getuid, getgid: Callable[[], int] = os.getgid) -> tuple[int, int]:
+    """(uid, gid) the containers that write into host folders run as: the user running `inv`.
+
+    `CSLR_UID` / `CSLR_GID` in the environment override it, for an engine whose container ids
+    are not the host's (rootless Docker, userns-remap: there `CSLR_UID=0 CSLR_GID=0` is the
+    user). A value that is not a plain id is refused, naming the variable.
+    """
+    found = []
+    ids = []
+    for name, own in zip(USER_VARS, (getuid, getgid)):
+        raw = environ.get(name, "")
+        if raw == "":
+            ids.append(own())
+        elif raw.isascii() and raw.isdigit() and int(raw) <= ID_MAX:
+            ids.append(int(raw))
+        else:
+            found.append(
+                Problem(
+                    Location(f"environment ${name}"),
+                    name,
+                    f"found {raw[:40]!r}, expected a numeric {'user' if name == 'CSLR_UID' else 'group'} id such as 1000 (0..{ID_MAX}), or unset for the id of the user running inv",
+                )
+            )
+    if found:
+        raise ConfigError(found)
+    return ids[0], ids[1]
 
 
 @dataclass(frozen=True)
@@ -115,3 +149,68 @@ def problems(cfg: Config) -> Iterable[Problem]:
             cfg.display_name(path),
             f"found {cfg.get(*path)!r} ({folder}), which is {kind}; expected a directory for the notebooks (or nothing: `inv up` creates it)",
         )
+
+
+# ------------------------------------------------------------------------------ ownership
+
+SCAN_LIMIT = 2000  # entries looked at per folder: `inv up` stays quick on a large workspace
+
+
+def foreign_owned(folder: Path, uid: int, recursive: bool = True, limit: int = SCAN_LIMIT) -> tuple[list[tuple[Path, int]], bool]:
+    """(path, owner uid) of the entries under `folder` (itself included) that `uid` does not own,
+    and whether the scan stopped at `limit`. Symlinks are not followed; unreadable parts skipped."""
+    out: list[tuple[Path, int]] = []
+    seen = 0
+    stack = [folder]
+    try:
+        own = folder.lstat().st_uid
+    except OSError:
+        return [], False
+    if own != uid:
+        out.append((folder, own))
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            seen += 1
+            if seen > limit:
+                return out, True
+            try:
+                owner = entry.stat(follow_symlinks=False).st_uid
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if owner != uid:
+                out.append((Path(entry.path), owner))
+            if recursive and is_dir:
+                stack.append(Path(entry.path))
+    return out, False
+
+
+def ownership_notes(cfg: Config, uid: int, gid: int) -> list[str]:
+    """What `inv up` says about files in the notebooks folder (and the workspace's top level)
+    that the user who runs the stack does not own, e.g. root-owned ones an older stack wrote.
+    Nothing is changed: the note gives the command that would take them back."""
+    if uid == 0:
+        return []  # root can save over anything
+    import shlex
+
+    folders = [("notebooks", notebooks_dir(cfg), True)]
+    if cfg.get("workspace"):
+        folders.append(("workspace", Path(cfg.get("workspace")), False))
+    lines = []
+    for label, folder, recursive in folders:
+        found, truncated = foreign_owned(folder, uid, recursive)
+        if not found:
+            continue
+        owners = ", ".join(str(o) for o in sorted({owner for _, owner in found}))
+        example = found[0][0] if found[0][0] == folder else found[0][0].relative_to(folder)
+        more = "+" if truncated else ""
+        lines.append(
+            f"{label}: {len(found)}{more} file(s) in {folder} belong to uid {owners}, not to you (uid {uid}), e.g. {example}; "
+            "probably written by an older stack whose containers ran as root. The stack now runs as you and cannot save over them. "
+            f"Nothing was changed; to take them back: sudo chown -R {uid}:{gid} {shlex.quote(str(folder))}"
+        )
+    return lines

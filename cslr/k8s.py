@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from . import compose, images, topology
+from . import compose, hostdirs, images, topology
 from .config import ROOT, Config, parse_size, shorten
 from .errors import ConfigError, Problem
 from .fsutil import write_atomic
@@ -229,9 +229,15 @@ def supporting(cfg: Config, name: str, var: str, env: dict[str, str], secret_key
         container["command"] = [interpolate(str(c), env) for c in (command if isinstance(command, list) else ["sh", "-c", command])]
     if "working_dir" in svc:
         container["workingDir"] = svc["working_dir"]
+    pod_security: dict[str, Any] = {}
     if "user" in svc:
-        uid, _, gid = str(svc["user"]).partition(":")
+        # A pod has no host user to match: the compose file's default (the image's uid 1000), not
+        # the CSLR_UID of whoever exports; fsGroup lets that user write its claim.
+        host_free = {k: v for k, v in env.items() if k not in hostdirs.USER_VARS}
+        uid, _, gid = interpolate(str(svc["user"]), host_free).partition(":")
         container["securityContext"] = {"runAsUser": int(uid), "runAsGroup": int(gid or uid)}
+        if int(uid) != 0:
+            pod_security = {"fsGroup": int(gid or uid)}
     pod_labels = labels(cfg, name)
     deployment = {
         "apiVersion": "apps/v1",
@@ -243,7 +249,11 @@ def supporting(cfg: Config, name: str, var: str, env: dict[str, str], secret_key
             "selector": {"matchLabels": pod_labels},
             "template": {
                 "metadata": {"labels": pod_labels},
-                "spec": {"containers": [container], "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
+                "spec": {
+                    "containers": [container],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+                    **({"securityContext": pod_security} if pod_security else {}),
+                },
             },
         },
     }

@@ -46,6 +46,9 @@ def check_preflight(stack: Stack, run=subprocess.run, routes: Callable[[], list]
     findings += preflight.subnet_overlaps(ipaddress.IPv4Network(cfg.get("network", "subnet")), preflight.docker_subnets(stack.project, run), routes())
     if preflight.wants_nvidia_devices(stack.doc(), services):
         findings += preflight.gpu_runtime(run)
+    uid = stack.env().get("CSLR_UID", "")
+    if uid.isdigit() and uid != "0":
+        findings += preflight.remapped_ids(preflight.security_options(run), int(uid))
     return findings
 
 
@@ -111,13 +114,18 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
 
 def host_folders(stack: Stack) -> list[str]:
     """Before start: the notebooks folder exists (owned by the user, not by a root-run Docker),
-    and the notebooks of an older stack's volume are copied into it once."""
+    the notebooks of an older stack's volume are copied into it once, and files there (or in the
+    workspace) that the stack's user cannot save over are pointed out."""
     from . import hostdirs, notebooks
 
     folder = hostdirs.notebooks_dir(stack.cfg)
     lines = notebooks.ensure_folder(folder)
     if "marimo" in stack.expected_services():
         lines += notebooks.migrate(stack.project, folder, stack.env().get("RAY_IMAGE", ""), stack.build_dir, stack.run)
+    env = stack.env()
+    uid, gid = (env.get(name, "") for name in hostdirs.USER_VARS)
+    if uid.isdigit() and gid.isdigit():
+        lines += hostdirs.ownership_notes(stack.cfg, int(uid), int(gid))
     return lines
 
 

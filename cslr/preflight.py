@@ -163,6 +163,34 @@ def gpu_runtime(run: Runner = subprocess.run) -> list[str]:
     ]
 
 
+def remapped_ids(security_options: Iterable[str], uid: int) -> list[str]:
+    """Pure: a finding when the engine maps container ids onto other host ids (rootless Docker,
+    userns-remap) while the stack would run as the non-root uid `uid` (CSLR_UID): files in the
+    host folders would belong to an unrelated host id, and the containers could not write there."""
+    names = {opt.split("name=", 1)[1].split(",", 1)[0] for opt in security_options if "name=" in opt}
+    if uid == 0 or not names & {"rootless", "userns"}:
+        return []
+    if "rootless" in names:
+        return [
+            f"this Docker engine is rootless: a container's root is you, and your uid {uid} inside a container is another host id. "
+            "Run the stack as container root, which writes your files as you: `CSLR_UID=0 CSLR_GID=0 inv up` (docs/security.md)"
+        ]
+    return [
+        f"this Docker engine remaps user ids (userns-remap): uid {uid} inside a container is another host id, so the notebooks "
+        "folder and the workspace would get files of an unrelated owner. Set CSLR_UID / CSLR_GID to the ids inside containers that "
+        "map to you (see /etc/subuid), or use an engine without userns-remap (docs/security.md)"
+    ]
+
+
+def security_options(run: Runner = subprocess.run) -> list[str]:
+    proc = run(["docker", "info", "--format", "{{json .SecurityOptions}}"], capture_output=True, text=True, timeout=30)
+    try:
+        found = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+    except json.JSONDecodeError:
+        found = []
+    return [str(x) for x in found] if isinstance(found, list) else []
+
+
 def image_ray_version(image: str, run: Runner = subprocess.run) -> str | None:
     """The Ray version inside a local image, or None if the image is not present locally."""
     present = run(["docker", "image", "inspect", image, "--format", "{{.Id}}"], capture_output=True, text=True)

@@ -4,6 +4,7 @@ one-time move of notebooks out of the old named volume (cslr/notebooks.py, its p
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 
@@ -152,3 +153,83 @@ def test_migration_never_loses_or_overwrites_anything(tmp_path_factory, existing
     assert sorted(a.source for a in actions) == sorted(volume)
     for action in actions:  # every notebook of the volume is in the folder, somewhere, intact
         assert action.dest.read_bytes() == volume[action.source]
+
+
+# ------------------------------------------------------------------------------ whose files
+
+
+def test_host_user_is_the_invoking_users_ids_unless_the_environment_says():
+    assert hostdirs.host_user({}) == (os.getuid(), os.getgid())
+    assert hostdirs.host_user({}, getuid=lambda: 1001, getgid=lambda: 1002) == (1001, 1002)
+    # Rootless Docker / userns-remap: container root is the user.
+    assert hostdirs.host_user({"CSLR_UID": "0", "CSLR_GID": "0"}, getuid=lambda: 1001, getgid=lambda: 1002) == (0, 0)
+    assert hostdirs.host_user({"CSLR_UID": "", "CSLR_GID": "77"}, getuid=lambda: 1001, getgid=lambda: 1002) == (1001, 77)
+
+
+def test_a_bad_user_id_in_the_environment_is_refused_naming_it():
+    with pytest.raises(ConfigError) as exc:
+        hostdirs.host_user({"CSLR_UID": "alice", "CSLR_GID": "-1"})
+    assert exc.value.exit_code == 2
+    assert [str(p) for p in exc.value.problems] == [
+        f"environment $CSLR_UID: CSLR_UID: found 'alice', expected a numeric user id such as 1000 (0..{hostdirs.ID_MAX}), or unset for the id of the user running inv",
+        f"environment $CSLR_GID: CSLR_GID: found '-1', expected a numeric group id such as 1000 (0..{hostdirs.ID_MAX}), or unset for the id of the user running inv",
+    ]
+
+
+@given(st.text(max_size=30))
+def test_host_user_takes_only_plain_ids(raw):
+    plain = raw == "" or (raw.isascii() and raw.isdigit() and int(raw) <= hostdirs.ID_MAX)
+    try:
+        uid, gid = hostdirs.host_user({"CSLR_UID": raw}, getuid=lambda: 1001, getgid=lambda: 1002)
+    except ConfigError as exc:
+        assert not plain and len(exc.problems) == 1 and exc.problems[0].path == "CSLR_UID"
+    else:
+        assert plain and (uid, gid) == (int(raw) if raw else 1001, 1002)
+
+
+def test_generated_env_records_the_user_and_compose_never_takes_it_from_the_shell(project, monkeypatch):
+    from cslr import compose
+
+    monkeypatch.delenv("CSLR_UID", raising=False)
+    monkeypatch.delenv("CSLR_GID", raising=False)
+    env = compose.compose_env(config.load(project("{}\n"), environ={}), GpuState("off"))
+    assert (env["CSLR_UID"], env["CSLR_GID"]) == (str(os.getuid()), str(os.getgid()))
+    monkeypatch.setenv("CSLR_UID", "0")
+    assert compose.compose_env(config.load(project("{}\n"), environ={}), GpuState("off"))["CSLR_UID"] == "0"
+    # A stale CSLR_UID in the shell would beat the env file in Compose: _build/.env alone decides.
+    assert compose.subprocess_env({"PATH": "/bin", "CSLR_UID": "5", "CSLR_GID": "6"}) == {"PATH": "/bin"}
+
+
+def test_files_the_user_does_not_own_are_found_and_the_note_says_how_to_take_them_back(project, tmp_path):
+    cfg = config.load(project("{}\n"), environ={})
+    folder = hostdirs.notebooks_dir(cfg)
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.py").write_text("x")
+    (folder / "sub" / "b.py").write_text("y")
+    me = os.getuid()
+    assert hostdirs.foreign_owned(folder, me) == ([], False)
+    assert hostdirs.ownership_notes(cfg, me, os.getgid()) == [] or me == 0
+    # As seen by another user (the files stand for an older root-run stack's notebooks):
+    other = me + 1
+    found, truncated = hostdirs.foreign_owned(folder, other)
+    assert [p.relative_to(folder).as_posix() for p, _ in found] == [".", "a.py", "sub", "sub/b.py"] and not truncated
+    assert {owner for _, owner in found} == {me}
+    assert hostdirs.foreign_owned(folder, other, limit=2) == (found[:3], True)
+    assert hostdirs.foreign_owned(folder, other, recursive=False)[0] == found[:3]
+    [note] = hostdirs.ownership_notes(cfg, other, 77)
+    assert note.startswith(f"notebooks: 4 file(s) in {folder} belong to uid {me}, not to you (uid {other}), e.g. {folder}")
+    assert note.endswith(f"Nothing was changed; to take them back: sudo chown -R {other}:77 {folder}")
+    assert (folder / "a.py").stat().st_uid == me  # nothing was changed
+    assert hostdirs.ownership_notes(cfg, 0, 0) == []  # root saves over anything
+
+
+def test_ownership_note_quotes_an_odd_folder_and_covers_the_workspace_top_level(project, tmp_path):
+    ws = tmp_path / "my work $x"
+    (ws / "deep").mkdir(parents=True)
+    (ws / "deep" / "file").write_text("z")
+    cfg = config.load(project(f"workspace: {json.dumps(str(ws))}\n"), environ={})
+    hostdirs.notebooks_dir(cfg).mkdir()
+    other = os.getuid() + 1
+    notes = hostdirs.ownership_notes(cfg, other, other)
+    work = [n for n in notes if n.startswith("workspace:")]
+    assert len(work) == 1 and "2 file(s)" in work[0] and work[0].endswith(f"sudo chown -R {other}:{other} '{ws}'")

@@ -270,6 +270,18 @@ def test_readiness_probes_are_the_compose_healthchecks(project, tmp_path):
     assert seen == 4
 
 
+def test_marimo_pod_runs_as_the_images_user_not_the_exporting_host_user(project, tmp_path, monkeypatch):
+    # On Docker the notebook runs as the user who ran `inv` (CSLR_UID); a pod has no host user to
+    # match, so the export is the same whoever runs it: uid 1000, with fsGroup to write its claim.
+    monkeypatch.setenv("CSLR_UID", "4321")
+    monkeypatch.setenv("CSLR_GID", "8765")
+    _cfg, out, _ = export(project, tmp_path, CASES["cpu-only"])
+    spec = next(d for d in objects(out)["marimo.yaml"] if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert spec["containers"][0]["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000}
+    assert spec["securityContext"] == {"fsGroup": 1000}
+    assert "4321" not in (out / "marimo.yaml").read_text()
+
+
 def test_secret_holds_the_env_values_and_is_private(project, tmp_path):
     cfg, out, written = export(project, tmp_path, CASES["cpu-only"])
     for path in written:

@@ -108,3 +108,24 @@ def test_gpu_runtime_accepts_the_nvidia_runtime_or_cdi_devices(info, ok):
 def test_parse_compose_version():
     assert compose.parse_compose_version("Docker Compose version v2.40.3-desktop.1") == (2, 40, 3)
     assert compose.parse_compose_version("garbage") is None
+
+
+def test_an_engine_that_remaps_ids_is_named_with_the_fix():
+    rootless = ["name=seccomp,profile=builtin", "name=rootless", "name=cgroupns"]
+    [finding] = preflight.remapped_ids(rootless, 1001)
+    assert "rootless" in finding and "uid 1001" in finding and "CSLR_UID=0 CSLR_GID=0 inv up" in finding
+    [finding] = preflight.remapped_ids(["name=apparmor", "name=userns"], 1001)
+    assert "userns-remap" in finding and "CSLR_UID" in finding
+    assert preflight.remapped_ids(rootless, 0) == []  # container root is the user there
+    assert preflight.remapped_ids(["name=apparmor", "name=seccomp,profile=builtin", "name=cgroupns"], 1001) == []  # Docker CE as root
+
+
+def test_security_options_tolerate_an_engine_that_says_nothing_useful():
+
+    def run(out, code=0):
+        return lambda cmd, **kw: subprocess.CompletedProcess(cmd, code, out, "")
+
+    assert preflight.security_options(run('["name=rootless"]\n')) == ["name=rootless"]
+    assert preflight.security_options(run("null\n")) == []
+    assert preflight.security_options(run("garbage")) == []
+    assert preflight.security_options(run('["name=rootless"]', code=1)) == []

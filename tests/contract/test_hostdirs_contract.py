@@ -50,3 +50,21 @@ def test_multihost_gets_the_same_mounts(project, tmp_path):
     _, merged = compose.render(plan, tmp_path / "_build")
     doc = yaml.safe_load(merged)
     assert {v["target"] for v in doc["services"]["ray-cpu"]["volumes"]} >= {"/data/d"}
+
+
+def test_nodes_and_notebook_run_as_the_user_of_the_generated_env(project, tmp_path, monkeypatch):
+    # CSLR_UID / CSLR_GID (what `inv generate` records) reach the real Compose: the notebook's
+    # `user`, and the ids every Ray node drops to after preparing /tmp/ray as root.
+    monkeypatch.setenv("CSLR_UID", "4321")
+    monkeypatch.setenv("CSLR_GID", "8765")
+    plan = compose.plan(config.load(project("{}\n"), environ={}), ONE_GPU, test_cluster=True)
+    env_text, merged = compose.render(plan, tmp_path / "_build")
+    assert "CSLR_UID=4321" in env_text and "CSLR_GID=8765" in env_text
+    services = yaml.safe_load(merged)["services"]
+    assert services["marimo"]["user"] == "4321:8765"
+    assert services["marimo"]["environment"]["HOME"] == "/tmp/cslr-home"
+    for node in ("ray-cpu", "ray-gpu"):
+        svc = services[node]
+        assert svc["user"] == "0:0" and 'setpriv --reuid="$$CSLR_UID" --regid="$$CSLR_GID"' in svc["command"][-1]
+        assert (svc["environment"]["CSLR_UID"], svc["environment"]["CSLR_GID"]) == ("4321", "8765")
+    assert services["test-cluster"]["user"] == "0:0"  # touches no host folder

@@ -81,6 +81,13 @@ def ensure_user() -> None:
         subprocess.run(["usermod", "-aG", "docker", E2E_USER], check=True)
 
 
+def invoking_uid(inv: "Inv") -> int:
+    """The uid of the user the tier runs `inv` as (the e2e user when the tests run as root)."""
+    import pwd
+
+    return pwd.getpwnam(E2E_USER).pw_uid if inv.prefix else os.getuid()
+
+
 def user_env(path_prefix: str = "") -> dict:
     home = Path(f"~{E2E_USER}").expanduser()
     return {**clean_env(), "HOME": str(home), "USER": E2E_USER, "LOGNAME": E2E_USER, "PATH": path_prefix + "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
@@ -136,10 +143,13 @@ def inv(tmp_path_factory):
     sample = workdir / "sample-data"
     sample.mkdir(exist_ok=True)
     (sample / "glosses.txt").write_text("HELLO\nTHANK-YOU\n")
+    # The user's writable workspace: /workspace in every Ray node and the notebook.
+    workspace = workdir / "workspace"
+    workspace.mkdir(exist_ok=True)
     with open(workdir / "config.yaml", "a") as handle:
-        handle.write(f"data:\n  sample: {sample}\n")
+        handle.write(f"data:\n  sample: {sample}\nworkspace: {workspace}\n")
     if prefix:
-        subprocess.run(["chown", "-R", f"{E2E_USER}:", str(sample)], check=True)
+        subprocess.run(["chown", "-R", f"{E2E_USER}:", str(sample), str(workspace)], check=True)
     runner = Inv(workdir, repo, prefix, env)
     runner("init", "--config", str(workdir / "config.yaml"), check=True)
     runner("down", "--volumes", "--yes")  # leftovers of an interrupted earlier run

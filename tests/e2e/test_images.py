@@ -50,6 +50,24 @@ def test_ray_base_user_home_and_python_like_rayproject_ray():
     assert any(e.startswith("PATH=/home/ray/anaconda3/bin:") for e in config(RAY, "{{range .Config.Env}}{{println .}}{{end}}").splitlines())
 
 
+def test_ray_base_can_drop_to_any_user_and_run_ray_as_it():
+    # compose/compose.yaml starts each Ray node as root, hands /tmp/ray to CSLR_UID:CSLR_GID and
+    # drops to them with util-linux's setpriv (Essential in Ubuntu, the official image's base);
+    # Ray then runs as a uid the image has no passwd entry for, with HOME and USER set.
+    tools = run(RAY, "sh", "-c", "command -v setpriv && command -v stat && command -v chown", user="0:0")
+    assert tools.returncode == 0 and len(tools.stdout.split()) == 3, tools.stdout + tools.stderr
+    drop = run(
+        RAY,
+        "sh",
+        "-c",
+        'mkdir -p "$HOME" && chown 4321:4321 "$HOME" && exec setpriv --reuid=4321 --regid=4321 --clear-groups '
+        'python3 -c "import os, getpass, ray; print(os.getuid(), os.getgid(), os.getgroups(), getpass.getuser(), ray.__version__)"',
+        user="0:0",
+        env={"HOME": "/tmp/cslr-home", "USER": "cslr"},
+    )
+    assert drop.returncode == 0 and drop.stdout.split() == ["4321", "4321", "[]", "cslr", "2.60.0"], drop.stdout + drop.stderr
+
+
 def test_ray_base_carries_ray_default_and_not_the_platforms_clients():
     out = run(RAY, "python3", "-c", "import ray, ray.dashboard, aiohttp; print(ray.__version__)")
     assert out.returncode == 0 and out.stdout.strip() == "2.60.0", out.stderr

@@ -9,6 +9,7 @@ Figures this module measures are printed (pytest -s, or the captured output of a
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.conftest import clean_env, compose_cmd
+from tests.e2e.conftest import E2E_USER, clean_env, compose_cmd, invoking_uid
 
 MLFLOW = "http://127.0.0.1:15000"
 MARIMO = "http://127.0.0.1:18080"
@@ -107,6 +108,82 @@ def test_the_starter_notebook_runs_headless_in_the_marimo_container(inv):
     # Read-only: the notebook container cannot write into the data folder.
     touch = subprocess.run(compose + ["exec", "-T", "marimo", "touch", "/data/sample/x"], capture_output=True, text=True, env=clean_env())
     assert touch.returncode != 0 and "Read-only file system" in touch.stderr
+
+
+# ------------------------------------------------------------------------------ whose files
+
+
+def process_uids(inv, service: str, word: str) -> dict[int, int]:
+    """Host pid -> real uid of the service's processes whose command line has `word`."""
+    container = subprocess.run(
+        compose_cmd(inv.workdir / "_build") + ["ps", "-q", service], capture_output=True, text=True, env=clean_env(), check=True
+    ).stdout.strip()
+    top = subprocess.run(["docker", "top", container, "-eo", "pid,uid,args"], capture_output=True, text=True, check=True).stdout
+    out = {}
+    for line in top.splitlines()[1:]:
+        pid, uid, args = line.split(None, 2)
+        # Not docker-init (Compose's `init: true`, the container's own user) nor a healthcheck
+        # that happens to run (Docker starts those as the container's user).
+        if word in args and "docker-init" not in args and "--healthcheck" not in args:
+            out[int(pid)] = int(uid)
+    return out
+
+
+def user_removes(inv, path: Path) -> None:
+    gone = subprocess.run([*inv.prefix, "rm", "-r", str(path)], capture_output=True, text=True, env=inv.env)
+    assert gone.returncode == 0 and not path.exists(), gone.stderr
+
+
+def test_a_notebook_the_server_creates_and_a_jobs_workspace_files_belong_to_the_user(inv):
+    uid = invoking_uid(inv)
+    # The notebook server itself runs as the user who ran `inv`, not root.
+    server = process_uids(inv, "marimo", "marimo edit")
+    assert server and set(server.values()) == {uid}, server
+    # A notebook created through the server's own API (the file explorer's "new notebook").
+    session = requests.Session()
+    page = session.get(f"{MARIMO}/?access_token={dotenv(inv)['MARIMO_TOKEN'].strip(chr(39))}", timeout=60)
+    server_token = re.search(r'"serverToken"\s*:\s*"([^"]+)"', page.text).group(1)
+    made = session.post(
+        f"{MARIMO}/api/files/create",
+        headers={"Marimo-Server-Token": server_token},
+        files={"path": (None, "/notebooks"), "type": (None, "notebook"), "name": (None, "owned-by-you.py")},
+        timeout=60,
+    )
+    assert made.status_code == 200 and made.json()["success"], made.text
+    notebook = inv.workdir / "notebooks" / "owned-by-you.py"
+    assert notebook.stat().st_uid == uid and "marimo.App" in notebook.read_text()
+    user_removes(inv, notebook)
+
+    # A Ray job: its driver (on the head) and its tasks (on both nodes) write into /workspace.
+    job = inv.workdir / "owner-job"  # the user's own folder: `inv submit` reads it as them
+    job.mkdir()
+    (job / "write.py").write_text(
+        "import os, socket, ray\n"
+        "ray.init()\n"
+        "out = '/workspace/e2e-owner'\n"
+        "os.makedirs(out, exist_ok=True)\n"
+        "@ray.remote(num_cpus=0.5, scheduling_strategy='SPREAD')\n"
+        "def write(i):\n"
+        "    with open(f'{out}/task-{i}-{socket.gethostname()}.txt', 'w') as f:\n"
+        "        f.write('x')\n"
+        "    return os.getuid()\n"
+        "print('task uids', sorted(set(ray.get([write.remote(i) for i in range(4)]))))\n"
+        "open(f'{out}/driver.txt', 'w').write(str(os.getuid()))\n"
+    )
+    if inv.prefix:
+        subprocess.run(["chown", "-R", f"{E2E_USER}:", str(job)], check=True)
+    proc = inv("submit", "--wait", "--working-dir", str(job), "--", "python", "write.py", timeout=600)
+    assert proc.returncode == 0 and f"task uids [{uid}]" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = inv.workdir / "workspace" / "e2e-owner"
+    files = sorted(p.name for p in out.iterdir())
+    assert "driver.txt" in files and len(files) >= 2, files
+    assert {p.stat().st_uid for p in [out, *out.iterdir()]} == {uid}
+    user_removes(inv, out)
+    # And Ray itself (raylet, GCS, the node entrypoint) runs as the user, on every node.
+    for node in ("ray-cpu", "ray-gpu"):
+        for word in ("ray_node.py", "raylet"):
+            ray = process_uids(inv, node, word)
+            assert ray and set(ray.values()) == {uid}, (node, word, ray)
 
 
 # ------------------------------------------------------------------------------ screenshots
