@@ -481,15 +481,21 @@ NODE = str(SCRIPTS / "ray_node.py")
 HEALTH = str(SCRIPTS / "health.py")
 
 
-def _free_pair(ip, lo=41000, hi=49000):
-    """A port free on ``ip`` whose agent port (+1000) is free too."""
+def _free_pair(ips, lo=21000, hi=31000):
+    """A port free on every address of ``ips`` whose agent port (+1000) is free too.
+
+    Outside the kernel's ephemeral range (32768-60999): there any process on the machine (a Ray
+    running beside the suite listens on 0.0.0.0 at ephemeral ports) may take the port between
+    this check and the node's bind, which once left a node without a role for 60 s under load."""
+    ips = [ips] if isinstance(ips, str) else ips
     rng = random.Random()
-    for _ in range(200):
+    for _ in range(500):
         p = rng.randrange(lo, hi)
         try:
-            for port in (p, p + 1000):
-                with socket.socket() as s:
-                    s.bind((ip, port))
+            for ip in ips:
+                for port in (p, p + 1000):
+                    with socket.socket() as s:
+                        s.bind((ip, port))
             return p
         except OSError:
             continue
@@ -500,7 +506,7 @@ class Cluster:
     def __init__(self, tmp_path, n, health_url="http://127.0.0.1:9/", first_octet=2):
         self.tmp = tmp_path
         self.ips = [f"127.0.0.{first_octet + i}" for i in range(n)]
-        self.port = _free_pair(self.ips[0])
+        self.port = _free_pair(self.ips)
         self.whitelist = ",".join(self.ips)
         self.health_url = health_url
         self.procs = {}
