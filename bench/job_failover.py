@@ -18,12 +18,13 @@ Purpose
     API), whether it is listed at all, whether its logs are readable, whether its work finished
     (a file the driver writes at the end), and the times from the crash until the Jobs API
     answers again and until the job is terminal. A job the Jobs API still shows RUNNING after the
-    job could have ended is "stuck"; the bench then asks for its logs (the request that reaches
-    the job agent) and times how long Ray then takes to mark it terminal.
+    job could have ended is "stuck"; the bench then stops it (`inv jobs --stop`: the request
+    reaches the head's job agent) and times how long Ray then takes to mark it terminal.
 
 Caller
     A developer: ``flock /tmp/cslr-heavy.lock .venv/bin/python bench/job_failover.py
-    [--trials 3] [--cases off,ft-head,...] [--seconds 60] [--write docs/benchmarks.md] [--json out.json]``.
+    [--trials 3] [--cases off,ft-head,...] [--seconds 60] [--write docs/benchmarks.md] [--json out.json]
+    [--merge earlier.json]``.
 
 Outputs
     A Markdown section on stdout; with ``--write`` it replaces the section
@@ -103,7 +104,7 @@ def outcome(rs: List[dict], key: str) -> str:
 
 def table(results: List[dict], cases: List[str]) -> List[str]:
     lines = [
-        "| case | trials | listed afterwards | status afterwards | message | logs | work finished | crash -> Jobs API answers (s) | crash -> terminal (s) | still RUNNING at (s) | logs request -> terminal (s) |",
+        "| case | trials | listed afterwards | status afterwards | message | logs | work finished | crash -> Jobs API answers (s) | crash -> terminal (s) | still RUNNING at (s) | stop (or logs) request -> terminal (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
@@ -126,6 +127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="how long the job runs tasks (default 60)")
     ap.add_argument("--write", metavar="MARKDOWN", help="replace this benchmark's section of that file")
     ap.add_argument("--json", metavar="FILE", help="also write every trial's observations")
+    ap.add_argument("--merge", metavar="FILE", action="append", default=[], help="add the trials of an earlier run's --json to the table")
     args = ap.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     bad = [c for c in cases if c not in CASES]
@@ -136,6 +138,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("needs redis-server and unshare (tools/ci-deps.sh)", file=sys.stderr)
         return 1
     started = time.monotonic()
+    earlier: List[dict] = [r for f in args.merge for r in json.loads(Path(f).read_text())]
     results: List[dict] = []
     with tempfile.TemporaryDirectory(prefix="jf", dir="/tmp") as tmp:  # Ray's socket paths must stay < 108 bytes
         for k in range(args.trials):
@@ -146,17 +149,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if args.json:
                     Path(args.json).write_text(json.dumps(results, indent=1))
     failed = [r for r in results if "error" in r]
+    merged = f" plus {len(earlier)} trials of earlier runs (--merge)" if earlier else ""
     lines = [
         HEADING,
         "",
         f"Measured on {platform.machine()} / {platform.system().lower()}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"Ray {_ray_version()}; whole run {time.monotonic() - started:.0f} s, {len(results)} trials ({len(failed)} could not be run). "
+        f"Ray {_ray_version()}; whole run {time.monotonic() - started:.0f} s, {len(results)} trials ({len(failed)} could not be run){merged}. "
         f"Two real scripts/ray_node.py nodes (head 127.0.0.2, worker 127.0.0.3, 1 CPU each, own PID namespaces, token auth); "
         f"a job submitted through `cslr.jobs` runs 2 one-CPU Ray tasks per round for {args.seconds:.0f} s; a few rounds in, the head "
         "is crashed (SIGKILL of the whole node). With GCS FT (redis, `HEAD_LOSS_GRACE_S` 90) the head is started again at once; "
         "without it the worker becomes the head and the old head rejoins as a worker. Times are per trial, sorted.",
         "",
-        *table(results, cases),
+        *table(earlier + results, cases),
         "",
         '"Still RUNNING at": the job was still RUNNING this long after the crash although its driver was gone (only '
         "`GET /api/jobs/<id>` was asked meanwhile); the bench then asked for its logs, which reaches the job agent of the "

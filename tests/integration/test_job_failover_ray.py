@@ -158,18 +158,19 @@ def run_case(c: RayNodes, case: str, workdir: Path, seconds: float = 60.0, timeo
         got["stuck_s"] = time.time() - t0  # still RUNNING this long after the crash
         alive = {n["node_id"] for n in new.nodes() if n.get("state") == "ALIVE"}
         got["driver_node_alive"] = info.get("driver_node_id") in alive
-    # The logs request goes to the job agent of the driver's node (address); the first request
-    # that reaches an agent's JobManager makes it reconcile jobs that are not terminal.
-    nudged = time.time()
-    try:
+    # A stop request goes to the head's job agent; the first request that reaches an agent makes
+    # it create its JobManager (lazily, in Ray 2.60), which reconciles every job not terminal.
+    if "stuck_s" in got:
+        nudged = time.time()
+        got["stop_answer"] = new.stop(job_id)
+        info = _terminal_or_missing(new, job_id, nudged, time.time() + timeout, got, key="nudge_terminal_s")
+    try:  # from the job agent of the driver's node (its address as recorded when it started)
         text = new.logs(job_id)
         got["logs"] = "readable" if "progress" in text else "empty"
         got["logs_done"] = "JOB DONE" in text
     except jobs.JobError as exc:
         got["logs"] = f"unreadable ({str(exc)[-120:]})"
         got["logs_done"] = False
-    if "stuck_s" in got:
-        info = _terminal_or_missing(new, job_id, nudged, time.time() + timeout, got, key="nudge_terminal_s")
     if info is not None:
         got["status"] = info.get("status")
         got["message"] = (info.get("message") or "").split(", last available logs")[0].strip()
@@ -243,13 +244,14 @@ def test_without_gcs_ft_a_running_job_is_gone_after_the_failover(cluster):
 
 
 @needs
-def test_with_gcs_ft_a_driver_on_the_head_dies_and_the_job_stays_running_until_a_job_agent_is_asked(cluster):
+def test_with_gcs_ft_a_driver_on_the_head_dies_and_the_job_stays_running_until_stopped(cluster):
     c, tmp = cluster(ft=True)
     got = run_case(c, "ft-head", tmp)
     assert got["status_before"] == "RUNNING" and got["driver_ip"] == c.ips[0], got
     assert "api_s" in got and got["listed"] is True, got  # the restarted head keeps the job table (redis)
     assert "stuck_s" in got and got["driver_node_alive"] is False, got  # still RUNNING, its driver's node dead
-    assert got["status"] == "FAILED" and "supervisor" in got["message"], got  # once a request reaches a job agent
+    assert got["stop_answer"] is False, got  # nothing to stop: the supervisor actor is gone ...
+    assert got["status"] == "FAILED" and "supervisor" in got["message"], got  # ... but the request makes Ray mark it FAILED
     assert got["logs"] == "readable" and not got["logs_done"] and got["work_done"] is False, got
 
 
