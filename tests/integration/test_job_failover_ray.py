@@ -4,16 +4,18 @@ namespaces, temp dirs and port blocks, token auth), a job submitted through `csl
 Jobs REST API of the head's dashboard, working dir uploaded as `inv submit` does), the head
 crashed (SIGKILL of the whole node, as a container dying) while the job runs Ray tasks.
 
-The cases (docs/multi-host.md, "A running job when the head fails"; measured by
-bench/job_failover.py):
+The cases (docs/multi-host.md, "A running job when the head fails"; measured, with timings, by
+bench/job_failover.py, which runs ``run_case`` below):
 
-* ``off``      - no GCS fault tolerance: the worker stops its Ray and becomes the head of a new
-                 cluster; the job is gone from the Jobs API (never listed), its driver died.
-* ``ft-head``  - GCS FT, the driver where Ray puts it by default (the head): the restarted
-                 head lists the job as FAILED ("Job supervisor actor died"); the driver died.
+* ``off``         - no GCS fault tolerance: the worker stops its Ray and becomes the head of a
+                    new cluster; the job is gone from the Jobs API (never listed), its driver died.
+* ``off-off-head`` - the same with the driver on the worker (bench only): lost the same way.
+* ``ft-head``     - GCS FT, the driver where Ray puts it by default (the head): the restarted
+                    head lists the job as RUNNING although its driver died (`inv jobs` marks it),
+                    until a stop request reaches the head's job agent; then FAILED.
 * ``ft-off-head`` - GCS FT, the driver placed off the head (`cslr.jobs.Client.submit(...,
-                 off_head=True)`): the job keeps running on the worker through the head's
-                 restart and SUCCEEDS; its logs are readable from the restarted head.
+                    off_head=True)`, `inv submit --off-head`): the job keeps running on the worker
+                    through the head's restart and SUCCEEDS; its logs are readable.
 
 Slow tier (marker ``integration``); needs redis-server (tools/ci-deps.sh) and unshare.
 Heavy: run it alone, under ``flock /tmp/cslr-heavy.lock``.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -156,8 +159,10 @@ def run_case(c: RayNodes, case: str, workdir: Path, seconds: float = 60.0, timeo
     got["listed"] = info is not None
     if info is not None and info.get("status") not in jobs.TERMINAL:
         got["stuck_s"] = time.time() - t0  # still RUNNING this long after the crash
-        alive = {n["node_id"] for n in new.nodes() if n.get("state") == "ALIVE"}
+        table = new.nodes()
+        alive = {n["node_id"] for n in table if n.get("state") == "ALIVE"}
         got["driver_node_alive"] = info.get("driver_node_id") in alive
+        got["marked_lost"] = job_id in jobs.lost_drivers(new.list(), table)  # `inv jobs` shows RUNNING*
     # A stop request goes to the head's job agent; the first request that reaches an agent makes
     # it create its JobManager (lazily, in Ray 2.60), which reconciles every job not terminal.
     if "stuck_s" in got:
@@ -213,11 +218,14 @@ needs = pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which(
 
 
 @pytest.fixture
-def cluster(tmp_path_factory):
+def cluster():
     made = []
 
     def make(ft: bool):
-        tmp = tmp_path_factory.mktemp("jf")
+        # A short path: Ray's socket paths (<temp>/session_<date>_<pid>/sockets/dash_MetricsHead)
+        # must stay < 108 bytes; under pytest's tmp dirs a new head's dashboard failed to start.
+        tmp = Path(tempfile.mkdtemp(prefix="jf", dir="/tmp"))
+        dirs.append(tmp)
         redis = port = None
         if ft:
             redis, port = start_redis(tmp)
@@ -225,12 +233,15 @@ def cluster(tmp_path_factory):
         made.append((nodes, redis))
         return nodes, tmp
 
+    dirs: list = []
     yield make
     for nodes, redis in made:
         nodes.stop()
         if redis is not None:
             redis.terminate()
             redis.wait(10)
+    for tmp in dirs:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @needs
@@ -250,6 +261,7 @@ def test_with_gcs_ft_a_driver_on_the_head_dies_and_the_job_stays_running_until_s
     assert got["status_before"] == "RUNNING" and got["driver_ip"] == c.ips[0], got
     assert "api_s" in got and got["listed"] is True, got  # the restarted head keeps the job table (redis)
     assert "stuck_s" in got and got["driver_node_alive"] is False, got  # still RUNNING, its driver's node dead
+    assert got["marked_lost"] is True, got  # `inv jobs` marks it RUNNING*
     assert got["stop_answer"] is False, got  # nothing to stop: the supervisor actor is gone ...
     assert got["status"] == "FAILED" and "supervisor" in got["message"], got  # ... but the request makes Ray mark it FAILED
     assert got["logs"] == "readable" and not got["logs_done"] and got["work_done"] is False, got
