@@ -163,8 +163,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         *table(earlier + results, cases),
         "",
         '"Still RUNNING at": the job was still RUNNING this long after the crash although its driver was gone (only '
-        "`GET /api/jobs/<id>` was asked meanwhile); the bench then asked for its logs, which reaches the job agent of the "
-        "driver's node and makes that agent's JobManager (created lazily by Ray 2.60 on the first such request) reconcile it.",
+        "`GET /api/jobs/<id>` was asked meanwhile; `inv jobs` marked it `RUNNING*`); the bench then stopped it "
+        "(`POST /api/jobs/<id>/stop`, as `inv jobs --stop` does; trials merged from runs before that asked for its logs), "
+        "which reaches a job agent and makes that agent's JobManager (created lazily by Ray 2.60 on the first such request) "
+        "reconcile the job: the last column.",
         "",
     ]
     text = "\n".join(lines)
