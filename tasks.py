@@ -287,13 +287,14 @@ def _job_command(c) -> str:
         "wait": "follow the job's logs until it ends; exit with its code (SUCCEEDED 0, FAILED 1, STOPPED 130)",
         "name": "submission id (default: Ray picks one)",
         "working_dir": "folder uploaded as the job's working dir (default: the current folder)",
+        "off_head": "run the job's driver on a worker, not the head: with GCS fault tolerance the job then survives a head failure",
     }
 )
-def submit(c, wait=False, name=None, working_dir=".", config=CONFIG, env_file=None):
-    """Submit a Ray job to the current head: inv submit [--wait] [--name N] -- python train.py ..."""
+def submit(c, wait=False, name=None, working_dir=".", off_head=False, config=CONFIG, env_file=None):
+    """Submit a Ray job to the current head: inv submit [--wait] [--name N] [--off-head] -- python train.py ..."""
     from cslr import jobs as jobs_mod
 
-    code = jobs_mod.submit(_loaded(config, env_file).cfg, _job_command(c), Path(working_dir), name=name, follow=wait)
+    code = jobs_mod.submit(_loaded(config, env_file).cfg, _job_command(c), Path(working_dir), name=name, follow=wait, off_head=off_head)
     if code:
         raise Exit(code=code)
 
@@ -312,4 +313,4 @@ def jobs(c, logs=None, stop=None, config=CONFIG, env_file=None):
     elif stop:
         print(f"{stop}: {'stop requested' if client.stop(stop) else 'not running (nothing to stop)'}")
     else:
-        print(jobs_mod.format_jobs(client.list()))
+        print(jobs_mod.list_jobs(client))

@@ -182,11 +182,27 @@ class Client:
         self.request("PUT", f"/api/packages/gcs/{name}", data)
         return True
 
-    def submit(self, entrypoint: str, working_dir: str | None = None, submission_id: str | None = None, metadata: dict | None = None) -> str:
+    def submit(
+        self, entrypoint: str, working_dir: str | None = None, submission_id: str | None = None, metadata: dict | None = None, off_head: bool = False
+    ) -> str:
+        """Submit; `off_head` keeps the job's driver off the current head (see `off_head_selector`)."""
         body: dict = {"entrypoint": entrypoint, "runtime_env": {"working_dir": working_dir} if working_dir else {}, "metadata": metadata or {}}
         if submission_id:
             body["submission_id"] = submission_id
+        if off_head:
+            body["entrypoint_label_selector"] = off_head_selector(self.nodes())
         return self.request("POST", "/api/jobs/", body)["submission_id"]
+
+    def nodes(self) -> list[dict]:
+        """Ray's node table (state API `GET /api/v0/nodes`): node_id, node_ip, is_head_node, state."""
+        reply = self.request("GET", "/api/v0/nodes?limit=10000&detail=false")
+        try:
+            table = reply["data"]["result"]["result"]
+        except (KeyError, TypeError):
+            table = None
+        if not isinstance(table, list) or not all(isinstance(n, dict) for n in table):
+            raise JobError(f"GET /api/v0/nodes at {self.base} gave no node table: {str(reply)[:300]}")
+        return table
 
     def info(self, job_id: str) -> dict:
         return self.request("GET", f"/api/jobs/{job_id}")
@@ -199,6 +215,23 @@ class Client:
 
     def stop(self, job_id: str) -> bool:
         return bool(self.request("POST", f"/api/jobs/{job_id}/stop").get("stopped"))
+
+
+NODE_ID_LABEL = "ray.io/node-id"  # the label Ray gives every node (ray._raylet.RAY_NODE_ID_KEY)
+
+
+def off_head_selector(nodes: list[dict]) -> dict:
+    """The job's `entrypoint_label_selector` that keeps its driver off the head: "any node but
+    the current head". Pure. A driver on the head dies with it, and so does its job, even with
+    GCS fault tolerance (docs/multi-host.md, "A running job when the head fails"); a driver on a
+    worker keeps running while a GCS-FT head restarts. Ray's default puts it on the head."""
+    alive = [n for n in nodes if n.get("state") == "ALIVE"]
+    heads = [n for n in alive if n.get("is_head_node")]
+    if len(heads) != 1:
+        raise JobError(f"cannot keep the driver off the head: the cluster reports {len(heads)} live head node(s)")
+    if len(alive) < 2:
+        raise JobError("cannot keep the driver off the head: the head is the only live Ray node (no worker to run it); submit without --off-head")
+    return {NODE_ID_LABEL: "!" + heads[0]["node_id"]}
 
 
 def exit_code(status: str) -> int:
@@ -219,13 +252,47 @@ def wait(client: Client, job_id: str, out: Callable[[str], None] = print, poll: 
         sleep(poll)
 
 
-def format_jobs(jobs: list[dict]) -> str:
+LOST_NOTE = (
+    "* its driver's Ray node is gone (the head failed and the driver ran there): the job is lost although Ray "
+    "still says RUNNING; Ray marks it FAILED once a job request reaches the head's job agent "
+    "(`inv jobs --stop ID` does). Submit with --off-head to keep a driver off the head (docs/multi-host.md)."
+)
+
+
+def lost_drivers(jobs: list[dict], nodes: list[dict]) -> set[str]:
+    """Submission ids of jobs Ray reports as RUNNING whose driver's node is no longer alive. Pure.
+    With GCS fault tolerance a restarted head still lists a job whose driver died with the old
+    head as RUNNING, until a job request reaches a job agent (measured: bench/job_failover.py)."""
+    alive = {n.get("node_id") for n in nodes if n.get("state") == "ALIVE"}
+    return {
+        j.get("submission_id") or j.get("job_id") or ""
+        for j in jobs
+        if j.get("status") == "RUNNING" and j.get("driver_node_id") and j["driver_node_id"] not in alive
+    }
+
+
+def format_jobs(jobs: list[dict], lost: Iterable[str] = ()) -> str:
+    lost = set(lost)
     lines = [f"{'SUBMISSION ID':<28} {'STATUS':<10} {'START (UTC)':<20} ENTRYPOINT"]
     for job in sorted(jobs, key=lambda j: j.get("start_time") or 0):
         start = job.get("start_time")
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start / 1000)) if start else "-"
-        lines.append(f"{job.get('submission_id') or job.get('job_id') or '-':<28} {job.get('status', ''):<10} {when:<20} {job.get('entrypoint', '')}")
+        ident = job.get("submission_id") or job.get("job_id") or "-"
+        status = job.get("status", "") + ("*" if ident in lost else "")
+        lines.append(f"{ident:<28} {status:<10} {when:<20} {job.get('entrypoint', '')}")
+    if lost & {line.split()[0] for line in lines[1:]}:
+        lines.append(LOST_NOTE)
     return "\n".join(lines)
+
+
+def list_jobs(client: Client) -> str:
+    """`inv jobs`: the table, with jobs lost at a head failure marked (when the node table can be read)."""
+    listed = client.list()
+    try:
+        lost = lost_drivers(listed, client.nodes()) if any(j.get("status") == "RUNNING" for j in listed) else set()
+    except JobError:
+        lost = set()  # the state API is optional for the table
+    return format_jobs(listed, lost)
 
 
 def client_for(cfg: Config) -> Client:
@@ -233,10 +300,18 @@ def client_for(cfg: Config) -> Client:
 
 
 def submit(
-    cfg: Config, command: str, working_dir: Path, name: str | None = None, follow: bool = False, out: Callable[[str], None] = print, run=subprocess.run
+    cfg: Config,
+    command: str,
+    working_dir: Path,
+    name: str | None = None,
+    follow: bool = False,
+    out: Callable[[str], None] = print,
+    run=subprocess.run,
+    off_head: bool = False,
 ) -> int:
     """`inv submit`: package and upload the working dir, submit, optionally follow. Exit code.
-    `command` is the job's entrypoint, a shell command line (as `ray job submit -- …` gives)."""
+    `command` is the job's entrypoint, a shell command line (as `ray job submit -- …` gives).
+    `off_head`: run the job's driver on a node other than the current head (`off_head_selector`)."""
     if not command.strip():
         raise JobError("nothing to run: give the command after `--`, e.g. inv submit -- python train.py")
     if not working_dir.is_dir():
@@ -248,8 +323,8 @@ def submit(
         raise JobError(f"the working dir {working_dir} packs to {len(data) / 2**20:.0f} MiB, over Ray's limit; add a .rayignore")
     uploaded = client.upload(pkg, data)
     out(f"working dir {working_dir}: {len(files)} file(s), {len(data) / 1024:.0f} KiB -> gcs://{pkg} ({'uploaded' if uploaded else 'already on the cluster'})")
-    job_id = client.submit(command.strip(), f"gcs://{pkg}", submission_id=name)
-    out(f"submitted {job_id} to {client.base}")
+    job_id = client.submit(command.strip(), f"gcs://{pkg}", submission_id=name, off_head=off_head)
+    out(f"submitted {job_id} to {client.base}" + (" (driver off the head)" if off_head else ""))
     if not follow:
         out(f"follow it: inv jobs --logs {job_id}   stop it: inv jobs --stop {job_id}")
         return 0
