@@ -49,6 +49,7 @@ from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench._markdown import replace_section  # noqa: E402
 from tests._scripts import fake_ray_bin, free_port, load_script  # noqa: E402
 
 HEADING = "## Client failover through the proxy (bench/failover_client.py)"
@@ -394,15 +395,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = Path(args.write)
-        old = path.read_text() if path.exists() else ""
-        if HEADING in old:
-            before, _, after = old.partition(HEADING)
-            rest = after.split("\n## ", 1)
-            old = before + text + ("\n## " + rest[1] if len(rest) > 1 else "")
-        else:
-            old = old.rstrip("\n") + "\n\n" + text
-        path.write_text(old)
+        replace_section(Path(args.write), HEADING, text)
     return 1 if failed or (args.ray and not all(r and "client" in r for r in ray_results)) else 0
 
 

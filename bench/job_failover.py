@@ -50,6 +50,7 @@ from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench._markdown import replace_section  # noqa: E402
 
 HEADING = "## A running job when the head fails (bench/job_failover.py)"
 CASES = ("off", "off-off-head", "ft-head", "ft-off-head")
@@ -172,15 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = Path(args.write)
-        old = path.read_text() if path.exists() else ""
-        if HEADING in old:
-            before, _, after = old.partition(HEADING)
-            rest = after.split("\n## ", 1)
-            old = before + text + ("\n## " + rest[1] if len(rest) > 1 else "")
-        else:
-            old = old.rstrip("\n") + "\n\n" + text
-        path.write_text(old)
+        replace_section(Path(args.write), HEADING, text)
     return 1 if failed else 0
 
 
