@@ -9,10 +9,19 @@ Purpose
     * HTTP: a state-changing call carries X-CSLR-Time, X-CSLR-Nonce and X-CSLR-MAC =
       HMAC-SHA256(secret, method, path, time, nonce, body).  ``Verifier`` refuses a missing
       proof (401), a bad MAC, a time outside +-WINDOW_S, or a nonce seen before (403).
-    * Election agents: the reader sends one JSON line {"v": 2, "ts", "nonce", "mac"} (MAC over
-      "AGENT", "/state", ts, nonce, b""); the agent answers one JSON line whose "mac" covers
-      the request's nonce and the reply's fields, so only a holder of the secret can answer,
-      and an old answer cannot be replayed to a new question.
+    * Election agents: the reader sends one JSON line {"v": 3, "ts", "nonce", "target", "mac"}
+      (MAC over "AGENT", "/state", ts, nonce, target), where ``target`` is the agent's
+      ``host:port`` as the reader dialled it (``node_id``); the agent refuses a request meant
+      for another node (``wrong_target``) and answers one JSON line whose "mac" covers the
+      request's nonce, the target and the reply's fields (which name the node again).  So only
+      a holder of the secret can answer, an old answer cannot be replayed to a new question, and
+      a genuine answer relayed from another node's agent reads as FORGED ("not a node of this
+      stack"), never as the node that was asked.
+    * Bounded exchanges (``ConnectionGuard``): each accepted connection gets one deadline for
+      the whole exchange (not per read), at most ``max_per_source`` connections per source
+      address and ``max_total`` in all; a new connection over a cap evicts the oldest one
+      (of that source, else of all), so slow strangers cannot keep a genuine exchange out.
+      Every eviction, expiry and malformed MAC is a counted refusal, never a traceback.
 
 Caller
     Imported by health.py and ray_node.py (Python puts a script's own directory on sys.path;
@@ -252,7 +261,7 @@ def mac(secret: str, *parts: object) -> str:
     """HMAC-SHA256 over length-prefixed parts (no two part lists give the same input)."""
     h = hmac.new(secret.encode(), digestmod=hashlib.sha256)
     for part in parts:
-        data = part if isinstance(part, bytes) else str(part).encode()
+        data = part if isinstance(part, bytes) else str(part).encode("utf-8", "surrogatepass")
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
     return h.hexdigest()
@@ -271,7 +280,35 @@ def sign_request(secret: str, method: str, path: str, body: bytes, now: Optional
 
 # refusal reasons -> HTTP status
 MISSING, BAD_MAC, STALE, REPLAY, BUSY = "missing", "bad_mac", "stale", "replay", "busy"
-STATUS = {MISSING: 401, BAD_MAC: 403, STALE: 403, REPLAY: 403, BUSY: 503}
+WRONG_TARGET, EVICTED, DEADLINE, TOO_LARGE = "wrong_target", "evicted", "deadline", "too_large"
+STATUS = {MISSING: 401, BAD_MAC: 403, STALE: 403, REPLAY: 403, BUSY: 503, WRONG_TARGET: 403}
+
+
+def digest_equal(expected: str, given: object) -> bool:
+    """Constant-time comparison of a hex MAC with whatever a peer sent: any object, any
+    characters (``hmac.compare_digest`` raises on non-ASCII text; that is a refusal here)."""
+    if not isinstance(given, str) or not given.isascii():
+        return False
+    return hmac.compare_digest(expected.encode("ascii"), given.encode("ascii"))
+
+
+def node_id(host: str, port: int) -> str:
+    """The canonical ``host:port`` naming one agent (``[v6]:port`` for IPv6; host in lower case)."""
+    host = host.strip().lower()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def source_key(address: str) -> str:
+    """What per-source caps count by: the IPv4 address, or the /64 of an IPv6 address (one
+    host usually holds a whole /64, so counting single v6 addresses would be no cap at all)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.version == 6:
+        mapped = ip.ipv4_mapped
+        return str(mapped) if mapped is not None else str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class Verifier:
@@ -286,12 +323,12 @@ class Verifier:
         """ "" when authentic and fresh, else one of MISSING, BAD_MAC, STALE, REPLAY, BUSY."""
         if not ts or not nonce or not given:
             return MISSING
-        if len(ts) > 32 or len(nonce) > 128 or len(given) > 128:
+        if not all(isinstance(x, str) for x in (ts, nonce, given)) or len(ts) > 32 or len(nonce) > 128 or len(given) > 128:
             return BAD_MAC
-        if not hmac.compare_digest(mac(self.secret, method.upper(), path, ts, nonce, body), given):
+        if not digest_equal(mac(self.secret, method.upper(), path, ts, nonce, body), given):
             return BAD_MAC
         try:
-            when = float(ts)
+            when = float(ts) if ts.isascii() else math.nan
         except ValueError:
             return BAD_MAC
         now = self.clock()
@@ -339,14 +376,99 @@ class Refusals:
             return dict(self.counts)
 
 
+# =========================================================================== bounded connections
+
+
+class ConnectionGuard:
+    """Admission of accepted connections for a server with one thread per connection.
+
+    ``admit`` registers a connection with a deadline for its whole exchange; when its source
+    already holds ``max_per_source`` connections, that source's oldest one is evicted, else when
+    ``max_total`` are open, the oldest of all is (shut down: its thread's read returns at once).
+    ``reap`` shuts down the connections past their deadline.  Evictions and expiries are
+    reported to ``refuse(source, reason)``.  Genuine exchanges take milliseconds, so evicting the
+    oldest keeps them in and lets slow or idle strangers out; refusing the newest would do the
+    opposite.  Pure bookkeeping plus ``shutdown``: the clock is injectable.
+    """
+
+    def __init__(
+        self,
+        max_total: int,
+        max_per_source: int,
+        deadline: float,
+        refuse: Callable[[str, str], None] = lambda source, reason: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_total, self.max_per_source, self.deadline = max_total, max_per_source, deadline
+        self.refuse, self.clock = refuse, clock
+        self._open: "OrderedDict[int, Tuple[socket.socket, str, float]]" = OrderedDict()  # id -> (sock, source key, deadline)
+        self._lock = threading.Lock()
+
+    def admit(self, sock: socket.socket, source: str) -> None:
+        key = source_key(source)
+        evict: List[Tuple[socket.socket, str]] = []
+        with self._lock:
+            mine = [k for k, (_, src, _) in self._open.items() if src == key]
+            if len(mine) >= self.max_per_source:
+                victim = self._open.pop(mine[0])
+                evict.append((victim[0], victim[1]))
+            elif len(self._open) >= self.max_total:
+                _, victim = self._open.popitem(last=False)
+                evict.append((victim[0], victim[1]))
+            self._open[id(sock)] = (sock, key, self.clock() + self.deadline)
+        for victim_sock, victim_src in evict:
+            _shut(victim_sock)
+            self.refuse(victim_src, EVICTED)
+
+    def release(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.pop(id(sock), None)
+
+    def reap(self) -> int:
+        """Shut down every connection past its deadline; how many."""
+        now = self.clock()
+        with self._lock:
+            late = [k for k, (_, _, dl) in self._open.items() if dl <= now]
+            victims = [self._open.pop(k) for k in late]
+        for sock, src, _ in victims:
+            _shut(sock)
+            self.refuse(src, DEADLINE)
+        return len(victims)
+
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def run(self, stop: threading.Event, every: float = 0.1) -> None:
+        """Reap until ``stop`` is set (the server's reaper thread)."""
+        while not stop.wait(every):
+            self.reap()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 # =========================================================================== agent wire protocol
 
+AGENT_EXCHANGE_S = 1.0  # a reader's whole exchange with one agent (connect, ask, answer)
 
-def recv_line(sock: socket.socket, limit: int) -> bytes:
+
+def recv_line(sock: socket.socket, limit: int, deadline: Optional[float] = None, clock: Callable[[], float] = time.monotonic) -> bytes:
     """Bytes up to and including the first newline, at most about `limit` of them, or what came
-    before the peer closed (the agent protocol is one line each way; the socket's timeout holds)."""
+    before the peer closed (the agent protocol is one line each way).  With ``deadline`` (a
+    ``clock()`` time) the whole read ends by then: socket.timeout past it, however slowly the
+    peer trickles bytes; without, the socket's own timeout holds per read."""
     data = b""
     while not data.endswith(b"\n") and len(data) < limit:
+        if deadline is not None:
+            left = deadline - clock()
+            if left <= 0:
+                raise socket.timeout("exchange deadline")
+            sock.settimeout(left)
         chunk = sock.recv(limit)
         if not chunk:
             break
@@ -354,61 +476,73 @@ def recv_line(sock: socket.socket, limit: int) -> bytes:
     return data
 
 
-def agent_request(secret: str, now: Optional[float] = None, nonce: Optional[str] = None) -> Tuple[bytes, str]:
-    """(request line, its nonce) for reading an election agent."""
-    h = sign_request(secret, "AGENT", "/state", b"", now, nonce)
-    line = json.dumps({"v": 2, "ts": h[HDR_TIME], "nonce": h[HDR_NONCE], "mac": h[HDR_MAC]}) + "\n"
+def agent_request(secret: str, target: str, now: Optional[float] = None, nonce: Optional[str] = None) -> Tuple[bytes, str]:
+    """(request line, its nonce) for reading the election agent ``target`` (``node_id``)."""
+    h = sign_request(secret, "AGENT", "/state", target.encode(), now, nonce)
+    line = json.dumps({"v": 3, "ts": h[HDR_TIME], "nonce": h[HDR_NONCE], "target": target, "mac": h[HDR_MAC]}) + "\n"
     return line.encode(), h[HDR_NONCE]
 
 
-def check_agent_request(verifier: Verifier, line: bytes) -> Tuple[str, str]:
-    """(refusal reason or "", nonce) for one request line read by an agent."""
+def check_agent_request(verifier: Verifier, line: bytes, own: str) -> Tuple[str, str]:
+    """(refusal reason or "", nonce) for one request line read by the agent whose ``node_id`` is
+    ``own``.  The MAC is checked first (a stranger learns nothing), then the target: a genuine
+    request meant for another node - one relayed here by whoever sits on that node's address -
+    is refused as WRONG_TARGET."""
     try:
         req = json.loads(line.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return MISSING, ""
     if not isinstance(req, dict):
         return MISSING, ""
-    ts, nonce, given = req.get("ts"), req.get("nonce"), req.get("mac")
-    if not all(isinstance(x, str) for x in (ts, nonce, given)):
+    ts, nonce, given, target = req.get("ts"), req.get("nonce"), req.get("mac"), req.get("target")
+    if not all(isinstance(x, str) for x in (ts, nonce, given, target)):
         return MISSING, ""
-    return verifier.verify("AGENT", "/state", ts, nonce, given, b""), nonce
+    reason = verifier.verify("AGENT", "/state", ts, nonce, given, target.encode("utf-8", "surrogatepass"))
+    if reason:
+        return reason, nonce
+    if target != own:
+        return WRONG_TARGET, nonce
+    return "", nonce
 
 
-def agent_reply(secret: str, nonce: str, fields: Mapping[str, object]) -> bytes:
-    """One reply line: the fields plus a MAC over the request's nonce and the fields."""
-    body = json.dumps(dict(fields), sort_keys=True)
-    return (json.dumps({"body": body, "mac": mac(secret, "AGENT-REPLY", nonce, body)}) + "\n").encode()
+def agent_reply(secret: str, nonce: str, target: str, fields: Mapping[str, object]) -> bytes:
+    """One reply line: the fields (with ``node`` = target) plus a MAC over the request's nonce,
+    the target and the fields."""
+    body = json.dumps({**dict(fields), "node": target}, sort_keys=True)
+    return (json.dumps({"body": body, "mac": mac(secret, "AGENT-REPLY", nonce, target, body)}) + "\n").encode()
 
 
-def check_agent_reply(secret: str, nonce: str, data: bytes) -> Optional[dict]:
-    """The reply's fields if its MAC is right for our nonce, else None."""
+def check_agent_reply(secret: str, nonce: str, target: str, data: bytes) -> Optional[dict]:
+    """The reply's fields if its MAC is right for our nonce and the node we asked, else None."""
     try:
         outer = json.loads(data.decode("utf-8").strip() or "null")
         body, given = outer["body"], outer["mac"]
-        if not isinstance(body, str) or not isinstance(given, str):
-            return None
-        if not hmac.compare_digest(mac(secret, "AGENT-REPLY", nonce, body), given):
+        if not isinstance(body, str) or not digest_equal(mac(secret, "AGENT-REPLY", nonce, target, body), given):
             return None
         fields = json.loads(body)
     except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError):
         return None
-    return fields if isinstance(fields, dict) else None
+    if not isinstance(fields, dict) or fields.get("node") != target:
+        return None
+    return fields
 
 
-def read_agent(host: str, port: int, secret: str, timeout: float = 0.5) -> Tuple[str, dict]:
-    """(state, reply fields) of a peer's agent.
+def read_agent(host: str, port: int, secret: str, timeout: float = AGENT_EXCHANGE_S, clock: Callable[[], float] = time.monotonic) -> Tuple[str, dict]:
+    """(state, reply fields) of the agent at ``host:port``; the whole exchange ends within ``timeout``.
 
     ABSENT when nothing listens or the name is gone; UNKNOWN on a timeout or a connection
-    closed without a word; FORGED when something answers without proof of the secret (not a
-    node of this stack - or one with another secret, or a clock more than WINDOW_S off).
+    closed without a word; FORGED when something answers without proof of the secret for this
+    very node (not a node of this stack - or one with another secret, a clock more than
+    WINDOW_S off, or a genuine answer of another node relayed from this address).
     """
-    line, nonce = agent_request(secret)
+    target = node_id(host, port)
+    line, nonce = agent_request(secret, target)
+    deadline = clock() + timeout
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
-            s.settimeout(timeout)
+            s.settimeout(max(0.01, deadline - clock()))
             s.sendall(line)
-            data = recv_line(s, 4096)
+            data = recv_line(s, 4096, deadline, clock)
     except ConnectionRefusedError:
         return ABSENT, {}
     except socket.gaierror as exc:
@@ -417,8 +551,8 @@ def read_agent(host: str, port: int, secret: str, timeout: float = 0.5) -> Tuple
     except (OSError, ValueError, OverflowError):
         return UNKNOWN, {}  # timeout / unreachable: maybe alive, maybe claiming
     if not data.strip():
-        return UNKNOWN, {}  # accepted and closed without a word (e.g. an agent at its connection cap)
-    fields = check_agent_reply(secret, nonce, data)
+        return UNKNOWN, {}  # accepted and closed without a word (e.g. an agent evicting a connection)
+    fields = check_agent_reply(secret, nonce, target, data)
     if fields is None:
         return FORGED, {}
     state = fields.get("state")

@@ -30,7 +30,11 @@ HTTP interface (all bodies are JSON, ``Content-Type: application/json``)
     counted (GET / "refused") and logged once per source address per minute.
     anything else     404 (unknown path) / 405 (unknown method); malformed JSON or
                       fields -> 400; body larger than MAX_BODY -> 413; missing length -> 411.
-    At most MAX_HTTP_CONNECTIONS requests are served at once; more connections are closed.
+    One request per connection.  Connections are bounded as a whole (cslr_control.ConnectionGuard):
+    each must be read and answered within HTTP_DEADLINE_S, its request line and headers within
+    MAX_HEAD bytes (else 431 / closed); at most MAX_HTTP_PER_SOURCE per source address and
+    MAX_HTTP_CONNECTIONS in all are open, a new one over a cap evicting the oldest.  Evictions,
+    expiries and oversized heads are counted in GET / "refused" like forged POSTs.
     A node is alive while its last heartbeat is younger than HEALTH_NODE_TTL seconds.
     ``known_head`` is the head the election made: a background thread asks the whitelisted
     nodes' election agents (authenticated both ways, every HEALTH_ELECTION_POLL_S) and takes
@@ -72,6 +76,7 @@ Exit codes
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import select
@@ -91,7 +96,10 @@ from cslr_control import tcp_open  # noqa: F401  (re-exported for callers of thi
 MAX_BODY = 64 * 1024
 MAX_NODES = 256
 MAX_NODES_PER_SOURCE = 8
-MAX_HTTP_CONNECTIONS = 64
+MAX_HTTP_CONNECTIONS = 64  # open connections in all; a new one over the cap evicts the oldest
+MAX_HTTP_PER_SOURCE = 16  # open connections per source address (IPv6: per /64)
+HTTP_DEADLINE_S = 5.0  # one request per connection, read and answered within this, however slow the sender
+MAX_HEAD = 16 * 1024  # request line + headers, in bytes (the stdlib alone allows ~6.5 MiB)
 MAX_FIELD = 256
 ROLES = ("head", "worker", "unknown")
 DEFAULT_TTL = 15.0
@@ -281,6 +289,36 @@ class Registry:
 # --------------------------------------------------------------------------- HTTP
 
 
+class BoundedReader:
+    """A request's input with a byte budget: MAX_HEAD for the request line and headers, then the
+    announced body length.  Past the budget it raises http.client.LineTooLong (the stdlib answers
+    431 while parsing headers; on the request line the connection is closed) and reports once."""
+
+    def __init__(self, raw, budget: int, on_exceed: Callable[[], None]) -> None:
+        self.raw, self.budget, self.on_exceed = raw, budget, on_exceed
+
+    def _exceeded(self) -> None:
+        self.on_exceed()
+        raise http.client.LineTooLong(f"request head larger than {MAX_HEAD} bytes")
+
+    def readline(self, size: int = -1) -> bytes:
+        if self.budget <= 0:
+            self._exceeded()
+        line = self.raw.readline(self.budget if size is None or size < 0 else min(size, self.budget))
+        self.budget -= len(line)
+        if self.budget <= 0 and not line.endswith(b"\n"):
+            self._exceeded()
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(self.budget if size is None or size < 0 else min(size, self.budget))
+        self.budget -= len(data)
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)
+
+
 class HealthHandler(BaseHTTPRequestHandler):
     server_version = "cslr-health/1"
     protocol_version = "HTTP/1.1"
@@ -292,15 +330,20 @@ class HealthHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # quiet: a healthcheck every few seconds would flood the container log
 
+    def setup(self) -> None:
+        super().setup()
+        source = str(self.client_address[0]) if isinstance(self.client_address, tuple) else "?"
+        self.rfile = BoundedReader(self.rfile, MAX_HEAD, lambda: self.refusals.refuse(source, cc.TOO_LARGE, "request head"))
+
     def _send(self, code: int, payload: dict) -> None:
         body = (json.dumps(payload, sort_keys=True) + "\n").encode()
         try:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
-            if code >= 400:
-                self.send_header("Connection", "close")
-                self.close_connection = True
+            # One request per connection: the whole exchange fits one deadline (HTTP_DEADLINE_S).
+            self.send_header("Connection", "close")
+            self.close_connection = True
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
@@ -343,6 +386,7 @@ class HealthHandler(BaseHTTPRequestHandler):
             return None, (400, "bad Content-Length")
         if length > MAX_BODY:
             return None, (413, f"body larger than {MAX_BODY} bytes")
+        self.rfile.budget = length
         raw = self.rfile.read(length)
         if len(raw) != length:
             return None, (400, "truncated body")
@@ -395,33 +439,41 @@ class QuietServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
     max_connections = MAX_HTTP_CONNECTIONS
+    guard: "cc.ConnectionGuard"  # set by make_server
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client that vanishes mid-request is not worth a traceback
 
+    def server_close(self) -> None:
+        stop = getattr(self, "reaper_stop", None)
+        if stop is not None:
+            stop.set()
+        super().server_close()
+
     def process_request(self, request: socket.socket, client_address: object) -> None:
-        # At most max_connections handler threads; more connections are closed at once.
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
+        # Every connection is admitted; over a cap the oldest (of its source, else of all) is
+        # evicted, and the reaper ends any connection past HTTP_DEADLINE_S (cslr_control.ConnectionGuard).
+        self.guard.admit(request, str(client_address[0]) if isinstance(client_address, tuple) else "?")
         try:
             super().process_request(request, client_address)
         except RuntimeError:  # cannot start a thread
-            self._slots.release()
+            self.guard.release(request)
             self.shutdown_request(request)
 
     def process_request_thread(self, request: socket.socket, client_address: object) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self.guard.release(request)
 
 
 def make_server(bind: str, port: int, registry: Registry, secret: str, clock: Callable[[], float] = time.time) -> QuietServer:
     refusals = cc.Refusals(lambda m: print(f"health: {m}", file=sys.stderr, flush=True))
     handler = type("BoundHealthHandler", (HealthHandler,), {"registry": registry, "verifier": cc.Verifier(secret, clock=clock), "refusals": refusals})
     server = QuietServer((bind, port), handler, bind_and_activate=False)
-    server._slots = threading.BoundedSemaphore(server.max_connections)
+    server.guard = cc.ConnectionGuard(
+        server.max_connections, MAX_HTTP_PER_SOURCE, HTTP_DEADLINE_S, lambda src, why: refusals.refuse(src, why, "HTTP connection")
+    )
     server.refusals = refusals
     try:
         server.server_bind()
@@ -429,6 +481,8 @@ def make_server(bind: str, port: int, registry: Registry, secret: str, clock: Ca
     except BaseException:
         server.server_close()
         raise
+    server.reaper_stop = threading.Event()
+    threading.Thread(target=server.guard.run, args=(server.reaper_stop, 0.1), name="health-reaper", daemon=True).start()
     return server
 
 
@@ -460,10 +514,16 @@ def watch_election(
     read = read or (lambda h, p: cc.read_agent(h, p, secret))
     while not stop.is_set():
         views = []
+        previous = registry.elected
         for host, port in registry.whitelist:
             if stop.is_set():
                 return
             state, fields = read(host, port + cc.AGENT_PORT_OFFSET)
+            if state == cc.UNKNOWN and previous is not None and (host, port) == previous[:2]:
+                # The head we relay to cannot be read right now (e.g. strangers keep its agent
+                # busy): keep it until its agent says otherwise or is gone - never drop the relays
+                # because of an unreadable agent.
+                state, fields = cc.HEAD, {"client_port": previous[2]}
             views.append((host, port, state, fields))
             if state == cc.HEAD:
                 break  # whitelist order: the first head wins

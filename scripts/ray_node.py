@@ -9,7 +9,7 @@ Caller
     Diagnostics: ``--decide`` prints the decision without starting Ray.
     The environment contract (every variable, default and meaning) is docs/runtime.md.
 
-Decision rules (docs/architecture, "Head/Worker 判定ロジック"), kept exactly:
+Decision rules (docs/runtime.md, "Decision"; the design document's "Head/Worker 判定ロジック"):
     * own hostname = NODE_HOSTNAME, else the container hostname;
     * not in HEAD_WHITELIST -> worker, joining HEAD_ADDRESS (env), else CFG_HEAD_ADDRESS
       (config ``nodes.head_address``), else the first whitelisted node with its head port
@@ -17,8 +17,11 @@ Decision rules (docs/architecture, "Head/Worker 判定ロジック"), kept exact
     * whitelisted -> ask the health service (HEALTH_URL); unreachable -> head (failsafe)
       unless a live head is found on the whitelist; reachable -> look for a live head on
       the whitelist; found -> worker; none -> head.
-    "Live head" = a whitelisted peer whose head (GCS) port accepts TCP and that says it
-    is the head (or runs no node agent at all, the document's plain TCP rule).
+    "Live head" = a whitelisted peer whose head (GCS) port accepts TCP and whose agent says,
+    with proof of the control secret, that it is the head.  (The document's plain TCP scan
+    would also join an open GCS port with no agent; every node of this stack runs an agent, so
+    such a port belongs to whoever bound it - joining it would hand them the worker's Ray
+    token - and it is not joined.)
 
 No split brain: priority deference plus a two-phase claim
     Every whitelisted node runs a tiny TCP "node agent" (bound to NODE_IP, port = its
@@ -29,7 +32,13 @@ No split brain: priority deference plus a two-phase claim
     answer is MACed over the request's nonce, so nothing without the secret can answer
     ``deciding``/``claiming``/``head`` - an answer without that proof reads as FORGED, which
     neither blocks a candidate nor counts as a head - and an old answer cannot be replayed.
-    A peer unreadable for PEER_DEAD_AFTER_S counts as gone but is never joined as a head.
+    A peer unreadable for PEER_DEAD_AFTER_S counts as gone - unless its GCS port still accepts
+    connections (a head whose agent strangers keep busy is not gone) - and is never joined as a
+    head.  The request names the agent it is meant for (host:port as dialled) and the answer's
+    MAC covers that name, so a genuine answer relayed from another node's agent reads as FORGED.
+    Every exchange has one deadline as a whole, and an agent evicts its oldest connection when a
+    source (or all) are at the cap: strangers who can only open connections may delay an
+    election, never make a second head or steer a relay.
     A candidate
       1. publishes ``deciding`` and reads its peers in whitelist order;
       2. joins a live head if there is one; waits while a peer is ``claiming`` or a
@@ -49,9 +58,9 @@ No split brain: priority deference plus a two-phase claim
     Assumptions: (a) crash-stop nodes - a node's agent dies with its container;
     (b) no network partition between whitelisted nodes: "connection refused" or an
     unresolvable name means "not running", and a peer that cannot be read (timeout) is
-    treated as possibly claiming until it has been unreadable for PEER_DEAD_AFTER_S,
-    after which it counts as gone (a partition longer than that can split the brain -
-    no protocol can avoid that with two nodes and no quorum);
+    treated as possibly claiming until it has been unreadable for PEER_DEAD_AFTER_S with its
+    GCS port closed, after which it counts as gone (a partition longer than that can split the
+    brain - no protocol can avoid that with two nodes and no quorum);
     (c) whitelist entries name distinct nodes and all nodes share one HEAD_WHITELIST.
     The health service is never needed for safety (each host of a multi-host
     deployment runs its own), which is why "health unreachable" only changes the
@@ -121,7 +130,8 @@ from cslr_control import (
 
 DEFAULT_HEAD_PORT = 6379
 STATE_FILE_NAME = "cslr-node.json"
-AGENT_MAX_CONNECTIONS = 32  # concurrent agent exchanges; more are closed at once
+AGENT_MAX_CONNECTIONS = 64  # open agent exchanges; a new one over the cap evicts the oldest
+AGENT_MAX_PER_SOURCE = 8  # open exchanges per source address (IPv6: per /64); over it, that source's oldest goes
 LOST_HEAD_STOP_S = 1.0  # SIGTERM -> SIGKILL when a worker stops its Ray after head loss
 
 # election step actions
@@ -242,7 +252,7 @@ def election_step(my_index: int, my_state: str, views: Iterable[PeerView]) -> St
     """
     blocked = WAIT if my_state == DECIDING else BACKOFF
     for v in views:
-        if v.gcs_open and v.state in (HEAD, ABSENT):
+        if v.gcs_open and v.state == HEAD:
             return Step(JOIN, v.entry, f"live head {v.entry.address}")
         if v.state in (CLAIMING, HEAD):
             return Step(blocked, v.entry, f"{v.entry.address} is {v.state}")
@@ -519,19 +529,33 @@ class AgentBindError(Exception):
 class Agent:
     """The node agent: answers each authenticated request with this node's current state.
 
-    A request must carry proof of the control secret (cslr_control.check_agent_request); the
-    answer is MACed over the request's nonce.  A refused request gets one unauthenticated
-    error line and is counted; at most AGENT_MAX_CONNECTIONS exchanges run at once.
+    A request must carry proof of the control secret and name this agent
+    (cslr_control.check_agent_request); the answer is MACed over the request's nonce and this
+    agent's ``node_id``.  A refused request gets one unauthenticated error line and is counted.
+    Connections are bounded by a cslr_control.ConnectionGuard: one deadline for the whole
+    exchange (AGENT_EXCHANGE_S), at most AGENT_MAX_PER_SOURCE per source and
+    AGENT_MAX_CONNECTIONS in all, the oldest evicted first - so strangers who only open slow
+    connections delay nobody's genuine exchange by more than one deadline.
     """
 
     def __init__(
-        self, hostname: str, index: Optional[int], bind: str, port: int, secret: str, client_port: int = 10001, clock: Callable[[], float] = time.time
+        self,
+        hostname: str,
+        index: Optional[int],
+        bind: str,
+        port: int,
+        secret: str,
+        client_port: int = 10001,
+        clock: Callable[[], float] = time.time,
+        ident_host: Optional[str] = None,
+        exchange_s: float = cc.AGENT_EXCHANGE_S,
     ) -> None:
         self.hostname, self.index, self.client_port, self.secret = hostname, index, client_port, secret
         self.verifier = cc.Verifier(secret, clock=clock)
         self.refusals = cc.Refusals(log)
+        self.exchange_s = exchange_s
+        self.guard = cc.ConnectionGuard(AGENT_MAX_CONNECTIONS, AGENT_MAX_PER_SOURCE, exchange_s, lambda src, why: self.refusals.refuse(src, why, "agent connection"))
         self._pair: Tuple[str, str] = (DECIDING, "")
-        self._slots = threading.BoundedSemaphore(AGENT_MAX_CONNECTIONS)
         self._sock = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -543,9 +567,13 @@ class Agent:
                 f"cannot open the election agent on {bind}:{port} (NODE_AGENT_BIND / NODE_AGENT_PORT): {getattr(exc, 'strerror', None) or exc}"
             ) from None
         self.port = self._sock.getsockname()[1]
+        # What readers dial: this node's whitelist host and the agent port (cslr_control.node_id).
+        self.node = cc.node_id(ident_host or hostname, self.port)
         self._closed = False
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="node-agent", daemon=True)
         self._thread.start()
+        threading.Thread(target=self.guard.run, args=(self._stop, 0.05), name="node-agent-reaper", daemon=True).start()
 
     @property
     def state(self) -> str:
@@ -563,33 +591,41 @@ class Agent:
                 if self._closed:
                     return
                 continue
-            if not self._slots.acquire(blocking=False):
-                conn.close()  # at the cap: the reader sees UNKNOWN and asks again
-                continue
-            threading.Thread(target=self._answer, args=(conn, peer), daemon=True).start()
+            source = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+            self.guard.admit(conn, source)
+            try:
+                threading.Thread(target=self._answer, args=(conn, source), daemon=True).start()
+            except RuntimeError:  # cannot start a thread: drop this one connection
+                self.guard.release(conn)
+                conn.close()
 
-    def _answer(self, conn: socket.socket, peer: object) -> None:
+    def _answer(self, conn: socket.socket, source: str) -> None:
         try:
-            conn.settimeout(0.5)
-            line = cc.recv_line(conn, 1024)
-            reason, nonce = cc.check_agent_request(self.verifier, line)
+            deadline = time.monotonic() + self.exchange_s
+            line = cc.recv_line(conn, 1024, deadline)
+            reason, nonce = cc.check_agent_request(self.verifier, line, self.node)
             if reason:
-                self.refusals.refuse(str(peer[0]) if isinstance(peer, tuple) else str(peer), reason, "agent request")
+                self.refusals.refuse(source, reason, "agent request")
+                conn.settimeout(max(0.01, deadline - time.monotonic()))
                 conn.sendall(b'{"error": "unauthorized"}\n')
                 return
             # The state is read after the request arrived, hence after the reader's write of its
             # own state: the safety argument of the module docstring holds.
             state, head = self._pair
             fields = agent_fields(self.hostname, state, head, self.index, self.client_port)
-            conn.sendall(cc.agent_reply(self.secret, nonce, fields))
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            conn.sendall(cc.agent_reply(self.secret, nonce, self.node, fields))
         except OSError:
-            pass
+            pass  # evicted, past the deadline, or the reader went away: the guard counted it
+        except Exception as exc:  # never a traceback per request; counted like every refusal
+            self.refusals.refuse(source, f"error:{type(exc).__name__}", "agent request")
         finally:
+            self.guard.release(conn)
             conn.close()
-            self._slots.release()
 
     def close(self) -> None:
         self._closed = True
+        self._stop.set()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -712,6 +748,7 @@ class PeerReader:
         self.read_agent = read_agent_fn or (lambda h, p: cc.read_agent(h, p, cfg.control_secret)[0])
         self._unknown_since: Dict[int, float] = {}
         self._forged_logged: set = set()
+        self._busy_logged: set = set()
 
     def view(self, i: int, entry: Entry) -> PeerView:
         cfg = self.cfg
@@ -719,12 +756,17 @@ class PeerReader:
         now = self.clock()
         if state == UNKNOWN:
             since = self._unknown_since.setdefault(i, now)
-            if now - since > cfg.peer_dead_after:
-                # Unreadable for long: treat as gone (see assumptions) - but never as an
-                # agentless head to join: something that holds the port without answering
-                # is not known to be a node of this stack.
+            if now - since > cfg.peer_dead_after and not self.tcp_open(entry.host, entry.port):
+                # Unreadable for long and its GCS port closed: gone (see assumptions) - but never
+                # an agentless head to join. While its GCS port still accepts connections the
+                # peer may be a head whose agent strangers keep busy: it stays UNKNOWN (an
+                # election waits; it never elects a second head beside it).
                 return PeerView(i, entry, ABSENT, False)
+            if now - since > cfg.peer_dead_after and i not in self._busy_logged:
+                self._busy_logged.add(i)
+                log(f"{entry.address}: its agent has not answered for {cfg.peer_dead_after:g} s but its GCS port is open; not counted as gone")
             return PeerView(i, entry, UNKNOWN, False)
+        self._busy_logged.discard(i)
         self._unknown_since.pop(i, None)
         if state == FORGED:
             if i not in self._forged_logged:
@@ -734,7 +776,9 @@ class PeerReader:
                     f"secret, a clock more than {cc.WINDOW_S:g} s off, or not a node of this stack); ignored"
                 )
             return PeerView(i, entry, FORGED, False)
-        gcs = state in (HEAD, ABSENT) and self.tcp_open(entry.host, entry.port)
+        # Only an agent that proved the secret and says "head" is a head to join: an open GCS
+        # port with no agent is whoever bound it (joining would hand it this node's Ray token).
+        gcs = state == HEAD and self.tcp_open(entry.host, entry.port)
         return PeerView(i, entry, state, gcs)
 
     def views(self) -> Iterator[PeerView]:
@@ -745,7 +789,7 @@ class PeerReader:
 
     def first_live_head(self) -> Optional[Entry]:
         for v in self.views():
-            if v.gcs_open and v.state in (HEAD, ABSENT):
+            if v.gcs_open and v.state == HEAD:
                 return v.entry
         return None
 
@@ -906,7 +950,15 @@ class NodeRunner:
 
     def open_agent(self) -> Agent:
         cfg = self.cfg
-        return Agent(cfg.hostname, cfg.index, cfg.agent_bind, agent_port_for(cfg.self_entry, cfg.agent_port), cfg.control_secret, cfg.client_server_port)
+        return Agent(
+            cfg.hostname,
+            cfg.index,
+            cfg.agent_bind,
+            agent_port_for(cfg.self_entry, cfg.agent_port),
+            cfg.control_secret,
+            cfg.client_server_port,
+            ident_host=cfg.self_entry.host,
+        )
 
     def elect(self, deadline: Optional[float] = None) -> Optional[Decision]:
         return self.election.run(deadline)

@@ -256,7 +256,21 @@ def test_rogue_agent_cannot_block_an_election(tmp_path, mode, gcs):
     fake_gcs = Listener(c.ips[0], c.port) if gcs else None
     try:
         env = c.env(c.ips[1], PEER_DEAD_AFTER_S="1")
-        out = subprocess.run([PY, NODE, "--decide", "--decide-timeout", "40"], env=env, capture_output=True, text=True, timeout=90)
+        if mode == "silent":
+            # A silent agent port with an open GCS port is what a head whose agent strangers keep
+            # busy looks like: it is never counted as gone (no second head beside a live one), so
+            # the squatter delays the election only while it also holds the GCS port.
+            proc = subprocess.Popen([PY, NODE, "--decide", "--decide-timeout", "60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            err_lines = []
+            threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True).start()
+            _wait(lambda: any("GCS port is open; not counted as gone" in line for line in err_lines), 30, "the candidate to wait")
+            assert proc.poll() is None  # still deciding: no head while the peer's GCS port is open
+            fake_gcs.close()
+            fake_gcs = None
+            stdout, _ = proc.communicate(timeout=90)
+            out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "".join(err_lines))
+        else:
+            out = subprocess.run([PY, NODE, "--decide", "--decide-timeout", "40"], env=env, capture_output=True, text=True, timeout=90)
         assert out.returncode == 0, out.stderr
         d = json.loads(out.stdout)
         assert (d["role"], d["head_address"]) == ("head", f"{c.ips[1]}:{c.port}")

@@ -134,8 +134,11 @@ def test_step_joins_live_head_even_if_lower_priority():
     assert step.action == rn.JOIN and step.target == E("n2", 6379)
 
 
-def test_step_joins_agentless_open_head_port_as_the_document_scan_does():
-    assert rn.election_step(1, rn.DECIDING, [V(0, rn.ABSENT, True)]).action == rn.JOIN
+def test_step_never_joins_an_open_head_port_without_an_authenticated_agent():
+    # The document's plain TCP scan would join it; here it may be anyone who bound the port of a
+    # node that is down (issue 16): no proof of the secret, no join.
+    assert rn.election_step(1, rn.DECIDING, [V(0, rn.ABSENT, True)]).action == rn.CLAIM
+    assert rn.election_step(1, rn.DECIDING, [V(0, rn.FORGED, True)]).action == rn.CLAIM
 
 
 def test_step_waits_for_a_starting_head_or_a_claimer():
@@ -337,11 +340,14 @@ def test_own_ray_matching_is_per_temp_dir():
 def test_agent_reply_checking_is_strict():
     cc = rn.cc
     fields = rn.agent_fields("a", "claiming", "", 0, 10001)
-    assert cc.check_agent_reply(CONTROL_SECRET, "n1", cc.agent_reply(CONTROL_SECRET, "n1", fields)) == fields
-    assert cc.check_agent_reply(CONTROL_SECRET, "n2", cc.agent_reply(CONTROL_SECRET, "n1", fields)) is None  # replayed
-    assert cc.check_agent_reply(CONTROL_SECRET, "n1", cc.agent_reply("another-secret-0123456", "n1", fields)) is None
-    for junk in [b"", b"{", b"[]", b'{"state": "head"}', b'{"body": "{}", "mac": 1}', b"\xff"]:
-        assert cc.check_agent_reply(CONTROL_SECRET, "n1", junk) is None
+    t = "a:7379"
+    assert cc.check_agent_reply(CONTROL_SECRET, "n1", t, cc.agent_reply(CONTROL_SECRET, "n1", t, fields)) == {**fields, "node": t}
+    assert cc.check_agent_reply(CONTROL_SECRET, "n2", t, cc.agent_reply(CONTROL_SECRET, "n1", t, fields)) is None  # replayed
+    assert cc.check_agent_reply(CONTROL_SECRET, "n1", t, cc.agent_reply("another-secret-0123456", "n1", t, fields)) is None
+    # A genuine answer of another node, relayed from the address asked: not this node's answer.
+    assert cc.check_agent_reply(CONTROL_SECRET, "n1", t, cc.agent_reply(CONTROL_SECRET, "n1", "b:7379", fields)) is None
+    for junk in [b"", b"{", b"[]", b'{"state": "head"}', b'{"body": "{}", "mac": 1}', b"\xff", '{"body": "{}", "mac": "\u00e9"}'.encode()]:
+        assert cc.check_agent_reply(CONTROL_SECRET, "n1", t, junk) is None
 
 
 def _read(port, secret=CONTROL_SECRET):
@@ -350,7 +356,7 @@ def _read(port, secret=CONTROL_SECRET):
 
 def test_agent_answers_its_current_state_and_vanishes_when_closed():
     port = _free_pair("127.0.0.1")
-    agent = rn.Agent("me", 0, "127.0.0.1", port, CONTROL_SECRET)
+    agent = rn.Agent("127.0.0.1", 0, "127.0.0.1", port, CONTROL_SECRET)
     try:
         assert _read(port) == "deciding"
         agent.set("head", "me:1")
@@ -366,7 +372,8 @@ def test_agent_answers_its_current_state_and_vanishes_when_closed():
 def test_agent_refuses_unsigned_stale_and_replayed_requests():
     port = _free_pair("127.0.0.1")
     now = [1000.0]
-    agent = rn.Agent("me", 0, "127.0.0.1", port, CONTROL_SECRET, clock=lambda: now[0])
+    agent = rn.Agent("me", 0, "127.0.0.1", port, CONTROL_SECRET, clock=lambda: now[0], ident_host="127.0.0.1")
+    me = rn.cc.node_id("127.0.0.1", port)
 
     def ask(line):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -374,13 +381,15 @@ def test_agent_refuses_unsigned_stale_and_replayed_requests():
             return s.makefile("rb").readline()
 
     try:
-        good, nonce = rn.cc.agent_request(CONTROL_SECRET, now=1000.0)
-        assert rn.cc.check_agent_reply(CONTROL_SECRET, nonce, ask(good))["state"] == "deciding"
+        good, nonce = rn.cc.agent_request(CONTROL_SECRET, me, now=1000.0)
+        assert rn.cc.check_agent_reply(CONTROL_SECRET, nonce, me, ask(good))["state"] == "deciding"
         assert b"unauthorized" in ask(good)  # the same request again: a replay
-        stale, _ = rn.cc.agent_request(CONTROL_SECRET, now=1000.0 - 31)
+        stale, _ = rn.cc.agent_request(CONTROL_SECRET, me, now=1000.0 - 31)
         assert b"unauthorized" in ask(stale)
         assert b"unauthorized" in ask(b'{"v": 1}\n')
-        assert agent.refusals.snapshot() == {"replay": 1, "stale": 1, "missing": 1}
+        other, _ = rn.cc.agent_request(CONTROL_SECRET, rn.cc.node_id("127.0.0.2", port), now=1000.0)
+        assert b"unauthorized" in ask(other)  # genuine, but meant for another node (relayed here)
+        assert agent.refusals.snapshot() == {"replay": 1, "stale": 1, "missing": 1, "wrong_target": 1}
     finally:
         agent.close()
 

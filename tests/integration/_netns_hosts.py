@@ -234,7 +234,7 @@ class Proc:
 
 # Run inside a host namespace: what this host can see right now. Every probe is bounded.
 # The agent exchange is written out here from docs/runtime.md, independent of cslr_control:
-# request {"v": 2, "ts", "nonce", "mac"}, reply {"body", "mac"}, HMAC-SHA256 over length-prefixed
+# request {"v": 3, "ts", "nonce", "target", "mac"}, reply {"body", "mac"}, HMAC-SHA256 over length-prefixed
 # parts; the control secret comes from the environment (never argv).
 PROBE = r"""
 import hashlib, hmac, json, os, secrets, socket, sys, time, urllib.request
@@ -250,7 +250,8 @@ out = {"agents": {}, "gcs": {}, "health": None}
 for name, host, port in args["agents"]:
     try:
         ts, nonce = "%.3f" % time.time(), secrets.token_hex(16)
-        req = json.dumps({"v": 2, "ts": ts, "nonce": nonce, "mac": mac("AGENT", "/state", ts, nonce, b"")}) + "\n"
+        target = "%s:%d" % (host.lower(), port)
+        req = json.dumps({"v": 3, "ts": ts, "nonce": nonce, "target": target, "mac": mac("AGENT", "/state", ts, nonce, target)}) + "\n"
         with socket.create_connection((host, port), timeout=1.0) as s:
             s.settimeout(1.0)
             s.sendall(req.encode())
@@ -261,8 +262,10 @@ for name, host, port in args["agents"]:
                     break
                 data += chunk
         reply = json.loads(data.decode() or "null")
-        if not hmac.compare_digest(mac("AGENT-REPLY", nonce, reply["body"]), reply["mac"]):
+        if not hmac.compare_digest(mac("AGENT-REPLY", nonce, target, reply["body"]), reply["mac"]):
             raise ValueError("reply MAC")
+        if json.loads(reply["body"]).get("node") != target:
+            raise ValueError("reply names another node")
         out["agents"][name] = json.loads(reply["body"])
     except Exception as exc:
         out["agents"][name] = {"error": type(exc).__name__}
