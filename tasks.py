@@ -198,7 +198,7 @@ def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pul
     help={
         "timeout": "seconds to wait for every service to become healthy",
         "build": "rebuild the project's images even when their tags exist",
-        "show_secrets": "print the Marimo token in full in the table",
+        "show_secrets": "print the Marimo and Ray dashboard tokens in full in the table",
     }
 )
 def up(c, config=CONFIG, env_file=None, out=OUT, timeout=600, build=False, host=None, show_secrets=False):
@@ -224,7 +224,7 @@ def down(c, config=CONFIG, env_file=None, out=OUT, volumes=False, yes=False):
     _stack(config, env_file, out, generate_first=not (_out_dir(out) / "compose.yaml").exists()).down(volumes=volumes, yes=yes)
 
 
-@cli(help={"show_secrets": "print the Marimo token in full"})
+@cli(help={"show_secrets": "print the Marimo and Ray dashboard tokens in full"})
 def ps(c, config=CONFIG, env_file=None, out=OUT, show_secrets=False):
     """List the stack's containers with state and health."""
     st = _stack(config, env_file, out)

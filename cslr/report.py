@@ -40,10 +40,16 @@ def service_urls(cfg: Config, show_secrets: bool = False) -> dict[str, str]:
     token = cfg.get("secrets", "marimo_token") or ""
     shown = token if show_secrets else mask(token)
     where = "" if show_secrets else " (token: MARIMO_TOKEN in .env)"
+    # Ray's dashboard opens on an "Authentication Token Required" dialog under token auth: say
+    # which token it wants (its own hint, `ray get-auth-token`, cannot run on the host).
+    ray_token = cfg.get("secrets", "ray_auth_token") or ""
+    login = ""
+    if cfg.get("ray", "auth") == "token":
+        login = f"; dialog token: {ray_token}" if show_secrets else "; dialog token: RAY_AUTH_TOKEN in .env"
     return {
-        "health": f"http://{host}:{cfg.get('services', 'health', 'port')}/ (Ray client: ray://{host}:{cfg.get('services', 'health', 'ray_client_port')}, dashboard / Jobs: http://{host}:{cfg.get('services', 'health', 'dashboard_port')}/)",
-        "ray-cpu": f"http://{host}:{cfg.get('ray', 'cpu', 'ports', 'dashboard')}/ (dashboard, if head)",
-        "ray-gpu": f"http://{host}:{cfg.get('ray', 'gpu', 'ports', 'dashboard')}/ (dashboard, if head)",
+        "health": f"http://{host}:{cfg.get('services', 'health', 'port')}/ (Ray client: ray://{host}:{cfg.get('services', 'health', 'ray_client_port')}, dashboard / Jobs: http://{host}:{cfg.get('services', 'health', 'dashboard_port')}/{login})",
+        "ray-cpu": f"http://{host}:{cfg.get('ray', 'cpu', 'ports', 'dashboard')}/ (dashboard, if head{login})",
+        "ray-gpu": f"http://{host}:{cfg.get('ray', 'gpu', 'ports', 'dashboard')}/ (dashboard, if head{login})",
         "mlflow": f"http://{host}:{cfg.get('services', 'mlflow', 'port')}/",
         "marimo": f"http://{host}:{cfg.get('services', 'marimo', 'port')}/?access_token={shown}{where}",
         "redis": f"redis://{host}:{cfg.get('services', 'redis', 'port')}/0",

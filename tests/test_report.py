@@ -38,7 +38,19 @@ def test_service_urls_use_bind_address_and_mask_the_token(project):
     assert "marimo-secret" not in report.table([{"Service": "marimo", "State": "running", "Health": "healthy"}], cfg)
     assert report.service_urls(cfg, show_secrets=True)["marimo"] == "http://127.0.0.1:8080/?access_token=marimo-secret"
     wide = config.load(project("network: {bind_address: 0.0.0.0}\n"), environ={})
-    assert report.service_urls(wide)["health"] == "http://127.0.0.1:8888/ (Ray client: ray://127.0.0.1:10001, dashboard / Jobs: http://127.0.0.1:8260/)"
+    assert report.service_urls(wide)["health"] == (
+        "http://127.0.0.1:8888/ (Ray client: ray://127.0.0.1:10001, dashboard / Jobs: http://127.0.0.1:8260/; dialog token: RAY_AUTH_TOKEN in .env)"
+    )
+
+
+def test_dashboard_urls_say_which_token_the_dialog_wants_and_show_it_only_when_asked(project):
+    cfg = config.load(project("{}\n", env={"RAY_AUTH_TOKEN": "ray-token-0123456789abcdef"}), environ={})
+    urls = report.service_urls(cfg)
+    for name in ("health", "ray-cpu", "ray-gpu"):
+        assert "dialog token: RAY_AUTH_TOKEN in .env" in urls[name] and "ray-token-0123" not in urls[name]
+    assert "dialog token: ray-token-0123456789abcdef" in report.service_urls(cfg, show_secrets=True)["health"]
+    off = config.load(project("ray: {auth: disabled}\n", env={"RAY_AUTH_TOKEN": "ray-token-0123456789abcdef"}), environ={})
+    assert "dialog token" not in report.service_urls(off)["health"]
 
 
 @pytest.mark.parametrize("secret,shown", [("", ""), ("short", "…"), ("abcdefghij", "abcd…")])
