@@ -70,7 +70,7 @@ class Relay:
         self.sock.close()
 
 
-def test_a_relayed_genuine_reply_moves_no_head_no_relay_and_no_election(stack, tmp_path):
+def test_a_relayed_genuine_reply_moves_no_head_no_relay_and_no_election(stack, tmp_path):  # noqa: F811  (the fixture)
     c, h = stack(2, first_octet=160)
     a, b = c.ips  # a: whitelist[0], down; b: the running head
     client_port = _free_pair([a, b])
@@ -153,7 +153,7 @@ class Trickle:
         self._stop.set()
 
 
-def test_slow_strangers_neither_split_the_election_nor_silence_health(stack, tmp_path):
+def test_slow_strangers_neither_split_the_election_nor_silence_health(stack, tmp_path):  # noqa: F811  (the fixture)
     c, h = stack(2, first_octet=164)
     a, b = c.ips  # b runs as head; a (higher priority) starts its election under the flood
     c.start(b, HEALTH_URL=h.url)
