@@ -43,6 +43,8 @@ class CliTask(Task):
         opts = super().arg_opts(name, default, taken_names)
         if name in SHORT_FLAGS:
             opts["names"] = [*opts["names"], SHORT_FLAGS[name]]
+        if isinstance(default, int) and not isinstance(default, bool):
+            opts["kind"] = str  # parsed by `cli` (exit 2 with a message), not by Invoke (a traceback)
         return opts
 
     def get_arguments(self, ignore_unknown_help=None):
@@ -66,6 +68,10 @@ def cli(**kwargs):
             # Invoke hands `-h` after a task with a positional to that positional: it is still help.
             if any(kw.get(name) in ("-h", "--help") for name in kwargs.get("positional", ())):
                 return _print_help(kwargs.get("name") or body.__name__)
+            _refuse_core_config(c, kwargs.get("name") or body.__name__)
+            for name, param in params.items():
+                if isinstance(param.default, int) and not isinstance(param.default, bool) and isinstance(kw.get(name), str):
+                    kw[name] = _integer_flag(name, kw[name])
             try:
                 return body(c, *args, **kw)
             except PlatformError as exc:
@@ -80,6 +86,26 @@ def _print_help(name: str) -> None:
     from invoke import Collection, Program
 
     Program(namespace=Collection.from_module(sys.modules[__name__]), binary="inv").run(["inv", "--help", name], exit=False)
+
+
+def _refuse_core_config(c, name: str) -> None:
+    """`inv --config F TASK` (or `-f F`) is Invoke's own option: it reads F as Invoke's settings and
+    the task would silently use ./config.yaml. Refused, saying where the flag belongs."""
+    runtime = getattr(c.config, "_runtime_path", None)
+    if runtime:
+        raise Exit(
+            f"inv: `--config {runtime}` (or `-f`) before the task name is Invoke's own option: it read {runtime} as Invoke's settings, "
+            f"not as the platform's config. Put it after the task: inv {name.replace('_', '-')} --config {runtime}",
+            code=2,
+        )
+
+
+def _integer_flag(name: str, text: str) -> int:
+    flag = "--" + name.replace("_", "-")
+    value = text.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 9):
+        raise Exit(f"inv: {flag}: found {text!r}, expected a whole number >= 0", code=2)
+    return int(value)
 
 
 def _out_dir(out: str) -> Path:

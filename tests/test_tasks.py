@@ -208,3 +208,26 @@ def test_jobs_and_submit_say_clearly_when_the_stack_is_not_up(project, tmp_path)
         assert "Traceback" not in out.stderr
     both = inv("jobs", "--logs", "a", "--stop", "b", cwd=tmp_path)
     assert both.returncode == 2 and "give one of --logs ID and --stop ID" in both.stderr
+
+
+# Issue 19: no spelling of "use this config" may silently use another; numbers are checked.
+
+
+def test_invoke_core_config_before_the_task_is_refused_not_silently_ignored(project, tmp_path):
+    project("{}\n")
+    (tmp_path / "other.yaml").write_text("gpu: maybe\n")
+    for flag in ("--config", "-f"):
+        out = inv(flag, "other.yaml", "validate", cwd=tmp_path)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "Put it after the task: inv validate --config other.yaml" in out.stderr
+        assert "valid" not in out.stdout
+    after = inv("validate", "--config", "other.yaml", cwd=tmp_path)  # the right spelling reads it
+    assert after.returncode == 2 and "found 'maybe'" in after.stderr
+
+
+@pytest.mark.parametrize("args", [("up", "--timeout", "abc"), ("up", "--timeout", "-5"), ("logs", "mlflow", "-n", "abc"), ("logs", "mlflow", "--tail", "1e3")])
+def test_numeric_flags_are_checked_with_a_message(project, tmp_path, args):
+    project("{}\n")
+    out = inv(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "expected a whole number >= 0" in out.stderr and "Traceback" not in out.stderr
