@@ -1,6 +1,6 @@
 """Invoke tasks of the CSLR Experiment Platform. Thin: each calls the `cslr` package.
 
-    inv init | validate | generate | up | down | ps | logs SERVICE | status | test-cluster | schema | firewall | export k8s | submit | jobs
+    inv init | validate | generate | up | down | ps | logs SERVICE | status | doctor | test-cluster | schema | firewall | export k8s | submit | jobs
 
 Conventions (tested in tests/test_tasks.py): `-h` is help in every task; a short flag means the
 same option in every task that has it (SHORT_FLAGS) and no other option gets one; shared options
@@ -277,6 +277,22 @@ def status(c, config=CONFIG, env_file=None, out=OUT):
     print(report_mod.format_status(report))
     if not report["ray_nodes"] or report["head"] is None:
         raise Exit("no live Ray head", code=1)
+
+
+@cli(help={"json": "print the checks as JSON (name, status, detail, fix)"})
+def doctor(c, config=CONFIG, env_file=None, out=OUT, json=False):
+    """The troubleshooting flow as checks: config, engine, Compose, memory, disk, services, ports, head; exit 1 on a failure."""
+    from cslr import doctor as doc
+
+    build_dir = _out_dir(out)
+
+    def stack_for(loaded):
+        return stack_mod.Stack(loaded.cfg, build_dir) if (build_dir / "compose.yaml").exists() else None
+
+    checks = doc.run(lambda: load_validated(config, env_file), stack_for, here=str(Path(config).resolve().parent))
+    print(doc.format_json(checks) if json else doc.format_text(checks))
+    if doc.exit_code(checks):
+        raise Exit(code=doc.exit_code(checks))
 
 
 @cli(name="test-cluster")

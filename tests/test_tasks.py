@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -231,3 +232,11 @@ def test_numeric_flags_are_checked_with_a_message(project, tmp_path, args):
     out = inv(*args, cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "expected a whole number >= 0" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_doctor_json_lists_every_check_and_its_exit_code_follows_failures(project, tmp_path):
+    project("gpu: maybe\n")
+    out = inv("doctor", "--json", "--out", str(tmp_path / "_build"), cwd=tmp_path)
+    checks = json.loads(out.stdout)
+    assert checks[0]["name"] == "config" and checks[0]["status"] == "fail" and "maybe" in checks[0]["detail"]
+    assert out.returncode == 1 and "Traceback" not in out.stderr
