@@ -1,6 +1,6 @@
 """Invoke tasks of the CSLR Experiment Platform. Thin: each calls the `cslr` package.
 
-    inv init | validate | generate | up | down | ps | logs SERVICE | status | doctor | test-cluster | schema | firewall | export k8s | submit | jobs
+    inv init | validate | generate | up | down | ps | logs SERVICE | status | doctor | backup | restore ARCHIVE | version | test-cluster | schema | firewall | export k8s | submit | jobs
 
 Conventions (tested in tests/test_tasks.py): `-h` is help in every task; a short flag means the
 same option in every task that has it (SHORT_FLAGS) and no other option gets one; shared options
@@ -293,6 +293,32 @@ def doctor(c, config=CONFIG, env_file=None, out=OUT, json=False):
     print(doc.format_json(checks) if json else doc.format_text(checks))
     if doc.exit_code(checks):
         raise Exit(code=doc.exit_code(checks))
+
+
+@cli(help={"dest": "folder for the archive (default: backups/ beside config.yaml)", "with_env": "also store .env (its secrets) in the archive"})
+def backup(c, config=CONFIG, env_file=None, out=OUT, dest=None, with_env=False):
+    """Archive MLflow's database (pg_dump) and artifacts, the notebooks and config.yaml (mode 0600; .env only with --with-env)."""
+    from cslr import backup as bk
+
+    cfg_path = Path(config).resolve()
+    env_path = Path(env_file) if env_file else cfg_path.parent / ".env"
+    bk.backup(_stack(config, env_file, out), Path(dest) if dest else cfg_path.parent / "backups", cfg_path, env_path, with_env=with_env)
+
+
+@cli(positional=["archive"], help={"archive": "a file written by `inv backup`", "yes": "replace a stack that is not empty"})
+def restore(c, archive, config=CONFIG, env_file=None, out=OUT, yes=False):
+    """Restore a backup onto the running stack (empty, or any with --yes) and verify it against the archive."""
+    from cslr import backup as bk
+
+    bk.restore(_stack(config, env_file, out), Path(archive), yes=yes)
+
+
+@cli()
+def version(c):
+    """The platform's version (also in pyproject.toml and CHANGELOG.md)."""
+    from cslr import __version__
+
+    print(f"cslr-platform {__version__}")
 
 
 @cli(name="test-cluster")
