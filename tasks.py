@@ -253,7 +253,10 @@ def down(c, config=CONFIG, env_file=None, out=OUT, volumes=False, yes=False):
 @cli(help={"show_secrets": "print the Marimo and Ray dashboard tokens in full"})
 def ps(c, config=CONFIG, env_file=None, out=OUT, show_secrets=False):
     """List the stack's containers with state and health."""
+    from cslr import __version__
+
     st = _stack(config, env_file, out)
+    print(f"cslr-platform {__version__} · project {st.project}")
     print(st.table(st.services(), show_secrets=show_secrets))
 
 

@@ -2,11 +2,15 @@
 
     1. preflight (no impact yet): engine, Compose, ports, subnet, NVIDIA runtime
     2. images: resolve images.source, then pull or build the bases, build the project's images
-    3. Ray versions: every Ray image and the notebook carry ray.version
+    3. Ray versions: every Ray image and the notebook carry ray.version; upgrades: a Postgres
+       volume of another major version is refused, MLflow's schema is migrated once when a newer
+       MLflow wants it (after a database dump into backups/; cslr/upgrade.py)
     4. start (impacting things): `compose up -d`, one line per service state change, until every
        service is healthy; a failure names the service, its last log lines and healthcheck output
 
-Modelled on getsentry/self-hosted's install/: nothing is changed before phase 4 but images.
+Modelled on getsentry/self-hosted's install/: nothing is changed before phase 4 but images, the
+host folders (phase 4's first step) and, only when MLflow's schema must move, Postgres started
+alone for the migration.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import json
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from . import compose, images, preflight, topology
+from . import compose, images, preflight, topology, upgrade
 from .report import is_ready
 from .stack import Stack, StackError
 
@@ -106,6 +111,9 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
     for line in ensure_images(stack, build=options.build):
         stack.out(line)
     fail(ray_image_findings(stack, stack.run))
+    fail(upgrade.postgres_findings(stack))
+    for line in upgrade.mlflow_schema(stack, Path(stack.cfg.config_path).resolve().parent / "backups"):
+        stack.out(line)
     for line in host_folders(stack):
         stack.out(line)
     stack.out(f"starting {stack.project}; waiting up to {options.timeout:.0f} s for health:")

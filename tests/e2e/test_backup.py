@@ -105,6 +105,12 @@ def test_backup_down_volumes_up_restore_gives_everything_back(inv):
     assert "restore: verified" in restored.stdout
     after = snapshot()
     assert after == before  # every run, param, tag, metric value (step, timestamp) and artifact byte
+    # A warm `inv up` over the restored volume: the upgrade phase reads the volume's Postgres
+    # version and asks the MLflow image for its schema (no migration: same version), then starts.
+    again = inv("up", "--timeout", "600", timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "upgrade:" not in again.stdout
+    assert snapshot() == before
     if notebooks.is_dir() and any(notebooks.iterdir()):
         # The notebooks folder was not empty (down --volumes keeps host folders): restored beside it.
         assert "restore: notebooks ->" in restored.stdout

@@ -51,7 +51,10 @@ def test_up_used_the_local_bases_and_built_the_projects_images(inv):
 
 def test_every_service_healthy(inv):
     out = inv("ps", check=True).stdout
-    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[1:] if line.strip()}
+    lines = out.splitlines()
+    assert lines[0].startswith("cslr-platform ") and "project cslr-e2e" in lines[0]  # the platform's version first
+    header = next(i for i, line in enumerate(lines) if line.startswith("SERVICE"))
+    rows = {line.split()[0]: line.split()[1:3] for line in lines[header + 1 :] if line.strip()}
     assert set(rows) == {"health", "ray-cpu", "ray-gpu", "redis", "postgres", "mlflow", "marimo"}, out
     assert all(state == ["running", "healthy"] for state in rows.values()), out
 
