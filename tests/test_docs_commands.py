@@ -5,7 +5,6 @@ otherwise: a renamed flag would keep being recommended."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from invoke import Collection
