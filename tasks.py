@@ -31,7 +31,8 @@ CONFIG_HELP = "config.yaml to read (default: ./config.yaml)"
 ENV_HELP = ".env to read (default: the .env beside the config file)"
 OUT_HELP = "directory of the generated project (default: _build)"
 HOST_HELP = "multi-host: the host of config.yaml's `hosts:` to act for (default: this machine's hostname)"
-COMMON_HELP = {"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "host": HOST_HELP}
+JSON_HELP = "print JSON (for scripts) instead of the table"
+COMMON_HELP = {"config": CONFIG_HELP, "env_file": ENV_HELP, "out": OUT_HELP, "host": HOST_HELP, "json": JSON_HELP}
 # The only short flags. -h stays Invoke's --help; -H is --host.
 SHORT_FLAGS = {"config": "c", "env_file": "e", "out": "o", "host": "H", "follow": "f", "tail": "n", "build": "b", "volumes": "v", "yes": "y"}
 
@@ -142,17 +143,60 @@ def init(c, config=CONFIG, env_file=None, force=False, rotate_secrets=False, res
 
 
 @cli()
-def validate(c, config=CONFIG, env_file=None):
+def validate(c, config=CONFIG, env_file=None, json=False):
     """Validate config.yaml, .env and the environment; report every problem (exit 2 on errors)."""
-    loaded = _loaded(config, env_file)
-    print(loaded.gpu.describe())
-    print(f"{loaded.cfg.config_path}: valid")
+    if not json:
+        loaded = _loaded(config, env_file)
+        print(loaded.gpu.describe())
+        print(f"{loaded.cfg.config_path}: valid")
+        return
+    from cslr.errors import ConfigError, ConfigSyntaxError
+
+    def problem(p):
+        return {"location": str(p.location), "path": p.path, "message": p.message, "severity": p.severity}
+
+    try:
+        loaded = load_validated(config, env_file)
+    except ConfigError as exc:
+        _print_json({"config": str(config), "valid": False, "problems": [problem(p) for p in exc.problems]})
+        raise Exit(code=exc.exit_code) from None
+    except ConfigSyntaxError as exc:
+        _print_json(
+            {
+                "config": str(config),
+                "valid": False,
+                "problems": [{"location": str(exc.location), "path": "$", "message": f"{exc.kind}: {exc.message}", "severity": "error"}],
+            }
+        )
+        raise Exit(code=exc.exit_code) from None
+    _print_json({"config": str(loaded.cfg.config_path), "valid": True, "gpu": loaded.gpu.describe(), "problems": [problem(p) for p in loaded.warnings]})
+
+
+def _print_json(value) -> None:
+    import json as json_mod
+
+    print(json_mod.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 @cli(name="config")
-def show_config(c, config=CONFIG, env_file=None):
-    """Show every setting's effective value and its origin (schema default, config.yaml:LINE, .env:LINE, environment); secrets masked."""
-    print(effective.table(effective.rows(_config_mod.load(config, env_file))))
+def show_config(c, config=CONFIG, env_file=None, json=False):
+    """Show every setting's effective value, its origin (schema default, config.yaml:LINE, .env:LINE, environment) and what is wrong with it; secrets masked; exit 2 when a value is invalid."""
+    import json as json_mod
+
+    from cslr.errors import ConfigError
+
+    try:
+        cfg = _config_mod.load(config, env_file)
+        problems = load_validated(config, env_file).warnings
+    except ConfigError as exc:
+        problems = exc.problems
+    except PlatformError as exc:
+        raise _fail(exc) from None
+    items = effective.rows(cfg, problems)
+    print(json_mod.dumps(effective.as_json(items), indent=2) if json else effective.table(items))
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise Exit(f"{len(errors)} error(s) in the configuration: inv validate lists them with file and line", code=2)
 
 
 @cli(help={"test_cluster": "include the test-cluster runner (profile `test`)"})
@@ -251,13 +295,19 @@ def down(c, config=CONFIG, env_file=None, out=OUT, volumes=False, yes=False):
 
 
 @cli(help={"show_secrets": "print the Marimo and Ray dashboard tokens in full"})
-def ps(c, config=CONFIG, env_file=None, out=OUT, show_secrets=False):
+def ps(c, config=CONFIG, env_file=None, out=OUT, show_secrets=False, json=False):
     """List the stack's containers with state and health."""
     from cslr import __version__
 
     st = _stack(config, env_file, out)
+    rows = st.services()
+    if json:
+        urls = report_mod.service_urls(st.cfg, show_secrets)
+        services = [{"service": r["Service"], "state": r.get("State"), "health": r.get("Health") or None, "url": urls.get(r["Service"], "")} for r in rows]
+        _print_json({"platform_version": __version__, "project": st.project, "services": sorted(services, key=lambda r: r["service"])})
+        return
     print(f"cslr-platform {__version__} · project {st.project}")
-    print(st.table(st.services(), show_secrets=show_secrets))
+    print(st.table(rows, show_secrets=show_secrets))
 
 
 @cli(
@@ -274,15 +324,18 @@ def logs(c, service, follow=False, tail=200, config=CONFIG, env_file=None, out=O
 
 
 @cli()
-def status(c, config=CONFIG, env_file=None, out=OUT):
+def status(c, config=CONFIG, env_file=None, out=OUT, json=False):
     """Ray nodes (hostname, IP, role, CPUs, GPUs, alive), the head, MLflow and Redis reachability."""
     report = _stack(config, env_file, out).status()
-    print(report_mod.format_status(report))
+    if json:
+        _print_json({**report, "services": {k: {"state": v.get("State"), "health": v.get("Health") or None} for k, v in report["services"].items()}})
+    else:
+        print(report_mod.format_status(report))
     if not report["ray_nodes"] or report["head"] is None:
         raise Exit("no live Ray head", code=1)
 
 
-@cli(help={"json": "print the checks as JSON (name, status, detail, fix)"})
+@cli()
 def doctor(c, config=CONFIG, env_file=None, out=OUT, json=False):
     """The troubleshooting flow as checks: config, engine, Compose, memory, disk, services, ports, head; exit 1 on a failure."""
     from cslr import doctor as doc
@@ -371,7 +424,7 @@ def submit(c, wait=False, name=None, working_dir=".", off_head=False, config=CON
 
 
 @cli(help={"logs": "show this job's output", "stop": "stop this job"})
-def jobs(c, logs=None, stop=None, config=CONFIG, env_file=None):
+def jobs(c, logs=None, stop=None, config=CONFIG, env_file=None, json=False):
     """Ray jobs of the cluster: inv jobs (list) | inv jobs --logs ID | inv jobs --stop ID."""
     from cslr import jobs as jobs_mod
 
@@ -383,5 +436,7 @@ def jobs(c, logs=None, stop=None, config=CONFIG, env_file=None):
         print(client.logs(logs), end="")
     elif stop:
         print(f"{stop}: {'stop requested' if client.stop(stop) else 'not running (nothing to stop)'}")
+    elif json:
+        _print_json(jobs_mod.list_json(client))
     else:
         print(jobs_mod.list_jobs(client))

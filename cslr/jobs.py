@@ -285,14 +285,25 @@ def format_jobs(jobs: list[dict], lost: Iterable[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def list_jobs(client: Client) -> str:
-    """`inv jobs`: the table, with jobs lost at a head failure marked (when the node table can be read)."""
+def _listed(client: Client) -> tuple[list[dict], set[str]]:
+    """Ray's job records and the ids of those whose driver's node is gone (when readable)."""
     listed = client.list()
     try:
         lost = lost_drivers(listed, client.nodes()) if any(j.get("status") == "RUNNING" for j in listed) else set()
     except JobError:
         lost = set()  # the state API is optional for the table
-    return format_jobs(listed, lost)
+    return listed, lost
+
+
+def list_jobs(client: Client) -> str:
+    """`inv jobs`: the table, with jobs lost at a head failure marked (when the node table can be read)."""
+    return format_jobs(*_listed(client))
+
+
+def list_json(client: Client) -> list[dict]:
+    """`inv jobs --json`: Ray's job records, each with `driver_lost` (as the table's RUNNING*)."""
+    listed, lost = _listed(client)
+    return [{**job, "driver_lost": (job.get("submission_id") or job.get("job_id") or "") in lost} for job in listed]
 
 
 def client_for(cfg: Config) -> Client:

@@ -54,10 +54,31 @@ def test_inv_config_from_another_folder_finds_the_project_config(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        # The secrets from the environment (a fresh clone has no .env): a valid config exits 0.
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **SECRETS},
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["SETTING", "VALUE", "ORIGIN"]
     gpu_line = next(i for i, line in enumerate((ROOT / "config.yaml").read_text().splitlines(), 1) if line.startswith("gpu:"))
     assert any(line.startswith("$.gpu (CSLR_GPU)") and line.endswith(f"{ROOT}/config.yaml:{gpu_line}") for line in lines), out.stdout
+
+
+def test_invalid_values_and_unknown_keys_are_marked_not_shown_as_effective(project):
+    # Issue 19: `inv config` showed `port: "five"` as effective and an unknown key as a plain setting.
+    from cslr.errors import ConfigError
+    from cslr.project import load_validated
+
+    path = project('services:\n  mlflow: {port: "five"}\n  bogus: 1\n')
+    try:
+        load_validated(path)
+        problems = []
+    except ConfigError as exc:
+        problems = exc.problems
+    rows = {r.setting: r for r in effective.rows(config.load(path, environ={}), problems)}
+    assert rows["$.services.mlflow.port (MLFLOW_HOST_PORT)"].note.startswith("invalid: found 'five'")
+    assert rows["$.services.bogus"].note == "unknown key"
+    assert rows["$.services.redis.port (REDIS_HOST_PORT)"].note == ""
+    text = effective.table(list(rows.values()))
+    assert "PROBLEM" in text.splitlines()[0]
+    assert effective.as_json([rows["$.services.bogus"]]) == [{"setting": "$.services.bogus", "value": "1", "origin": "config.yaml:3", "problem": "unknown key"}]

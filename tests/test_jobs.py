@@ -197,3 +197,19 @@ def test_the_job_table_still_shows_when_the_node_table_cannot_be_read(dashboard)
     seen.node_table = "not a table"
     text = jobs.list_jobs(client)
     assert "RUNNING*" not in text and "lost" in text and jobs.LOST_NOTE not in text
+
+
+def test_list_json_marks_jobs_whose_driver_node_is_gone():
+    class FakeClient:
+        def list(self):
+            return [
+                {"submission_id": "raysubmit_a", "status": "RUNNING", "driver_node_id": "dead"},
+                {"submission_id": "raysubmit_b", "status": "RUNNING", "driver_node_id": "alive"},
+                {"submission_id": "raysubmit_c", "status": "SUCCEEDED", "driver_node_id": "dead"},
+            ]
+
+        def nodes(self):
+            return [{"node_id": "alive", "state": "ALIVE"}, {"node_id": "dead", "state": "DEAD"}]
+
+    got = {j["submission_id"]: j["driver_lost"] for j in jobs.list_json(FakeClient())}
+    assert got == {"raysubmit_a": True, "raysubmit_b": False, "raysubmit_c": False}

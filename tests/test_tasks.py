@@ -240,3 +240,28 @@ def test_doctor_json_lists_every_check_and_its_exit_code_follows_failures(projec
     checks = json.loads(out.stdout)
     assert checks[0]["name"] == "config" and checks[0]["status"] == "fail" and "maybe" in checks[0]["detail"]
     assert out.returncode == 1 and "Traceback" not in out.stderr
+
+
+def test_validate_json_lists_every_problem_with_its_location(project, tmp_path):
+    project("gpu: maybe\nnetwork:\n  subnett: x\n")
+    out = inv("validate", "--json", cwd=tmp_path)
+    assert out.returncode == 2
+    got = json.loads(out.stdout)
+    assert got["valid"] is False
+    assert {(p["location"], p["path"].split(" ")[0]) for p in got["problems"]} >= {("config.yaml:1:6", "$.gpu"), ("config.yaml:3:3", "$.network.subnett")}
+    good_dir = tmp_path / "good"
+    good_dir.mkdir()
+    from tests.conftest import write_project
+
+    write_project(good_dir, "{}\n")
+    ok = inv("validate", "--json", cwd=good_dir)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["valid"] is True
+
+
+def test_config_json_marks_invalid_values_and_exits_2(project, tmp_path):
+    project('services:\n  mlflow: {port: "five"}\n')
+    out = inv("config", "--json", cwd=tmp_path)
+    assert out.returncode == 2
+    rows = {r["setting"]: r for r in json.loads(out.stdout)}
+    assert rows["$.services.mlflow.port (MLFLOW_HOST_PORT)"]["problem"].startswith("invalid: found 'five'")
+    assert all(secret not in out.stdout for secret in SECRETS.values())

@@ -66,6 +66,13 @@ def test_status_shows_two_alive_nodes_and_one_head(inv):
     assert sorted(fields[2] for fields in node_lines) == ["head", "worker"], out
     assert all(fields[-1] == "yes" for fields in node_lines), out
     assert "(2 alive node(s))" in out and "mlflow: reachable" in out and "redis: reachable" in out
+    # The same for scripts (issue 19): --json on status and ps.
+    import json
+
+    got = json.loads(inv("status", "--json", check=True).stdout)
+    assert sorted(n["role"] for n in got["ray_nodes"]) == ["head", "worker"] and got["mlflow"] is True and got["redis"] is True
+    ps = json.loads(inv("ps", "--json", check=True).stdout)
+    assert ps["project"] == "cslr-e2e" and {s["service"]: s["state"] for s in ps["services"]}["mlflow"] == "running"
 
 
 def test_test_cluster_passes(inv):
