@@ -254,6 +254,12 @@ def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None
     from . import multihost
 
     if not cfg.get("hosts"):
+        if host:
+            from .errors import UsageError
+
+            raise UsageError(
+                f"--host {host}: this config.yaml has no `hosts:` (one host, this machine); drop --host, or describe the hosts (docs/multi-host.md)"
+            )
         files = [BASE_FILE] + choose_overlays(gpu.node_enabled, test_cluster=test_cluster)
         mounts_text = hostdirs.render_overlay(cfg, gpu.node_enabled)
         files += ([BUILD_DIR / hostdirs.OVERLAY] if mounts_text else []) + extra_overlays(cfg)

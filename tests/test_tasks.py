@@ -265,3 +265,10 @@ def test_config_json_marks_invalid_values_and_exits_2(project, tmp_path):
     rows = {r["setting"]: r for r in json.loads(out.stdout)}
     assert rows["$.services.mlflow.port (MLFLOW_HOST_PORT)"]["problem"].startswith("invalid: found 'five'")
     assert all(secret not in out.stdout for secret in SECRETS.values())
+
+
+def test_host_on_a_single_host_config_is_refused_not_ignored(project, tmp_path):
+    project("{}\n")
+    out = inv("generate", "--host", "foo", "--out", str(tmp_path / "_build"), cwd=tmp_path)
+    assert out.returncode == 2 and "--host foo: this config.yaml has no `hosts:`" in out.stderr
+    assert not (tmp_path / "_build" / "compose.yaml").exists()
