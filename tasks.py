@@ -312,13 +312,27 @@ def ps(c, config=CONFIG, env_file=None, out=OUT, show_secrets=False, json=False)
 
 @cli(
     positional=["service"],
-    help={"service": "the service, e.g. ray-cpu, or `all`", "follow": "keep following the output", "tail": "lines per service to show first"},
+    help={
+        "service": "the service, e.g. ray-cpu, a comma-separated list, or `all`",
+        "follow": "keep following the output",
+        "tail": "lines per service to show first",
+        "since": "only lines since a duration ago (10m, 2h) or a time (2026-12-06T09:00:00Z)",
+    },
 )
-def logs(c, service, follow=False, tail=200, config=CONFIG, env_file=None, out=OUT):
-    """Show the logs of one service (`inv logs ray-cpu`) or of the whole stack (`inv logs all`)."""
+def logs(c, service, follow=False, tail=200, since=None, config=CONFIG, env_file=None, out=OUT):
+    """The logs of one service (`inv logs ray-cpu`), several (`ray-cpu,health`) or all (`inv logs all`), in time order with timestamps."""
+    from cslr import logs as logs_mod
+
     st = _stack(config, env_file, out)
-    args = ["logs", "--no-color", "--tail", str(tail)] + (["--follow"] if follow else []) + ([] if service == "all" else [service])
-    code = st.compose(args, capture=False).returncode
+    names = [] if service == "all" else [s.strip() for s in service.split(",") if s.strip()]
+    args = ["logs", "--no-color", "--timestamps", "--tail", str(tail)] + (["--since", logs_mod.check_since(since)] if since else [])
+    if follow:
+        code = st.compose(args + ["--follow", *names], capture=False).returncode
+    else:
+        proc = st.compose(args + names)
+        print("\n".join(logs_mod.merge(proc.stdout)))
+        sys.stderr.write(proc.stderr)
+        code = proc.returncode
     if code:
         raise Exit(code=code)
 

@@ -169,10 +169,14 @@ def test_logs_takes_the_service_positionally(project, tmp_path):
     env = {"CSLR_COMPOSE_BIN": str(fake)}
     out = inv("logs", "ray-cpu", "-n", "5", "--out", str(tmp_path / "_build"), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "argv").read_text().split()[-4:] == ["--no-color", "--tail", "5", "ray-cpu"]
-    out = inv("logs", "all", "-f", "--out", str(tmp_path / "_build"), cwd=tmp_path, env=env)
+    assert (tmp_path / "argv").read_text().split()[-6:] == ["logs", "--no-color", "--timestamps", "--tail", "5", "ray-cpu"]
+    out = inv("logs", "all", "-f", "--since", "10m", "--out", str(tmp_path / "_build"), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "argv").read_text().split()[-5:] == ["logs", "--no-color", "--tail", "200", "--follow"]
+    assert (tmp_path / "argv").read_text().split()[-8:] == ["logs", "--no-color", "--timestamps", "--tail", "200", "--since", "10m", "--follow"]
+    out = inv("logs", "ray-cpu,health", "--out", str(tmp_path / "_build"), cwd=tmp_path, env=env)
+    assert (tmp_path / "argv").read_text().split()[-2:] == ["ray-cpu", "health"]
+    out = inv("logs", "all", "--since", "yesterday", "--out", str(tmp_path / "_build"), cwd=tmp_path, env=env)
+    assert out.returncode == 2 and "expected a duration such as 10m" in out.stderr
     out = inv("logs", cwd=tmp_path, env=env)
     assert out.returncode != 0 and "did not receive required positional arguments: 'service'" in out.stderr
 
