@@ -1,7 +1,11 @@
 """`inv init`: write config.yaml (if absent) and `.env` with strong random secrets (mode 0600).
 
 Nothing is ever lost: an existing `.env` keeps every line (comments, overrides, secrets) except
-the ones a run must change, and is backed up first to `.env.bak-<UTC timestamp>` (0600). A
+the ones a run must change, and is backed up first to `.env.backups/.env.bak-<UTC timestamp>`
+(0600, in a 0700 folder beside `.env`). A backup holds the same secrets as `.env`, so it lives
+where neither git nor `inv submit` picks it up: the folder carries its own `.gitignore` (`*`, so
+git ignores it in any repository), the project's .gitignore ignores `.env*`, and `inv submit`
+never uploads `.env`, a `.env.bak-*` or this folder (cslr/jobs.py, `never_uploaded`). A
 missing or empty secret is added; existing secrets are replaced only by `rotate_secrets`, which
 refuses while a data volume of the stack still depends on the old values. config.yaml is written
 from the template only when absent, or with `reset_config` (after a backup).
@@ -47,12 +51,31 @@ def timestamp(clock: Callable[[], float] = time.time) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock()))
 
 
-def backup(path: Path, clock: Callable[[], float] = time.time) -> Path:
-    """Copy `path` to `<path>.bak-<UTC timestamp>` (0600, never overwriting an earlier backup)."""
+ENV_BACKUPS = ".env.backups"  # the folder of `.env`'s backups, beside it
+
+
+def backup_dir(env_path: Path) -> Path:
+    """The private folder of `env_path`'s backups (0700), with a `.gitignore` of `*`: git ignores
+    it in whatever repository it sits, without relying on that repository's .gitignore."""
+    folder = env_path.parent / ENV_BACKUPS
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.is_symlink() or not folder.is_dir():
+        raise PlatformError(f"{folder} is not a folder; {env_path} is unchanged (it is where its backups go)")
+    folder.chmod(0o700)
+    ignore = folder / ".gitignore"
+    if not ignore.is_file():
+        write_atomic(ignore, "# Backups of .env by `inv init`: they hold secrets. Never commit them.\n*\n", 0o600)
+    return folder
+
+
+def backup(path: Path, clock: Callable[[], float] = time.time, folder: Path | None = None) -> Path:
+    """Copy `path` to `<folder>/<name>.bak-<UTC timestamp>` (0600, never overwriting an earlier
+    backup); `folder` defaults to the file's own."""
     stem = f"{path.name}.bak-{timestamp(clock)}"
-    target, n = path.with_name(stem), 1
+    folder = path.parent if folder is None else folder
+    target, n = folder / stem, 1
     while target.exists():
-        target, n = path.with_name(f"{stem}-{n}"), n + 1
+        target, n = folder / f"{stem}-{n}", n + 1
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(path.read_bytes())
@@ -150,10 +173,10 @@ def init(
         env_path.chmod(0o600)
         done.append(f"kept {env_path} (every secret is set; --rotate-secrets replaces them)")
         return done
-    saved = backup(env_path, clock)
+    saved = backup(env_path, clock, backup_dir(env_path))
     write_atomic(env_path, set_values(text, changed), 0o600)
     verb = "replaced" if rotate_secrets else "added"
-    done.append(f"backed up {env_path} to {saved.name} (mode 0600)")
+    done.append(f"backed up {env_path} to {saved.parent.name}/{saved.name} (mode 0600; git-ignored, never uploaded by inv submit)")
     done.append(f"{verb} {', '.join(changed)} in {env_path} (mode 0600); every other line kept")
     if rotate_secrets:
         done.append("run `inv up` so that every container gets the new values (running ones keep the old ones)")

@@ -15,6 +15,11 @@ job/sdk.py, ray/_private/runtime_env/packaging.py):
 What is uploaded: in a git work tree, the files git would track (`git ls-files --cached
 --others --exclude-standard`: .gitignore honoured as Ray does), minus `.rayignore` patterns;
 elsewhere every file except `.git`, `.venv` and `__pycache__`. Ray's own size limit applies.
+Never, git or not: `.env`, its backups (`.env.bak-*`) and their folder `.env.backups/`, at any
+depth (`never_uploaded`). And before anything leaves the machine, every byte of every file to be
+uploaded is searched for every secret value (`secret_values`: the secrets of the config, from
+`.env` or the environment, and every other value of `.env` of SECRET_MIN characters or more);
+one found refuses the upload (exit 2), naming the file and the variable, never the value.
 
 The dashboard address: `dashboard_url` is the one place that decides it: the health service's
 dashboard proxy (`services.health.dashboard_port`), which relays to the elected head's
@@ -37,8 +42,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from . import textfile
+from .config import Config, display_path, env_fields, parse_dotenv
 from .errors import PlatformError
+from .init import ENV_BACKUPS
 
 PKG_PREFIX = "_ray_pkg_"
 MAX_PACKAGE = 500 * 1024 * 1024  # Ray's GCS limit is the gRPC message size (512 MiB by default)
@@ -46,8 +53,18 @@ ALWAYS_SKIP = {".git", ".venv", "__pycache__", "_build", "wheelhouse"}
 TERMINAL = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}  # the exit code of `inv submit --wait`
 
 
+SECRET_MIN = 8  # shorter values (a flag, a port, `off`) would match everywhere and are no secret
+SCAN_CHUNK = 1 << 20  # the secret scan reads files in blocks of this size (overlapping), never whole
+
+
 class JobError(PlatformError):
     exit_code = 1
+
+
+class SecretInUploadError(PlatformError):
+    """A file to be uploaded holds a secret of `.env`: nothing is uploaded."""
+
+    exit_code = 2
 
 
 # --------------------------------------------------------------------------- the address
@@ -118,7 +135,78 @@ def package_files(folder: Path, run: Callable[..., subprocess.CompletedProcess] 
             for name in filenames:
                 found.append((Path(dirpath) / name).relative_to(folder).as_posix())
     patterns = rayignore(folder)
-    return sorted(n for n in found if not any(p in ALWAYS_SKIP for p in n.split("/")[:-1]) and not _ignored(n, patterns))
+    return sorted(n for n in found if not any(p in ALWAYS_SKIP for p in n.split("/")[:-1]) and not never_uploaded(n) and not _ignored(n, patterns))
+
+
+def never_uploaded(rel: str) -> bool:
+    """`.env`, a backup of it (`.env.bak-*`, the name older `inv init`s gave them) or anything in
+    the backups folder `.env.backups/`, at any depth: never uploaded, git-ignored or not. Pure."""
+    parts = rel.split("/")
+    return parts[-1] == ".env" or parts[-1].startswith(".env.bak-") or ENV_BACKUPS in parts[:-1]
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def secret_values(cfg: Config) -> dict[str, str]:
+    """Variable name -> value of every secret a job upload must not carry: each secret setting
+    (`x-secret` in the schema) wherever it was set (`.env` or the environment), and every other
+    value of `.env` except the non-secret settings (addresses, paths, sizes: config, not secrets),
+    so a lab's own `HF_TOKEN=...` in `.env` counts too. Values shorter than SECRET_MIN are left out."""
+    fields = env_fields()
+    found = {f.env: cfg.get(*f.path) for f in fields if f.secret}
+    if cfg.env_path is not None and os.path.isfile(cfg.env_path):
+        settings = {f.env for f in fields if not f.secret}
+        dotenv = parse_dotenv(textfile.read_text(cfg.env_path, display_path(cfg.env_path)), display_path(cfg.env_path))
+        found.update({key: value for key, (value, _) in dotenv.items() if key not in settings and key not in found})
+    return {key: value for key, value in found.items() if isinstance(value, str) and len(value) >= SECRET_MIN}
+
+
+def find_secrets(folder: Path, files: Iterable[str], secrets: dict[str, str], chunk: int = SCAN_CHUNK) -> list[tuple[str, list[str]]]:
+    """(file, names of the secrets it holds) for each file under `folder` that holds one, byte for
+    byte (the UTF-8 of the value) anywhere in it. Every byte is read, in blocks of `chunk` bytes
+    that overlap by the longest secret less one, so a value across two blocks is found and memory
+    stays bounded whatever the file's size. Cost: one pass over the upload per secret (see
+    docs/security.md for the measured rate)."""
+    needles = {name: value.encode() for name, value in secrets.items() if value}
+    if not needles:
+        return []
+    keep = max(map(len, needles.values())) - 1
+    hits = []
+    for rel in files:
+        found: set[str] = set()
+        tail = b""
+        with open(folder / rel, "rb") as handle:
+            while len(found) < len(needles):
+                block = handle.read(chunk)
+                if not block:
+                    break
+                window = tail + block
+                found.update(name for name, needle in needles.items() if name not in found and needle in window)
+                tail = window[-keep:] if keep else b""
+        if found:
+            hits.append((rel, sorted(found)))
+    return hits
+
+
+def refusal(working_dir: Path, hits: list[tuple[str, list[str]]], secrets: dict[str, str], source: str) -> str:
+    """The message of a refused upload: the files and the variables, never a value (a value in a
+    file's name is masked too). Pure."""
+
+    def mask(text: str) -> str:
+        for value in sorted(secrets.values(), key=len, reverse=True):
+            text = text.replace(value, "***")
+        return text
+
+    shown = [f"  {mask(rel)}: the value of {', '.join(names)}" for rel, names in hits[:20]]
+    if len(hits) > 20:
+        shown.append(f"  ... and {len(hits) - 20} more file(s)")
+    return (
+        f"refusing to upload the working dir {mask(str(working_dir))}: {len(hits)} file(s) hold the value of a secret ({source}):\n"
+        + "\n".join(shown)
+        + "\nNothing was uploaded. Take the value out of the file (a job reads what it needs from its environment), "
+        "or keep the file out of the upload (.gitignore, .rayignore)."
+    )
 
 
 def build_package(folder: Path, files: Iterable[str]) -> tuple[str, bytes]:
@@ -327,8 +415,13 @@ def submit(
         raise JobError("nothing to run: give the command after `--`, e.g. inv submit -- python train.py")
     if not working_dir.is_dir():
         raise JobError(f"the working dir {working_dir} is not a folder")
-    client = client_for(cfg)
     files = package_files(working_dir, run)
+    secrets = secret_values(cfg)
+    hits = find_secrets(working_dir.resolve(), files, secrets)
+    if hits:
+        source = f"{display_path(cfg.env_path)} or the environment" if cfg.env_path else "the environment"
+        raise SecretInUploadError(refusal(working_dir, hits, secrets, source))
+    client = client_for(cfg)
     pkg, data = build_package(working_dir.resolve(), files)
     if len(data) > MAX_PACKAGE:
         raise JobError(f"the working dir {working_dir} packs to {len(data) / 2**20:.0f} MiB, over Ray's limit; add a .rayignore")

@@ -176,6 +176,12 @@ def _env(cfg: Config, pairs: Iterable[tuple[str, str]], secret_keys: Iterable[st
     return [e for e in out if e is not None]
 
 
+def telemetry_pairs(cfg: Config) -> list[tuple[str, str]]:
+    """The variables of `telemetry.enabled` (topology.TELEMETRY) that every container gets, as
+    the Compose project's generated overlay gives them."""
+    return list(topology.telemetry_env(bool(cfg.get("telemetry", "enabled"))).items())
+
+
 def _image(cfg: Config, env: dict[str, str], var: str) -> str:
     """The project's images from the registry; the bases (Postgres, Redis) as config names them."""
     ref = env[var]
@@ -217,7 +223,7 @@ def supporting(cfg: Config, name: str, var: str, env: dict[str, str], secret_key
         "ports": [{"name": port_name, "containerPort": number} for port_name, number in ports],
         "readinessProbe": probe(svc["healthcheck"], env),
         "volumeMounts": [{"name": "data", "mountPath": path} for _, path in mounts[:1]],
-        "env": _env(cfg, ((k, interpolate(str(v), env)) for k, v in (svc.get("environment") or {}).items()), secret_keys),
+        "env": _env(cfg, [*((k, interpolate(str(v), env)) for k, v in (svc.get("environment") or {}).items()), *telemetry_pairs(cfg)], secret_keys),
     }
     if name == "marimo":
         container["env"] = [
@@ -289,9 +295,9 @@ def _ray_pod(cfg: Config, kind: str, image: str, container_name: str, head: bool
     pairs = [
         ("RAY_AUTH_MODE", env["RAY_AUTH_MODE"]),
         ("RAY_AUTH_TOKEN", ""),
-        ("RAY_USAGE_STATS_ENABLED", "0"),
         ("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"]),
         ("REDIS_URL", ""),
+        *telemetry_pairs(cfg),
     ]
     container: dict[str, Any] = {
         "name": container_name,
@@ -319,7 +325,11 @@ def raycluster(cfg: Config, env: dict[str, str], secret_keys: list[str]) -> dict
         "workerGroupSpecs": [],
     }
     if autoscaling:
-        spec["autoscalerOptions"] = {"idleTimeoutSeconds": cfg.get("kubernetes", "autoscaling", "idle_timeout_seconds")}
+        # The autoscaler sidecar KubeRay adds is a Ray process too: the same telemetry variables.
+        spec["autoscalerOptions"] = {
+            "idleTimeoutSeconds": cfg.get("kubernetes", "autoscaling", "idle_timeout_seconds"),
+            "env": _env(cfg, telemetry_pairs(cfg), secret_keys),
+        }
     groups = [("cpu", "cpu_workers", "RAY_IMAGE")] + ([("gpu", "gpu_workers", "RAY_GPU_IMAGE")] if gpu_workers_requested(cfg) else [])
     for kind, key, var in groups:
         group = cfg.get("kubernetes", key)

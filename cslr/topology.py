@@ -63,6 +63,28 @@ SERVICES: tuple[Service, ...] = (
 OPTIONAL_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(s.profile for s in SERVICES if s.profile))
 
 
+# What the stack's software would send to its vendors, and the variable that stops it: (variable,
+# its value with `telemetry.enabled: false` (the default), its value with `true`; None: unset,
+# the software's own default). Every container of the stack gets `telemetry_env` (the Compose
+# project through a generated overlay, cslr/compose.py; the Kubernetes export, cslr/k8s.py).
+TELEMETRY: tuple[tuple[str, str, str | None], ...] = (
+    # MLflow >= 3.2, client and server: anonymous usage data (config.mlflow-telemetry.io) unless set.
+    ("MLFLOW_DISABLE_TELEMETRY", "true", None),
+    # The cross-tool opt-out (MLflow honours exactly `true`; others `1` or any value).
+    ("DO_NOT_TRACK", "true", None),
+    # Ray's usage stats (usage-stats.ray.io), on by default for `ray start`; only 0 and 1 are valid.
+    # scripts/ray_node.py also passes --disable-usage-stats unless this is 1.
+    ("RAY_USAGE_STATS_ENABLED", "0", "1"),
+    # marimo's update check (marimo.io/api/oss/latest-version) at start and in each session.
+    ("MARIMO_SKIP_UPDATE_CHECK", "1", None),
+)
+
+
+def telemetry_env(enabled: bool) -> dict[str, str]:
+    """The variables every container gets for the setting `telemetry.enabled`."""
+    return {name: value for name, off, on in TELEMETRY if (value := on if enabled else off) is not None}
+
+
 def service(name: str) -> Service:
     return next(s for s in SERVICES if s.name == name)
 

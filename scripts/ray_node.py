@@ -293,6 +293,7 @@ class Config:
     ports: Dict[str, Optional[int]] = field(default_factory=dict)
     temp_dir: str = "/tmp/ray"
     gcs_ft: bool = False
+    usage_stats: bool = False  # Ray's usage stats: only when RAY_USAGE_STATS_ENABLED says so (config `telemetry.enabled`)
     redis_address: str = "redis:6379"
     redis_password: str = ""
     cluster_name: str = ""
@@ -373,6 +374,7 @@ def load_config(environ: Mapping[str, str], resolve: Callable[[str], str] = None
         ports={name: env.port(name, None) for name in PORT_FLAGS},
         temp_dir=env.text("RAY_TEMP_DIR", "/tmp/ray"),
         gcs_ft=env.flag("RAY_GCS_FT"),
+        usage_stats=env.flag("RAY_USAGE_STATS_ENABLED"),
         redis_address=env.text("RAY_REDIS_ADDRESS", "redis:6379"),
         redis_password=env.raw("REDIS_PASSWORD"),
         cluster_name=env.text("RAY_CLUSTER_NAME"),
@@ -406,7 +408,12 @@ def _count(env: "cc.EnvReader", name: str) -> str:
 
 def build_ray_command(cfg: Config, decision: Decision) -> List[str]:
     """The ``ray start ... --block`` command line for this node's role."""
-    cmd = list(cfg.ray_bin) + ["start", "--block", "--disable-usage-stats", f"--node-ip-address={cfg.node_ip}", f"--temp-dir={cfg.temp_dir}"]
+    cmd = (
+        list(cfg.ray_bin)
+        + ["start", "--block"]
+        + ([] if cfg.usage_stats else ["--disable-usage-stats"])
+        + [f"--node-ip-address={cfg.node_ip}", f"--temp-dir={cfg.temp_dir}"]
+    )
     if decision.role == HEAD:
         cmd += [
             "--head",
@@ -439,9 +446,9 @@ def build_ray_command(cfg: Config, decision: Decision) -> List[str]:
 
 
 def ray_child_env(cfg: Config, environ: Mapping[str, str], role: str) -> Dict[str, str]:
-    """Environment for ``ray start``: usage stats off, GCS FT and token auth switched on/off."""
+    """Environment for ``ray start``: usage stats off (unless switched on), GCS FT and token auth switched on/off."""
     env = dict(environ)
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["RAY_USAGE_STATS_ENABLED"] = "1" if cfg.usage_stats else "0"  # Ray accepts only 0 and 1
     if cfg.gcs_ft:
         env["RAY_REDIS_ADDRESS"] = cfg.redis_address
         env["RAY_external_storage_namespace"] = cfg.cluster_name or "cslr"

@@ -60,7 +60,7 @@ def test_choose_overlays():
 def test_plan_uses_gpu_result_and_profiles(project):
     cfg = config.load(project("services:\n  marimo:\n    enabled: false\n"), environ={})
     p = compose.plan(cfg, TWO_GPUS)
-    assert [str(f) for f in p.files] == ["compose/compose.yaml", "overlays/gpu.yaml", "overlays/test-cluster.yaml"]
+    assert [str(f) for f in p.files] == ["compose/compose.yaml", "overlays/gpu.yaml", "overlays/test-cluster.yaml", "_build/telemetry.yaml"]
     assert p.profiles == ["redis", "mlflow", "marimo", "test"]  # every service defined in the merged file
     assert p.active_profiles == ["redis", "mlflow"]
     assert p.env["RAY_GPU_NUM_GPUS"] == "2"
@@ -83,6 +83,8 @@ def test_plan_uses_gpu_result_and_profiles(project):
         "overlays/gpu.yaml",
         "-f",
         "overlays/test-cluster.yaml",
+        "-f",
+        "_build/telemetry.yaml",
         "config",
     ]
 

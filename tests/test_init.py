@@ -9,7 +9,7 @@ import pytest
 
 from cslr import config
 from cslr.errors import PlatformError
-from cslr.init import SECRET_ENV, backup, init
+from cslr.init import ENV_BACKUPS, SECRET_ENV, backup, init
 
 
 def mode(path):
@@ -41,7 +41,9 @@ USER_ENV = "# my notes\nCSLR_GPU=off\nexport RAY_CPU_MEMORY=4g   # more memory\n
 
 
 def backups(tmp_path, name=".env"):
-    return sorted(p.name for p in tmp_path.glob(f"{name}.bak-*"))
+    """The backups of `name`: in the private folder `.env.backups/`, never beside the file."""
+    assert not list(tmp_path.glob(f"{name}.bak-*"))
+    return sorted(p.name for p in (tmp_path / ENV_BACKUPS).glob(f"{name}.bak-*"))
 
 
 def test_init_writes_config_and_private_env(tmp_path):
@@ -88,8 +90,9 @@ def test_missing_secrets_are_added_and_every_other_line_kept(tmp_path):
     assert all(len(env[k][0]) >= 40 for k in SECRET_ENV if k != "POSTGRES_PASSWORD")
     assert mode(tmp_path / ".env") == 0o600
     assert backups(tmp_path) == [".env.bak-20270115T080000Z"]
-    assert (tmp_path / ".env.bak-20270115T080000Z").read_text() == USER_ENV
-    assert mode(tmp_path / ".env.bak-20270115T080000Z") == 0o600
+    assert (tmp_path / ENV_BACKUPS / ".env.bak-20270115T080000Z").read_text() == USER_ENV
+    assert mode(tmp_path / ENV_BACKUPS / ".env.bak-20270115T080000Z") == 0o600
+    assert mode(tmp_path / ENV_BACKUPS) == 0o700
     assert done[-1].startswith("added " + ", ".join(k for k in SECRET_ENV if k != "POSTGRES_PASSWORD") + " in ")
 
 
@@ -130,7 +133,8 @@ def test_rotate_secrets_replaces_only_secrets_and_keeps_a_backup(tmp_path):
     assert text.endswith("# my override\nCSLR_GPU=off\n")
     assert text.splitlines()[:2] == before.splitlines()[:2]  # the header comment
     assert [c[3] for c in docker.calls] == ["mine_postgres-data", "mine_redis-data"]
-    assert (tmp_path / ".env.bak-20270115T080000Z").read_text() == before
+    assert backups(tmp_path) == [".env.bak-20270115T080000Z"]
+    assert (tmp_path / ENV_BACKUPS / ".env.bak-20270115T080000Z").read_text() == before
     assert any(line.startswith("replaced POSTGRES_PASSWORD") for line in done)
 
 

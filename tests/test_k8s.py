@@ -239,7 +239,7 @@ def test_token_auth_and_gcs_ft_come_from_the_secret(project, tmp_path):
     spec = rc["spec"]
     ref = {"secretKeyRef": {"name": "cslr-secrets", "key": "REDIS_PASSWORD"}}
     assert spec["gcsFaultToleranceOptions"] == {"redisAddress": "redis:6379", "redisPassword": {"valueFrom": ref}, "externalStorageNamespace": "cslr"}
-    assert spec["enableInTreeAutoscaling"] is True and spec["autoscalerOptions"] == {"idleTimeoutSeconds": 300}
+    assert spec["enableInTreeAutoscaling"] is True and spec["autoscalerOptions"]["idleTimeoutSeconds"] == 300
     groups = {g["groupName"]: (g["replicas"], g["minReplicas"], g["maxReplicas"]) for g in spec["workerGroupSpecs"]}
     assert groups == {"cpu": (1, 1, 8), "gpu": (0, 0, 2)}
     for template in _ray_pod_templates(rc):

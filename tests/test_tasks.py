@@ -63,11 +63,11 @@ def test_generate_is_deterministic_and_private(project, tmp_path):
     assert stat.S_IMODE(built.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "_build" / ".env").stat().st_mode) == 0o600
     assert (
-        f"equivalent: docker compose --env-file {tmp_path}/_build/.env --profile redis --profile mlflow --profile marimo --profile test -f compose/compose.yaml -f overlays/test-cluster.yaml config"
+        f"equivalent: docker compose --env-file {tmp_path}/_build/.env --profile redis --profile mlflow --profile marimo --profile test -f compose/compose.yaml -f overlays/test-cluster.yaml -f {tmp_path}/_build/telemetry.yaml config"
         in first.stdout
     )
-    assert "overlays: overlays/test-cluster.yaml" in first.stdout
-    assert sorted(p.name for p in (tmp_path / "_build").iterdir()) == [".env", "compose.yaml"]
+    assert "overlays: overlays/test-cluster.yaml, _build/telemetry.yaml" in first.stdout
+    assert sorted(p.name for p in (tmp_path / "_build").iterdir()) == [".env", "compose.yaml", "telemetry.yaml"]
 
 
 def test_generate_writes_nothing_on_invalid_config(project, tmp_path):
@@ -85,7 +85,7 @@ def test_generate_keeps_old_output_when_compose_refuses(project, tmp_path):
     out = inv("generate", "--out", str(tmp_path / "_build"), cwd=tmp_path, env={"CSLR_COMPOSE_BIN": "/bin/false"})
     assert out.returncode == 1 and "docker compose config refused the project" in out.stderr
     assert (tmp_path / "_build" / "compose.yaml").read_bytes() == before
-    assert sorted(p.name for p in (tmp_path / "_build").iterdir()) == [".env", "compose.yaml"]
+    assert sorted(p.name for p in (tmp_path / "_build").iterdir()) == [".env", "compose.yaml", "telemetry.yaml"]
 
 
 def test_gpu_detected_by_fake_nvidia_smi_adds_the_overlay(project, tmp_path):

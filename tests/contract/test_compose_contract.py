@@ -143,8 +143,10 @@ def test_hand_run_with_the_generated_env_file_matches(project, tmp_path):
     plan = compose.plan(cfg, ONE_GPU)
     written = compose.generate(plan, tmp_path / "_build")
     cmd = plan.command(["config"], env_file=tmp_path / "_build" / ".env", binary=[compose.compose_binary()])
+    # The generated overlays (telemetry.yaml) are in this test's build dir, not the repository's _build/.
+    cmd = [str(tmp_path / a) if a.startswith("_build/") else a for a in cmd]
     by_hand = subprocess.run(cmd, cwd=config.ROOT, capture_output=True, text=True, env=compose.subprocess_env(), check=True).stdout
-    generated = written[1].read_text().split("\n", 1)[1]
+    generated = written[-1].read_text().split("\n", 1)[1]
     assert yaml.safe_load(by_hand) == yaml.safe_load(generated)
 
 

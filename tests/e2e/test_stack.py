@@ -7,6 +7,7 @@ with the product's own command, dumps `ps` and logs when anything fails, and alw
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -170,6 +171,49 @@ def test_no_secret_is_in_any_process_command_line(inv):
     assert "marimo edit" in cmdlines and "redis-server" in cmdlines and "ray_node.py" in cmdlines  # the stack is there
     leaked = sorted(name for name, value in secrets.items() if value in cmdlines)
     assert leaked == [], f"in argv: {leaked}"
+
+
+# Would this environment let the software report? The opt-outs each vendor reads (cslr/topology.py TELEMETRY).
+def reports(env: dict[str, str]) -> list[str]:
+    found = []
+    if env.get("MLFLOW_DISABLE_TELEMETRY", "").lower() not in ("true", "1") and env.get("DO_NOT_TRACK", "").lower() != "true":
+        found.append("MLflow telemetry (neither MLFLOW_DISABLE_TELEMETRY nor DO_NOT_TRACK=true)")
+    if env.get("RAY_USAGE_STATS_ENABLED") != "0":
+        found.append(f"Ray usage stats (RAY_USAGE_STATS_ENABLED={env.get('RAY_USAGE_STATS_ENABLED')!r})")
+    if env.get("MARIMO_SKIP_UPDATE_CHECK") != "1":
+        found.append("marimo update check (MARIMO_SKIP_UPDATE_CHECK is not 1)")
+    return found
+
+
+def test_no_running_container_would_report_usage_data(inv):
+    ids = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(ids) >= 7, ids  # health, ray-cpu, ray-gpu, redis, postgres, mlflow, marimo
+    inspected = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout)
+    would = {}
+    for container in inspected:
+        env = dict(item.split("=", 1) for item in container["Config"]["Env"] or [] if "=" in item)
+        name = container["Config"]["Labels"]["com.docker.compose.service"]
+        if reports(env):
+            would[name] = reports(env)
+    assert would == {}, would
+    # MLflow's own verdict, in the server's container and a Ray node's (where jobs log runs); and
+    # the control: without the variables the same MLflow would report, so the check can fail.
+    probe = "from mlflow.telemetry.utils import is_telemetry_disabled as d; print(d())"
+    for service in ("mlflow", "ray-cpu", "marimo"):
+        verdict = subprocess.run(
+            [*compose_cmd(inv.workdir / "_build"), "exec", "-T", service, "python3", "-c", probe], capture_output=True, text=True, timeout=120
+        )
+        assert verdict.stdout.split()[-1:] == ["True"], (service, verdict.stdout, verdict.stderr)
+    bare = subprocess.run(
+        [*compose_cmd(inv.workdir / "_build"), "exec", "-T", "mlflow", "env", "-u", "MLFLOW_DISABLE_TELEMETRY", "-u", "DO_NOT_TRACK", "python3", "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+    )
+    assert bare.stdout.split()[-1:] == ["False"], (bare.stdout, bare.stderr)
 
 
 def mlflow_call(method: str, path: str, **kw) -> dict:
