@@ -16,7 +16,7 @@ What is uploaded: in a git work tree, the files git would track (`git ls-files -
 --others --exclude-standard`: .gitignore honoured as Ray does), minus `.rayignore` patterns;
 elsewhere every file except `.git`, `.venv` and `__pycache__`. Ray's own size limit applies.
 Never, git or not: `.env`, its backups (`.env.bak-*`) and their folder `.env.backups/`, at any
-depth (`never_uploaded`). And before anything leaves the machine, every byte of every file to be
+depth, and `inv backup`'s archives in `backups/` (`never_uploaded`). And before anything leaves the machine, every byte of every file to be
 uploaded is searched for every secret value (`secret_values`: the secrets of the config, from
 `.env` or the environment, and every other value of `.env` of SECRET_MIN characters or more);
 one found refuses the upload (exit 2), naming the file and the variable, never the value.
@@ -140,9 +140,13 @@ def package_files(folder: Path, run: Callable[..., subprocess.CompletedProcess] 
 
 def never_uploaded(rel: str) -> bool:
     """`.env`, a backup of it (`.env.bak-*`, the name older `inv init`s gave them) or anything in
-    the backups folder `.env.backups/`, at any depth: never uploaded, git-ignored or not. Pure."""
+    the backups folder `.env.backups/`, at any depth, and the archives of `inv backup` in
+    `backups/`: never uploaded, git-ignored or not. Pure."""
     parts = rel.split("/")
-    return parts[-1] == ".env" or parts[-1].startswith(".env.bak-") or ENV_BACKUPS in parts[:-1]
+    if parts[-1] == ".env" or parts[-1].startswith(".env.bak-") or ENV_BACKUPS in parts[:-1]:
+        return True
+    # `inv backup` archives (backups/cslr-*.tar, pre-upgrade dumps): the lab's whole database.
+    return parts[0] == "backups" and len(parts) > 1 and parts[-1].startswith("cslr-") and parts[-1].endswith((".tar", ".tar.part", ".pgdump"))
 
 
 # --------------------------------------------------------------------------- secrets

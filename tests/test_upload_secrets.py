@@ -159,3 +159,12 @@ def test_inv_submit_exits_2_naming_the_file_not_the_value(project, tmp_path):
     assert out.returncode == 2, out.stderr
     assert "train.py: the value of RAY_AUTH_TOKEN" in out.stderr
     assert "tok-0123456789abcdef" not in out.stderr + out.stdout and "Traceback" not in out.stderr
+
+
+def test_backup_archives_are_never_uploaded():
+    from cslr import jobs
+
+    for rel in ("backups/cslr-cslr-20261206T000000Z.tar", "backups/cslr-cslr-pre-mlflow-upgrade-20261206T000000Z.pgdump", "backups/cslr-x.tar.part"):
+        assert jobs.never_uploaded(rel), rel
+    for rel in ("backups/notes.md", "data/backups/cslr-x.tar", "cslr-x.tar"):
+        assert not jobs.never_uploaded(rel), rel
