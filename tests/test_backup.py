@@ -86,3 +86,17 @@ def test_notebooks_are_never_overwritten(tmp_path):
     (busy / "start.py").write_text("print('mine, newer')\n")
     beside = backup._restore_notebooks(tgz, busy)
     assert beside != busy and beside.name.startswith("busy.restored-") and (busy / "start.py").read_text() == "print('mine, newer')\n"
+
+
+def test_notebook_archives_cannot_write_outside_the_folder(tmp_path):
+    import io
+
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        data = b"x"
+        info = tarfile.TarInfo("../escaped.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(backup.BackupError, match="outside the folder"):
+        backup._restore_notebooks(evil, tmp_path / "nb")
+    assert not (tmp_path / "escaped.py").exists()
