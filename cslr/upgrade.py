@@ -141,6 +141,9 @@ def _inspect(stack: Stack, args: list[str]) -> str:
 
 def _check_and_migrate(stack: Stack, backup_dir: Path, now: Callable[[], dt.datetime]) -> list[str]:
     stack.compose(["up", "-d", "--no-deps", "--wait", "postgres"], check=True, timeout=300)
+    # A one-off container of the mlflow service takes its static address: a running mlflow
+    # (the old image, or this one) is stopped first; `up` starts it again right after.
+    stack.compose(["stop", "mlflow"], check=True, timeout=120)
     proc = stack.compose(["run", "--rm", "--no-deps", "-T", "--entrypoint", "python3", "mlflow", "-c", SCHEMA_SNIPPET], timeout=300)
     try:
         answer = json.loads((proc.stdout or "").strip().splitlines()[-1])
