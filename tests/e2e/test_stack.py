@@ -205,6 +205,8 @@ def test_every_container_runs_unprivileged_with_limits(inv):
         assert host["CapDrop"] == ["ALL"], (name, host["CapDrop"])
         assert "no-new-privileges:true" in (host["SecurityOpt"] or []), (name, host["SecurityOpt"])
         assert host["Memory"] > 0, name
+        # The limits leave room: no service was killed for memory or restarted by the engine.
+        assert not doc["State"]["OOMKilled"] and doc["RestartCount"] == 0, (name, doc["State"], doc["RestartCount"])
         assert host["LogConfig"]["Type"] == "json-file" and host["LogConfig"]["Config"].get("max-size"), (name, host["LogConfig"])
     # Every process of every service (below docker-init) is not root, holds no capability and
     # cannot gain one: no setuid binary (sudo) can raise it.
