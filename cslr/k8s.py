@@ -207,6 +207,14 @@ def _mounts(svc: dict) -> list[tuple[str, str]]:
     return out
 
 
+def container_security(cap_add: Iterable[str] = ()) -> dict:
+    """A container's securityContext: no privilege escalation, every capability dropped but `cap_add`."""
+    capabilities: dict[str, list[str]] = {"drop": ["ALL"]}
+    if cap_add:
+        capabilities["add"] = list(cap_add)
+    return {"allowPrivilegeEscalation": False, "capabilities": capabilities}
+
+
 def supporting(cfg: Config, name: str, var: str, env: dict[str, str], secret_keys: list[str]) -> list[dict]:
     """PersistentVolumeClaim, Deployment and Service of one supporting service."""
     svc = compose_services()[name]
@@ -235,13 +243,18 @@ def supporting(cfg: Config, name: str, var: str, env: dict[str, str], secret_key
         container["command"] = [interpolate(str(c), env) for c in (command if isinstance(command, list) else ["sh", "-c", command])]
     if "working_dir" in svc:
         container["workingDir"] = svc["working_dir"]
+    memory = quantity(cfg.get(*topology.service(name).memory))
+    container["resources"] = {"limits": {"memory": memory}, "requests": {"memory": memory}}
+    # What compose.yaml grants the container: only its cap_add capabilities, no privilege
+    # escalation (no_new_privs, as Compose's no-new-privileges).
+    container["securityContext"] = container_security(svc.get("cap_add") or [])
     pod_security: dict[str, Any] = {}
     if "user" in svc:
         # A pod has no host user to match: the compose file's default (the image's uid 1000), not
         # the CSLR_UID of whoever exports; fsGroup lets that user write its claim.
         host_free = {k: v for k, v in env.items() if k not in hostdirs.USER_VARS}
         uid, _, gid = interpolate(str(svc["user"]), host_free).partition(":")
-        container["securityContext"] = {"runAsUser": int(uid), "runAsGroup": int(gid or uid)}
+        container["securityContext"].update(runAsUser=int(uid), runAsGroup=int(gid or uid))
         if int(uid) != 0:
             pod_security = {"fsGroup": int(gid or uid)}
     pod_labels = labels(cfg, name)
@@ -304,6 +317,7 @@ def _ray_pod(cfg: Config, kind: str, image: str, container_name: str, head: bool
         "image": image,
         "env": _env(cfg, pairs, secret_keys),
         "resources": resources,
+        "securityContext": container_security(),  # Ray runs as the image's user: it needs no capability
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
     }
     if head:

@@ -33,6 +33,7 @@ class Service:
     profile: str | None  # the Compose profile that switches it on (None: always on)
     enabled: tuple | None  # config path of its on/off switch
     ports: tuple[Port, ...]
+    memory: tuple  # config path of its memory limit (Compose `mem_limit`)
     gpu_node: bool = False  # runs only when the GPU node does (overlays/gpu.yaml)
 
 
@@ -50,13 +51,14 @@ SERVICES: tuple[Service, ...] = (
             Port("ray-client-proxy", ("services", "health", "ray_client_port"), RAY_CONTAINER_PORTS["client"]),
             Port("ray-dashboard-proxy", ("services", "health", "dashboard_port"), RAY_CONTAINER_PORTS["dashboard"]),
         ),
+        ("services", "health", "memory"),
     ),
-    Service("ray-cpu", None, None, _ray("cpu")),
-    Service("ray-gpu", None, None, _ray("gpu"), gpu_node=True),
-    Service("redis", "redis", ("services", "redis", "enabled"), (Port("redis", ("services", "redis", "port"), 6379),)),
-    Service("mlflow", "mlflow", ("services", "mlflow", "enabled"), (Port("http", ("services", "mlflow", "port"), 5000),)),
-    Service("postgres", "mlflow", ("services", "mlflow", "enabled"), ()),
-    Service("marimo", "marimo", ("services", "marimo", "enabled"), (Port("http", ("services", "marimo", "port"), 8080),)),
+    Service("ray-cpu", None, None, _ray("cpu"), ("ray", "cpu", "memory")),
+    Service("ray-gpu", None, None, _ray("gpu"), ("ray", "gpu", "memory"), gpu_node=True),
+    Service("redis", "redis", ("services", "redis", "enabled"), (Port("redis", ("services", "redis", "port"), 6379),), ("services", "redis", "memory")),
+    Service("mlflow", "mlflow", ("services", "mlflow", "enabled"), (Port("http", ("services", "mlflow", "port"), 5000),), ("services", "mlflow", "memory")),
+    Service("postgres", "mlflow", ("services", "mlflow", "enabled"), (), ("services", "postgres", "memory")),
+    Service("marimo", "marimo", ("services", "marimo", "enabled"), (Port("http", ("services", "marimo", "port"), 8080),), ("services", "marimo", "memory")),
 )
 
 # The optional services, each a Compose profile of the same name, in the order above.

@@ -277,9 +277,34 @@ def test_marimo_pod_runs_as_the_images_user_not_the_exporting_host_user(project,
     monkeypatch.setenv("CSLR_GID", "8765")
     _cfg, out, _ = export(project, tmp_path, CASES["cpu-only"])
     spec = next(d for d in objects(out)["marimo.yaml"] if d["kind"] == "Deployment")["spec"]["template"]["spec"]
-    assert spec["containers"][0]["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000}
+    security = spec["containers"][0]["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"]) == (1000, 1000)
     assert spec["securityContext"] == {"fsGroup": 1000}
     assert "4321" not in (out / "marimo.yaml").read_text()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_container_is_unprivileged_and_memory_limited(project, tmp_path, case):
+    # As on Compose: no privilege escalation (no_new_privs: the Ray image's sudo is inert), every
+    # capability dropped but what the compose file's cap_add grants a root prelude, a memory limit.
+    cap_add = {name: svc.get("cap_add") for name, svc in k8s.compose_services().items()}
+    _cfg, out, _ = export(project, tmp_path, CASES[case])
+    containers = []
+    for name, docs in objects(out).items():
+        for doc in docs:
+            spec = doc.get("spec", {})
+            templates = [spec["template"]] if doc["kind"] == "Deployment" else []
+            if doc["kind"] == "RayCluster":
+                templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])]
+            containers += [(name, c) for tpl in templates for c in tpl["spec"]["containers"]]
+    assert len(containers) >= 5, [n for n, _ in containers]
+    for name, container in containers:
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False, name
+        assert security["capabilities"]["drop"] == ["ALL"], name
+        service = name.removesuffix(".yaml")
+        assert security["capabilities"].get("add") == (cap_add.get(service) if service != "raycluster" else None), name
+        assert container["resources"]["limits"]["memory"], name
 
 
 def test_secret_holds_the_env_values_and_is_private(project, tmp_path):

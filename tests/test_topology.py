@@ -36,6 +36,11 @@ def test_compose_profiles_are_the_topologys(svc):
     assert compose_service(svc.name).get("profiles") == ([svc.profile] if svc.profile else None)
 
 
+@pytest.mark.parametrize("svc", topology.SERVICES, ids=lambda s: s.name)
+def test_compose_memory_limit_is_the_topologys_setting(svc):
+    assert compose_service(svc.name)["mem_limit"] == f"${{{topology.env_name(svc.memory)}:-{_default(svc.memory)}}}"
+
+
 def test_every_compose_service_is_in_the_topology():
     names = {s.name for s in topology.SERVICES}
     assert set(BASE["services"]) | set(GPU["services"]) == names

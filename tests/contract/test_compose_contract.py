@@ -176,3 +176,60 @@ def test_multihost_projects_are_valid_compose(host, services, project, tmp_path,
     gpu_env = doc["services"]["ray-gpu"]["environment"]
     assert (gpu_env["RAY_HEAD_PORT"], gpu_env["NODE_AGENT_PORT"], gpu_env["RAY_MIN_WORKER_PORT"]) == ("6380", "7380", "21100")
     assert not list((tmp_path / "_build").iterdir())
+
+
+# What each service may do (docs/security.md, "Which user each container runs as"): the caps each
+# root prelude needs, nothing for the rest.
+CAP_ADD = {
+    "ray-cpu": ["CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID"],
+    "ray-gpu": ["CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID"],
+    "redis": ["CHOWN", "DAC_READ_SEARCH", "SETUID", "SETGID"],
+    "postgres": ["CHOWN", "DAC_READ_SEARCH", "FOWNER", "SETUID", "SETGID"],
+    "mlflow": ["CHOWN", "SETUID", "SETGID"],
+}
+
+
+def _hardening_holds(doc):
+    for name, svc in doc["services"].items():
+        assert svc.get("cap_drop") == ["ALL"], f"{name}: cap_drop {svc.get('cap_drop')}"
+        assert sorted(svc.get("cap_add", [])) == sorted(CAP_ADD.get(name, [])), f"{name}: cap_add {svc.get('cap_add')}"
+        assert "no-new-privileges:true" in svc.get("security_opt", []), f"{name}: {svc.get('security_opt')}"
+        assert int(svc.get("mem_limit") or 0) > 0, f"{name} has no memory limit"
+        logging = svc.get("logging") or {}
+        assert logging.get("driver") == "json-file" and logging.get("options", {}).get("max-size") and logging["options"].get("max-file"), name
+        assert not svc.get("privileged"), name
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_service_drops_capabilities_privileges_and_has_limits(name, project, tmp_path):
+    text, gpu, test_cluster = VARIANTS[name]
+    _, doc = render(project, text, gpu, test_cluster, tmp_path)
+    _hardening_holds(doc)
+    assert {"health", "ray-cpu", "redis", "postgres", "mlflow", "marimo"} <= set(doc["services"])
+
+
+@pytest.mark.parametrize("host", ["host-a", "host-b"])
+def test_multihost_services_keep_the_hardening(host, project, tmp_path):
+    cfg = config.load(project(MULTIHOST), environ={})
+    _, merged = compose.render(compose.plan(cfg, NO_GPU, host=host), tmp_path / "_build")
+    _hardening_holds(yaml.safe_load(merged))
+
+
+def test_the_ray_nodes_drop_for_good_and_mlflow_is_not_root(project, tmp_path):
+    _, doc = render(project, "{}\n", ONE_GPU, False, tmp_path)
+    for node in ("ray-cpu", "ray-gpu"):
+        script = doc["services"][node]["command"][-1]
+        # The drop itself sets no_new_privs: a task cannot sudo back to root even where the
+        # engine ignored security_opt.
+        assert "exec setpriv --reuid=" in script and "--no-new-privs" in script.split("exec setpriv", 1)[1], script
+    mlflow = doc["services"]["mlflow"]
+    uid, _, gid = mlflow["environment"]["MLFLOW_RUN_AS"].partition(":")
+    assert int(uid) != 0 and int(gid) != 0
+    assert "os.setuid(u)" in mlflow["command"][2] and mlflow["command"][4:6] == ["mlflow", "server"]
+
+
+def test_service_memory_limits_are_settings(project, tmp_path):
+    text = "services:\n  health: {memory: 300m}\n  redis: {memory: 700m}\n  postgres: {memory: 600m}\n  mlflow: {memory: 3g}\n  marimo: {memory: 5g}\n"
+    _, doc = render(project, text, NO_GPU, False, tmp_path)
+    limits = {name: int(doc["services"][name]["mem_limit"]) for name in ("health", "redis", "postgres", "mlflow", "marimo")}
+    assert limits == {"health": 300 * 1024**2, "redis": 700 * 1024**2, "postgres": 600 * 1024**2, "mlflow": 3 * 1024**3, "marimo": 5 * 1024**3}

@@ -16,7 +16,7 @@ import uuid
 import pytest
 import requests
 
-from tests.e2e.conftest import E2E_USER, clean_env, compose_cmd
+from tests.e2e.conftest import E2E_USER, clean_env, compose_cmd, invoking_uid
 
 MLFLOW = "http://127.0.0.1:15000"
 PROJECT = "cslr-e2e"
@@ -214,6 +214,86 @@ def test_no_running_container_would_report_usage_data(inv):
         env=clean_env(),
     )
     assert bare.stdout.split()[-1:] == ["False"], (bare.stdout, bare.stderr)
+
+
+def containers(inv) -> dict[str, dict]:
+    """`docker inspect` of each running container of the stack, by service."""
+    ids = subprocess.run(compose_cmd(inv.workdir / "_build") + ["ps", "-q"], capture_output=True, text=True, check=True, env=clean_env()).stdout.split()
+    docs = __import__("json").loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout)
+    return {d["Config"]["Labels"]["com.docker.compose.service"]: d for d in docs}
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as handle:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in handle if ":\t" in line)
+
+
+def service_processes(init_pid: int) -> list[tuple[int, dict[str, str]]]:
+    """(host pid, /proc status) of every process under a container's PID 1 (docker-init): the
+    service itself, not what `docker exec` (a healthcheck, say) started beside it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(proc_status(int(entry))["PPid"]), []).append(int(entry))
+            except (OSError, KeyError, ValueError):
+                pass  # gone meanwhile
+    out, todo = [], list(children.get(init_pid, []))
+    while todo:
+        pid = todo.pop()
+        try:
+            out.append((pid, proc_status(pid)))
+        except OSError:
+            continue
+        todo += children.get(pid, [])
+    return out
+
+
+def test_every_container_runs_unprivileged_with_limits(inv):
+    # What the engine applied, not only what the file says: no capability but cap_add's, no
+    # new privileges, a memory limit and rotated logs on every container of the stack.
+    found = containers(inv)
+    assert set(found) == {"health", "ray-cpu", "ray-gpu", "redis", "postgres", "mlflow", "marimo"}
+    for name, doc in found.items():
+        host = doc["HostConfig"]
+        assert host["CapDrop"] == ["ALL"], (name, host["CapDrop"])
+        assert "no-new-privileges:true" in (host["SecurityOpt"] or []), (name, host["SecurityOpt"])
+        assert host["Memory"] > 0, name
+        # The limits leave room: no service was killed for memory or restarted by the engine.
+        assert not doc["State"]["OOMKilled"] and doc["RestartCount"] == 0, (name, doc["State"], doc["RestartCount"])
+        assert host["LogConfig"]["Type"] == "json-file" and host["LogConfig"]["Config"].get("max-size"), (name, host["LogConfig"])
+    # Every process of every service (below docker-init) is not root, holds no capability and
+    # cannot gain one: no setuid binary (sudo) can raise it.
+    ray_uid = str(invoking_uid(inv))
+    for name, doc in found.items():
+        procs = service_processes(doc["State"]["Pid"])
+        assert procs, f"{name}: no process under docker-init"
+        for pid, status in procs:
+            what = f"{name}: pid {pid} {status.get('Name')}"
+            assert "0" not in status["Uid"].split() and "0" not in status["Gid"].split(), (what, status["Uid"], status["Gid"])
+            assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0, (what, status["CapEff"])
+            assert status["NoNewPrivs"] == "1", what
+            if name.startswith("ray-"):
+                assert status["Uid"].split()[0] == ray_uid, (what, status["Uid"])  # the user who ran `inv`
+            if name == "mlflow":
+                assert status["Uid"].split()[0] == "10001", (what, status["Uid"])
+
+
+def test_the_ray_images_passwordless_sudo_is_inert(inv):
+    compose = compose_cmd(inv.workdir / "_build")
+    env = dict(line.split("=", 1) for line in (inv.workdir / "_build" / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    image = env["RAY_IMAGE"].strip("'")
+    # The control: the image's user 1000 (`ray`) has passwordless sudo, as in the official image.
+    control = subprocess.run(["docker", "run", "--rm", "--user", "1000", "--entrypoint", "sudo", image, "-n", "true"], capture_output=True, text=True)
+    assert control.returncode == 0, control.stderr
+    # In the stack it is inert: health runs as that user; a Ray node's processes and anything
+    # exec'd into them (as that user too) cannot become root.
+    for cmd in (["exec", "-T", "health", "sudo", "-n", "true"], ["exec", "-T", "--user", "1000:100", "ray-cpu", "sudo", "-n", "id"]):
+        proc = subprocess.run(compose + cmd, capture_output=True, text=True, env=clean_env())
+        assert proc.returncode != 0 and "uid=0" not in proc.stdout, (cmd, proc.stdout, proc.stderr)
+    top = subprocess.run(["docker", "top", containers(inv)["mlflow"]["Id"], "-eo", "pid,uid,args"], capture_output=True, text=True, check=True).stdout
+    server = [line.split(None, 2) for line in top.splitlines()[1:] if "mlflow" in line and "docker-init" not in line]
+    assert server and all(uid != "0" for _, uid, _ in server), top  # docker top (ps) agrees
 
 
 def mlflow_call(method: str, path: str, **kw) -> dict:
