@@ -269,12 +269,13 @@ def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pul
         "timeout": "seconds to wait for every service to become healthy",
         "build": "rebuild the project's images even when their tags exist",
         "show_secrets": "print the Marimo and Ray dashboard tokens in full in the table",
+        "firewall_elsewhere": "multi-host: start although the rules of `inv firewall` are not loaded, because another firewall admits only the other hosts (printed as a warning)",
     }
 )
-def up(c, config=CONFIG, env_file=None, out=OUT, timeout=600, build=False, host=None, show_secrets=False):
+def up(c, config=CONFIG, env_file=None, out=OUT, timeout=600, build=False, host=None, show_secrets=False, firewall_elsewhere=False):
     """Generate, preflight, make the images present, start the stack and wait until it is healthy."""
     st = _stack(config, env_file, out, generate_first=True, host=host, probe_pull=True)
-    rows = lifecycle.bring_up(st, lifecycle.UpOptions(timeout=float(timeout), build=build))
+    rows = lifecycle.bring_up(st, lifecycle.UpOptions(timeout=float(timeout), build=build, firewall_elsewhere=firewall_elsewhere))
     print(st.table(rows, show_secrets=show_secrets))
 
 
@@ -399,15 +400,23 @@ def test_cluster(c, config=CONFIG, env_file=None, out=OUT):
         raise Exit("test-cluster failed", code=code)
 
 
-@cli(help={"remove": "print the commands that remove the rules instead"})
-def firewall(c, config=CONFIG, env_file=None, host=None, remove=False):
+@cli(
+    help={
+        "remove": "print the commands that remove the rules (and the --persist unit) instead",
+        "persist": "print a script that installs the rules as a systemd unit applied at every boot, before Docker, and applies them now",
+    }
+)
+def firewall(c, config=CONFIG, env_file=None, host=None, remove=False, persist=False):
     """Print the iptables script (DOCKER-USER and INPUT) that admits only the other hosts; pipe it to `sudo sh`."""
     from cslr import multihost
 
+    if remove and persist:
+        raise Exit("give one of --remove and --persist", code=2)
     if remove:
         print(multihost.firewall_removal())
         return
-    print(multihost.firewall_rules(_loaded(config, env_file).cfg, host))
+    cfg = _loaded(config, env_file).cfg
+    print(multihost.firewall_persist(cfg, host) if persist else multihost.firewall_rules(cfg, host))
 
 
 # ----------------------------------------------------------------------------- Ray jobs

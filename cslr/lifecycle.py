@@ -1,6 +1,7 @@
 """`inv up` as an ordered list of phases, each a small step with one job.
 
-    1. preflight (no impact yet): engine, Compose, ports, subnet, NVIDIA runtime
+    1. preflight (no impact yet): engine, Compose, ports, subnet, NVIDIA runtime; multi-host:
+       the rules of `inv firewall` are loaded (or `--firewall-elsewhere` says so, loudly)
     2. images: resolve images.source, then pull or build the bases, build the project's images
     3. Ray versions: every Ray image and the notebook carry ray.version; upgrades: a Postgres
        volume of another major version is refused, MLflow's schema is migrated once when a newer
@@ -31,6 +32,7 @@ from .stack import Stack, StackError
 class UpOptions:
     timeout: float = 600.0
     build: bool = False
+    firewall_elsewhere: bool = False  # multi-host: do not check for the rules of `inv firewall`
 
 
 def check_preflight(stack: Stack, run=subprocess.run, routes: Callable[[], list] = preflight.host_routes) -> list[str]:
@@ -104,7 +106,10 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
     """Phases 1–4 on a generated project. Raises StackError / PlatformError."""
     options = options or UpOptions()
     stack.out(f"compose: {compose.compose_binary()}")
-    fail(check_preflight(stack, stack.run))
+    firewall, notes = preflight.firewall_check(stack.cfg, stack.env().get("HOST_NAME"), options.firewall_elsewhere)
+    for line in notes:
+        stack.out(line)
+    fail(check_preflight(stack, stack.run) + firewall)
     source = stack.env().get("CSLR_IMAGE_SOURCE", "pull")
     stack.out(f"images: {source} bases")
     fail(base_ray_findings(stack, stack.run))

@@ -216,8 +216,19 @@ def problems(cfg: Config) -> Iterable[Problem]:
             yield p(("hosts", owners[1], "services"), f"lists {svc!r}, which hosts[{owners[0]}] already runs; expected one host per service")
         if any(h.get("services") for h in hosts) and cfg.get("services", svc, "enabled") and not owners and svc != "marimo":
             yield p(("hosts",), f"no host lists {svc!r} although services.{svc}.enabled is true; add it to one host's services")
+    bind = str(cfg.get("network", "bind_address"))
+    try:
+        addr = ipaddress.ip_address(bind)
+    except ValueError:
+        addr = None  # check_network reported it
+    if addr is not None and addr.version == 6:
+        yield p(
+            ("network", "bind_address"),
+            f"found {bind!r}, an IPv6 address, on a multi-host config; expected an IPv4 address (0.0.0.0 or this host's address): "
+            "`inv firewall` filters IPv4 only (iptables), so ports published on IPv6 would be open to every machine that reaches the host",
+        )
     remote_users = len(hosts) > 1 and any(services_host(cfg, s) for s in ("redis", "mlflow"))
-    if remote_users and cfg.get("network", "bind_address") in ("127.0.0.1", "::1"):
+    if remote_users and addr is not None and addr.version == 4 and addr.is_loopback:
         yield p(
             ("network", "bind_address"),
             "found loopback with several hosts: the other hosts cannot reach MLflow and Redis on the services host; "
@@ -303,63 +314,213 @@ def firewall_plan(cfg: Config, host_name: str | None) -> FirewallPlan:
     return FirewallPlan(host, peers, cfg.get("network", "subnet"), published, host_network)
 
 
-def firewall_rules(cfg: Config, host_name: str | None, chain: str = FIREWALL_CHAIN) -> str:
-    """A shell script of iptables commands: only the other hosts reach what this host serves.
+def firewall_ruleset(cfg: Config, host_name: str | None, chain: str = FIREWALL_CHAIN) -> list[str]:
+    """The two chains of `inv firewall` in iptables-restore form (no markers, no jumps).
 
-    Idempotent: it refills two chains of its own (`chain`, jumped to from DOCKER-USER, and
-    `chain`-INPUT, jumped to from INPUT) and adds each jump only if it is missing.
+    `chain` (jumped to from DOCKER-USER) sees every packet Docker forwards: it returns the
+    trusted sources, then drops what is addressed to the stack's subnet (DNATed to a published
+    port, or routed straight to a container address). `chain`-INPUT filters the host-network
+    Ray ports.
     """
     plan = firewall_plan(cfg, host_name)
-    host, inp = plan.host, f"{chain}-INPUT"
-    ipt = "iptables -w"
+    inp = f"{chain}-INPUT"
     lines = [
-        "#!/bin/sh",
-        f"# Firewall of {host['name']} ({host['address']}) in a multi-host CSLR cluster, from config.yaml.",
-        f"# Apply as root: inv firewall --host {host['name']} | sudo sh    (re-running replaces the rules;",
-        "# `inv firewall --remove` prints the commands that take them out again).",
-        f"# Allowed: the other hosts ({', '.join(plan.peers) or 'none'}), loopback, this stack's containers",
-        f"# ({plan.subnet}) and established connections. Everyone else is dropped on the ports below.",
-        "#",
-        "# Ports Docker publishes are DNATed to a container and pass the FORWARD chain, never INPUT: ufw,",
-        "# which writes INPUT rules, cannot filter them (`ufw deny PORT` leaves them open). They are",
-        "# filtered in Docker's DOCKER-USER chain on the port the client connected to (conntrack",
-        f"# --ctorigdstport), see {FIREWALL_DOC}",
-        "# The Ray nodes use host networking: their ports are filtered in INPUT. ufw may stay enabled.",
-        "# The rules do not survive a reboot or a firewall reload: save them (iptables-save,",
-        "# netfilter-persistent) or re-run this script. IPv4 only: the stack publishes no IPv6 port.",
-        "set -e",
-        "",
-        f"# Docker-published ports: {', '.join(f'{port} ({path})' for path, port in plan.published)}",
-        f"{ipt} -N {chain} 2>/dev/null || {ipt} -F {chain}",
-        f"{ipt} -A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
-        f"{ipt} -A {chain} -s 127.0.0.0/8 -j RETURN",
+        f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"-A {chain} -s 127.0.0.0/8 -j RETURN",
     ]
-    lines += [f"{ipt} -A {chain} -s {src} -j RETURN" for src in plan.trusted]
+    lines += [f"-A {chain} -s {src} -j RETURN" for src in plan.trusted]
     lines += [
-        f"{ipt} -A {chain} -p tcp -m conntrack --ctstate DNAT --ctorigdstport {port} -m comment --comment 'cslr {path}' -j DROP"
-        for path, port in plan.published
+        f'-A {chain} -p tcp -m conntrack --ctstate DNAT --ctorigdstport {port} -m comment --comment "cslr {path}" -j DROP' for path, port in plan.published
     ]
+    # Anything else addressed to a container of the stack (any protocol, any port): a LAN
+    # neighbour that routes the subnet via this host reaches containers directly, without DNAT.
+    lines.append(f'-A {chain} -d {plan.subnet} -m comment --comment "cslr network.subnet" -j DROP')
     lines += [
-        f"{ipt} -N DOCKER-USER 2>/dev/null || true",  # Docker keeps an existing DOCKER-USER chain
-        f"{ipt} -C DOCKER-USER -j {chain} 2>/dev/null || {ipt} -I DOCKER-USER -j {chain}",
-        "",
-        f"# Host-network Ray nodes: {', '.join(name for name, _ in plan.host_network) or 'none on this host'}",
-        f"{ipt} -N {inp} 2>/dev/null || {ipt} -F {inp}",
-        f"{ipt} -A {inp} -i lo -j RETURN",
-        f"{ipt} -A {inp} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"-A {inp} -i lo -j RETURN",
+        f"-A {inp} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
     ]
     for name, ports in plan.host_network:
         dports = ",".join(ports)
-        lines += [f"{ipt} -A {inp} -p tcp -s {src} -m multiport --dports {dports} -m comment --comment 'cslr {name}' -j ACCEPT" for src in plan.trusted]
-        lines.append(f"{ipt} -A {inp} -p tcp -m multiport --dports {dports} -m comment --comment 'cslr {name}' -j DROP")
-    lines.append(f"{ipt} -C INPUT -j {inp} 2>/dev/null || {ipt} -I INPUT -j {inp}")
+        lines += [f'-A {inp} -p tcp -s {src} -m multiport --dports {dports} -m comment --comment "cslr {name}" -j ACCEPT' for src in plan.trusted]
+        lines.append(f'-A {inp} -p tcp -m multiport --dports {dports} -m comment --comment "cslr {name}" -j DROP')
+    return lines
+
+
+@dataclass(frozen=True)
+class FirewallMarkers:
+    """Names of the xt_recent lists whose rules mark the loaded chains (see firewall_rules).
+
+    The kernel shows each list as /proc/net/xt_recent/NAME exactly while a rule naming it is
+    loaded, and every user may list that directory: `inv up` sees without root whether the rules
+    of *this* config are in place. The names carry a hash of the rules, so rules of an older
+    config.yaml (other peers, ports or subnet) do not count.
+    """
+
+    chain: str
+    forward: str  # marks `chain` (DOCKER-USER)
+    input: str  # marks `chain`-INPUT
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return (self.forward, self.input)
+
+
+def firewall_markers(cfg: Config, host_name: str | None, chain: str = FIREWALL_CHAIN) -> FirewallMarkers:
+    return _markers(firewall_ruleset(cfg, host_name, chain), chain)
+
+
+def _markers(ruleset: list[str], chain: str) -> FirewallMarkers:
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(ruleset).encode()).hexdigest()[:16]
+    base = chain.lower()
+    return FirewallMarkers(chain, f"{base}-{digest}", f"{base}-input-{digest}")
+
+
+def _marker_rules(chain: str, marker: str) -> list[str]:
+    # An unconditional RETURN ends the chain, so the marker rule after it is never evaluated
+    # (no per-packet cost) and never matches (nothing ever adds to its list).
+    return [f"-A {chain} -j RETURN", f'-A {chain} -m recent --name {marker} --rcheck -m comment --comment "cslr marker (never matches)" -j RETURN']
+
+
+def firewall_rules(cfg: Config, host_name: str | None, chain: str = FIREWALL_CHAIN) -> str:
+    """A shell script that loads the rules: only the other hosts reach what this host serves.
+
+    One `iptables-restore --noflush` transaction creates or refills the two chains of its own
+    (`chain`, jumped to from DOCKER-USER, and `chain`-INPUT, jumped to from INPUT) and adds each
+    jump only if it is missing: a refresh is atomic (no moment without rules) and idempotent.
+    """
+    plan = firewall_plan(cfg, host_name)
+    host, inp = plan.host, f"{chain}-INPUT"
+    ruleset = firewall_ruleset(cfg, host_name, chain)
+    markers = _markers(ruleset, chain)
+    ipt = "iptables -w"
+    forward = [line for line in ruleset if line.startswith(f"-A {chain} ")] + _marker_rules(chain, markers.forward)
+    local = [line for line in ruleset if line.startswith(f"-A {inp} ")] + _marker_rules(inp, markers.input)
+    lines = [
+        "#!/bin/sh",
+        f"# Firewall of {host['name']} ({host['address']}) in a multi-host CSLR cluster, from config.yaml.",
+        f"# Apply as root: inv firewall --host {host['name']} | sudo sh    (re-running replaces the rules",
+        f"# atomically; `inv firewall --host {host['name']} --persist | sudo sh` also re-applies them at every",
+        "# boot, before Docker starts; `inv firewall --remove | sudo sh` takes them out again).",
+        f"# Allowed: the other hosts ({', '.join(plan.peers) or 'none'}), loopback, this stack's containers",
+        f"# ({plan.subnet}) and established connections. Everyone else is dropped on the ports below and",
+        f"# on every address of {plan.subnet} (a neighbour that routes it via this host reaches the",
+        "# containers directly, without Docker's DNAT: Docker before 28 lets such packets through).",
+        "#",
+        "# Ports Docker publishes are DNATed to a container and pass the FORWARD chain, never INPUT: ufw,",
+        "# which writes INPUT rules, cannot filter them (`ufw deny PORT` leaves them open). They are",
+        "# filtered in Docker's DOCKER-USER chain, see",
+        f"# {FIREWALL_DOC}",
+        "# The Ray nodes use host networking: their ports are filtered in INPUT. ufw may stay enabled.",
+        "# IPv4 only: a multi-host config.yaml must bind IPv4 (inv validate refuses an IPv6 bind_address).",
+        f"# Markers: /proc/net/xt_recent/{markers.forward} and /proc/net/xt_recent/{markers.input} exist",
+        "# while these rules are loaded; `inv up` reads them (no root needed) and refuses to start without.",
+        "set -e",
+        f"{ipt} -N DOCKER-USER 2>/dev/null || true  # Docker keeps an existing DOCKER-USER chain",
+        "# The jumps are looked up first: iptables-legacy-restore holds the xtables lock while it runs.",
+        f"if {ipt} -C DOCKER-USER -j {chain} 2>/dev/null; then fwd=''; else fwd='-I DOCKER-USER -j {chain}'; fi",
+        f"if {ipt} -C INPUT -j {inp} 2>/dev/null; then inp=''; else inp='-I INPUT -j {inp}'; fi",
+        "{",
+        "cat <<'CSLR_FW_RULES'",
+        "*filter",
+        f":{chain} - [0:0]",
+        f":{inp} - [0:0]",
+        f"-F {chain}",
+        f"-F {inp}",
+        f"# Docker-published ports: {', '.join(f'{port} ({path})' for path, port in plan.published)}",
+        *forward,
+        f"# Host-network Ray nodes: {', '.join(name for name, _ in plan.host_network) or 'none on this host'}",
+        *local,
+        "CSLR_FW_RULES",
+        '[ -z "$fwd" ] || echo "$fwd"',
+        '[ -z "$inp" ] || echo "$inp"',
+        "echo COMMIT",
+        "} | iptables-restore -w --noflush",
+    ]
     return "\n".join(lines)
 
 
-def firewall_removal(chain: str = FIREWALL_CHAIN) -> str:
-    """The commands that take `firewall_rules` out again (idempotent; nothing else is touched)."""
+UNIT_DIR = "/etc/systemd/system"
+SCRIPT_DIR = "/etc/cslr"
+
+
+def unit_name(chain: str = FIREWALL_CHAIN) -> str:
+    return f"{chain.lower()}.service"
+
+
+def persist_paths(chain: str = FIREWALL_CHAIN, root: str = "") -> tuple[str, str]:
+    """(rules script, systemd unit) that `--persist` installs, under `root` (tests: a temp dir)."""
+    return f"{root}{SCRIPT_DIR}/{chain.lower()}.sh", f"{root}{UNIT_DIR}/{unit_name(chain)}"
+
+
+def firewall_unit(host: dict, script: str) -> str:
+    """A oneshot unit that loads the rules at boot: after the firewalls that flush tables at start
+    (firewalld, ufw, netfilter-persistent) and before Docker starts a container. No ExecStop:
+    a restart re-applies atomically and never leaves a moment without rules."""
+    return "\n".join(
+        [
+            "[Unit]",
+            f"Description=CSLR multi-host firewall of {host['name']} (inv firewall)",
+            "Documentation=https://docs.docker.com/engine/network/packet-filtering-firewalls/",
+            "After=firewalld.service ufw.service netfilter-persistent.service",
+            "Before=docker.service network-pre.target",
+            "Wants=network-pre.target",
+            "",
+            "[Service]",
+            "Type=oneshot",
+            "RemainAfterExit=yes",
+            f"ExecStart=/bin/sh {script}",
+            f"ExecReload=/bin/sh {script}",
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ]
+    )
+
+
+def firewall_persist(cfg: Config, host_name: str | None, chain: str = FIREWALL_CHAIN, root: str = "", systemctl: str = "systemctl") -> str:
+    """A shell script that installs the rules script and a systemd unit that re-applies it at
+    every boot, then applies it now. `root` and `systemctl` exist for tests."""
+    host = firewall_plan(cfg, host_name).host
+    script, unit = persist_paths(chain, root)
+    name = unit_name(chain)
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            f"# Makes the firewall of {host['name']} permanent: writes {script} (the rules of",
+            f"# `inv firewall --host {host['name']}`) and {unit}, which applies them at every boot",
+            "# before Docker starts, then applies them now. Apply as root: ... --persist | sudo sh",
+            "# Re-run it after changing config.yaml; `inv firewall --remove | sudo sh` undoes it.",
+            "set -e",
+            "umask 077",
+            f"mkdir -p {script.rsplit('/', 1)[0]} {unit.rsplit('/', 1)[0]}",
+            f"cat > {script}.tmp <<'CSLR_FW_SCRIPT'",
+            firewall_rules(cfg, host_name, chain),
+            "CSLR_FW_SCRIPT",
+            f"chmod 0700 {script}.tmp && mv -f {script}.tmp {script}",
+            f"cat > {unit}.tmp <<'CSLR_FW_UNIT'",
+            firewall_unit(host, script.removeprefix(root)).rstrip("\n"),
+            "CSLR_FW_UNIT",
+            f"chmod 0644 {unit}.tmp && mv -f {unit}.tmp {unit}",
+            f"{systemctl} daemon-reload",
+            f"{systemctl} enable {name}",
+            f"{systemctl} restart {name}  # applies the rules now (atomically, see the script)",
+        ]
+    )
+
+
+def firewall_removal(chain: str = FIREWALL_CHAIN, root: str = "", systemctl: str = "systemctl") -> str:
+    """The commands that take `firewall_rules` (and `--persist`) out again (idempotent; nothing else is touched)."""
     ipt = "iptables -w"
-    lines = ["#!/bin/sh", "# Removes the rules of `inv firewall`. Apply as root: inv firewall --remove | sudo sh"]
+    script, unit = persist_paths(chain, root)
+    name = unit_name(chain)
+    lines = [
+        "#!/bin/sh",
+        "# Removes the rules of `inv firewall` and its --persist unit. Apply as root: inv firewall --remove | sudo sh",
+        f"if [ -e {unit} ]; then {systemctl} disable {name} 2>/dev/null || true; rm -f {unit} {script}; {systemctl} daemon-reload 2>/dev/null || true; fi",
+    ]
     for parent, own in (("DOCKER-USER", chain), ("INPUT", f"{chain}-INPUT")):
         lines += [f"while {ipt} -D {parent} -j {own} 2>/dev/null; do :; done", f"{ipt} -F {own} 2>/dev/null || true", f"{ipt} -X {own} 2>/dev/null || true"]
     return "\n".join(lines)

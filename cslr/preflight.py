@@ -209,3 +209,105 @@ def ray_versions(images: dict[str, str], want: str, run: Runner = subprocess.run
         if got is not None and got != want:
             out.append(f"{label} {image} carries Ray {got}, expected ray.version {want} (every Ray node and the notebook must match)")
     return out
+
+
+# ------------------------------------------------------------------------------ multi-host firewall
+
+XT_RECENT = "/proc/net/xt_recent"
+IPTABLES_SAVE = ("/usr/sbin/iptables-save", "/sbin/iptables-save")
+
+
+def iptables_rules(run: Runner = subprocess.run, binary: str | None = None) -> str | None:
+    """`iptables-save -t filter`, or None when it is absent or this user may not read it (not root)."""
+    import shutil
+
+    binary = binary or shutil.which("iptables-save") or next((b for b in IPTABLES_SAVE if Path(b).is_file()), None)
+    if binary is None:
+        return None
+    try:
+        proc = run([binary, "-t", "filter"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def recent_lists(path: str = XT_RECENT) -> set[str]:
+    """Names of the kernel's xt_recent lists in this network namespace; every user may list them.
+    No directory: the xt_recent module is not loaded, so no rule that names a list is loaded."""
+    import os
+
+    try:
+        return set(os.listdir(path))
+    except OSError:
+        return set()
+
+
+def firewall_state(markers, saved: str | None, lists: set[str]) -> tuple[bool, str]:
+    """Pure: are the rules of `multihost.firewall_rules` (of this very config) loaded, and how
+    was it seen. `saved`: iptables-save's output when readable (root), else None; `lists`: the
+    xt_recent list names (recent_lists). As root the jumps are checked too; without root only the
+    chains' markers can be seen."""
+    chain, inp = markers.chain, f"{markers.chain}-INPUT"
+    loaded = set(markers.names) <= lists
+    stale = sorted(n for n in lists if n.startswith(f"{chain.lower()}-") and n not in markers.names)
+    other = " (the loaded rules are from another config.yaml: re-apply after changing it)" if stale and not loaded else ""
+    if saved is None:
+        how = f"seen without root: the markers {XT_RECENT}/{markers.forward} and …/{markers.input}"
+        if loaded:
+            return True, f"{how} are present (root also sees the jumps from DOCKER-USER and INPUT)"
+        return False, f"{how} are absent, so its chains are not loaded{other}"
+    lines = saved.splitlines()
+
+    def marked(own: str, name: str) -> bool:
+        return any(line.startswith(f"-A {own} ") and f"--name {name} " in f"{line} " for line in lines)
+
+    missing = []
+    if not any(line.startswith(f":{chain} ") for line in lines):
+        missing.append(f"iptables-save shows no chain {chain}")
+    elif not (marked(chain, markers.forward) and marked(inp, markers.input)):
+        missing.append(f"chains {chain} and {inp} do not hold the rules of this config.yaml (re-apply after changing it)")
+    for parent, own in (("DOCKER-USER", chain), ("INPUT", inp)):
+        if f"-A {parent} -j {own}" not in lines:
+            missing.append(f"{parent} does not jump to {own}")
+    if not missing:
+        return True, "seen in iptables-save: both chains hold this config's rules and are jumped to"
+    if loaded:
+        missing.append(
+            "yet its markers are loaded: were the rules applied with another iptables backend (iptables-legacy vs iptables-nft) than "
+            "this `iptables-save`? Rules in the other backend's DOCKER-USER do not filter Docker's traffic; apply them with the `iptables` Docker uses"
+        )
+    return False, "; ".join(missing)
+
+
+def firewall_check(
+    cfg,
+    host_name: str | None,
+    elsewhere: bool = False,
+    saved: Callable[[], str | None] = iptables_rules,
+    lists: Callable[[], set[str]] = recent_lists,
+) -> tuple[list[str], list[str]]:
+    """(findings, lines to print) for `inv up` on a multi-host config: its Ray nodes use host
+    networking and its services publish on network.bind_address, so without the rules of
+    `inv firewall` every machine that reaches this host reaches them (MLflow has no login).
+    `elsewhere` (`inv up --firewall-elsewhere`): not checked, and said loudly."""
+    from . import multihost
+
+    if not cfg.get("hosts"):
+        return [], []
+    host = multihost.this_host(cfg, host_name)["name"]
+    bind = cfg.get("network", "bind_address")
+    if elsewhere:
+        return [], [
+            "WARNING: --firewall-elsewhere: the firewall of `inv firewall` is NOT checked. This host's Ray ports (host network) "
+            f"and the ports published on {bind} (MLflow without login, Redis, Marimo, health) are open to every machine that "
+            "reaches it unless YOUR firewall admits only the other hosts (docs/multi-host.md)."
+        ]
+    ok, how = firewall_state(multihost.firewall_markers(cfg, host), saved(), lists())
+    if ok:
+        return [], [f"firewall: the rules of `inv firewall --host {host}` are loaded ({how})"]
+    return [
+        f"multi-host: the firewall of {host} is not in place ({how}). Its Ray nodes use host networking and its services publish on "
+        f"network.bind_address {bind}: MLflow (no login), Redis, Marimo and health would be open to every machine that reaches this host. "
+        f"Apply the rules: `inv firewall --host {host} --persist | sudo sh` (also at every boot), or, if another firewall admits only "
+        "the other hosts, start with `inv up --firewall-elsewhere`"
+    ], []

@@ -202,8 +202,8 @@ def test_multi_host_doc_followed_literally_on_the_shipped_config_validates(tmp_p
     cfg = config.load(path, environ={})
     assert ",".join(multihost.whitelist(cfg)) == "ray-cpu-host-a:6379,ray-gpu-host-a:6380"  # as the doc says
     rules = multihost.firewall_rules(cfg, "host-a")
-    assert "iptables -w -A CSLR-FW-INPUT -p tcp -s 192.168.1.11 -m multiport --dports 6379,7379,10011," in rules
-    assert "iptables -w -A CSLR-FW -s 192.168.1.11 -j RETURN" in rules
+    assert "\n-A CSLR-FW-INPUT -p tcp -s 192.168.1.11 -m multiport --dports 6379,7379,10011," in rules
+    assert "\n-A CSLR-FW -s 192.168.1.11 -j RETURN\n" in rules
 
 
 def test_the_old_shipped_client_ports_clash_as_issue_9_found(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,104 @@ def test_security_options_tolerate_an_engine_that_says_nothing_useful():
     assert preflight.security_options(run("null\n")) == []
     assert preflight.security_options(run("garbage")) == []
     assert preflight.security_options(run('["name=rootless"]', code=1)) == []
+
+
+# ------------------------------------------------------------------------------ multi-host firewall
+
+TWO_HOSTS = (Path(__file__).parent / "contract" / "multihost-config.yaml").read_text()
+
+
+def saved_with(markers, jumps=True, chains=True):
+    """What `iptables-save -t filter` prints with the rules of `inv firewall` loaded."""
+    lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD DROP [0:0]", ":DOCKER-USER - [0:0]"]
+    if chains:
+        lines += [":CSLR-FW - [0:0]", ":CSLR-FW-INPUT - [0:0]"]
+    if jumps:
+        lines += ["-A INPUT -j CSLR-FW-INPUT", "-A DOCKER-USER -j CSLR-FW"]
+    lines.append("-A DOCKER-USER -j RETURN")
+    if chains:
+        for chain, name in (("CSLR-FW", markers.forward), ("CSLR-FW-INPUT", markers.input)):
+            lines += [
+                f"-A {chain} -j RETURN",
+                f'-A {chain} -m recent --rcheck --name {name} --mask 255.255.255.255 --rsource -m comment --comment "cslr marker (never matches)" -j RETURN',
+            ]
+    return "\n".join(lines + ["COMMIT"]) + "\n"
+
+
+@pytest.fixture
+def two_hosts(project):
+    from cslr import config
+
+    return config.load(project(TWO_HOSTS), environ={})
+
+
+def test_a_multi_host_start_needs_the_loaded_rules_of_this_config(two_hosts):
+    from cslr import multihost
+
+    markers = multihost.firewall_markers(two_hosts, "host-a")
+    # Not root (iptables-save unreadable): the markers in /proc/net/xt_recent decide.
+    findings, notes = preflight.firewall_check(two_hosts, "host-a", saved=lambda: None, lists=lambda: set(markers.names) | {"other"})
+    assert findings == [] and "seen without root" in notes[0] and "root also sees the jumps" in notes[0]
+    [finding], notes = preflight.firewall_check(two_hosts, "host-a", saved=lambda: None, lists=set)
+    assert notes == []
+    assert finding.startswith("multi-host: the firewall of host-a is not in place (seen without root: the markers /proc/net/xt_recent/cslr-fw-")
+    assert "MLflow (no login)" in finding and "network.bind_address 0.0.0.0" in finding
+    assert "`inv firewall --host host-a --persist | sudo sh`" in finding and "`inv up --firewall-elsewhere`" in finding
+    # Only one of the two chains loaded is not enough.
+    [finding], _ = preflight.firewall_check(two_hosts, "host-a", saved=lambda: None, lists=lambda: {markers.forward})
+    assert "are absent" in finding
+    # Root: iptables-save decides, jumps included.
+    findings, notes = preflight.firewall_check(two_hosts, "host-a", saved=lambda: saved_with(markers), lists=set)
+    assert findings == [] and "seen in iptables-save" in notes[0]
+
+
+def test_rules_of_another_config_or_host_do_not_count(two_hosts):
+    from cslr import multihost
+
+    theirs = multihost.firewall_markers(two_hosts, "host-b")  # e.g. config.yaml changed since they were applied
+    [finding], _ = preflight.firewall_check(two_hosts, "host-a", saved=lambda: None, lists=lambda: set(theirs.names))
+    assert "the loaded rules are from another config.yaml" in finding
+    [finding], _ = preflight.firewall_check(two_hosts, "host-a", saved=lambda: saved_with(theirs), lists=set)
+    assert "do not hold the rules of this config.yaml" in finding
+
+
+@pytest.mark.parametrize(
+    "kwargs,reason",
+    [
+        ({"jumps": False}, "DOCKER-USER does not jump to CSLR-FW; INPUT does not jump to CSLR-FW-INPUT"),
+        ({"chains": False, "jumps": False}, "iptables-save shows no chain CSLR-FW"),
+    ],
+)
+def test_as_root_the_jumps_are_checked_too(two_hosts, kwargs, reason):
+    from cslr import multihost
+
+    markers = multihost.firewall_markers(two_hosts, "host-a")
+    [finding], _ = preflight.firewall_check(two_hosts, "host-a", saved=lambda: saved_with(markers, **kwargs), lists=set)
+    assert reason in finding
+    # The markers loaded while this backend's iptables-save shows nothing: another backend's rules, which Docker's chains never reach.
+    [finding], _ = preflight.firewall_check(two_hosts, "host-a", saved=lambda: saved_with(markers, **kwargs), lists=lambda: set(markers.names))
+    assert "another iptables backend" in finding
+
+
+def test_firewall_elsewhere_skips_the_check_loudly(two_hosts):
+    def unread():
+        raise AssertionError("not consulted")
+
+    findings, [note] = preflight.firewall_check(two_hosts, "host-a", elsewhere=True, saved=unread, lists=unread)
+    assert findings == [] and note.startswith("WARNING: --firewall-elsewhere: the firewall of `inv firewall` is NOT checked")
+
+
+def test_a_single_host_stack_needs_no_rules(project):
+    from cslr import config
+
+    cfg = config.load(project('network:\n  bind_address: "0.0.0.0"\n'), environ={})
+    assert preflight.firewall_check(cfg, None, saved=lambda: None, lists=set) == ([], [])
+
+
+def test_recent_lists_and_iptables_rules_read_what_a_non_root_user_can(tmp_path):
+    (tmp_path / "cslr-fw-abc").write_text("")
+    assert preflight.recent_lists(str(tmp_path)) == {"cslr-fw-abc"}
+    assert preflight.recent_lists(str(tmp_path / "absent")) == set()  # no xt_recent module: no marker loaded
+    denied = answer("", returncode=1, stderr="iptables-save v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)")
+    assert preflight.iptables_rules(denied, binary="iptables-save") is None
+    assert preflight.iptables_rules(answer("*filter\nCOMMIT\n"), binary="iptables-save") == "*filter\nCOMMIT\n"

@@ -192,12 +192,25 @@ def test_firewall_prints_the_script_for_the_named_host(project, tmp_path):
     out = inv("firewall", "-H", "host-b", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("#!/bin/sh\n# Firewall of host-b (192.168.1.11)")
-    assert "iptables -w -C DOCKER-USER -j CSLR-FW 2>/dev/null || iptables -w -I DOCKER-USER -j CSLR-FW" in out.stdout
+    assert "else fwd='-I DOCKER-USER -j CSLR-FW'; fi" in out.stdout and out.stdout.rstrip().endswith("| iptables-restore -w --noflush")
     unknown = inv("firewall", "-H", "host-z", cwd=tmp_path)
     assert unknown.returncode == 2 and "host 'host-z' is not in config.yaml's hosts (host-a, host-b)" in unknown.stderr
     assert "Traceback" not in unknown.stderr
     removal = inv("firewall", "--remove", cwd=tmp_path)
     assert removal.returncode == 0 and "iptables -w -X CSLR-FW-INPUT" in removal.stdout
+    persist = inv("firewall", "-H", "host-b", "--persist", cwd=tmp_path)
+    assert persist.returncode == 0 and "cat > /etc/systemd/system/cslr-fw.service.tmp <<'CSLR_FW_UNIT'" in persist.stdout
+    assert out.stdout.rstrip() in persist.stdout  # the same rules, written to /etc/cslr/cslr-fw.sh
+    both = inv("firewall", "--remove", "--persist", cwd=tmp_path)
+    assert both.returncode == 2 and "one of --remove and --persist" in both.stderr
+
+
+def test_validate_refuses_an_ipv6_bind_address_on_a_multi_host_config(project, tmp_path):
+    text = (ROOT / "tests" / "contract" / "multihost-config.yaml").read_text().replace("bind_address: 0.0.0.0", 'bind_address: "::"')
+    project(text)
+    out = inv("validate", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "config.yaml:4:17: $.network.bind_address" in out.stderr and "an IPv6 address, on a multi-host config" in out.stderr
 
 
 def test_jobs_and_submit_say_clearly_when_the_stack_is_not_up(project, tmp_path):
