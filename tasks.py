@@ -105,14 +105,20 @@ def _loaded(config_path: str, env_file: str | None):
         "force": "accepted for compatibility; replaces nothing",
         "rotate_secrets": "replace every secret in .env (after a backup); refused while the Postgres or Redis volume exists",
         "reset_config": "rewrite config.yaml from the template (after a backup)",
+        "project": "a stack of this folder's own beside others on this machine: this Compose project name, a free subnet and free host ports, written to .env",
     }
 )
-def init(c, config=CONFIG, env_file=None, force=False, rotate_secrets=False, reset_config=False):
+def init(c, config=CONFIG, env_file=None, force=False, rotate_secrets=False, reset_config=False, project=None):
     """Write config.yaml (if absent) and .env with new random secrets (mode 0600); add missing secrets, keep the rest."""
     cfg_path = Path(config)
     env_path = Path(env_file) if env_file else cfg_path.parent / ".env"
     for line in init_files(cfg_path, env_path, force=force, rotate_secrets=rotate_secrets, reset_config=reset_config):
         print(line)
+    if project is not None:
+        from cslr import beside
+
+        for line in beside.make(cfg_path, env_path, project):
+            print(line)
 
 
 @cli()
@@ -221,13 +227,16 @@ def wheelhouse(c, config=CONFIG, env_file=None, dest=None, force=False):
 def down(c, config=CONFIG, env_file=None, out=OUT, volumes=False, yes=False):
     """Stop and remove the stack's containers; volumes are kept unless --volumes --yes."""
     # Without a generated project (a fresh checkout, a new --out) generate one to know the stack.
-    _stack(config, env_file, out, generate_first=not (_out_dir(out) / "compose.yaml").exists()).down(volumes=volumes, yes=yes)
+    st = _stack(config, env_file, out, generate_first=not (_out_dir(out) / "compose.yaml").exists())
+    st.claim("down")
+    st.down(volumes=volumes, yes=yes)
 
 
 @cli(help={"show_secrets": "print the Marimo token in full"})
 def ps(c, config=CONFIG, env_file=None, out=OUT, show_secrets=False):
     """List the stack's containers with state and health."""
     st = _stack(config, env_file, out)
+    st.claim("ps")
     print(st.table(st.services(), show_secrets=show_secrets))
 
 
@@ -238,6 +247,7 @@ def ps(c, config=CONFIG, env_file=None, out=OUT, show_secrets=False):
 def logs(c, service, follow=False, tail=200, config=CONFIG, env_file=None, out=OUT):
     """Show the logs of one service (`inv logs ray-cpu`) or of the whole stack (`inv logs all`)."""
     st = _stack(config, env_file, out)
+    st.claim("logs")
     args = ["logs", "--no-color", "--tail", str(tail)] + (["--follow"] if follow else []) + ([] if service == "all" else [service])
     code = st.compose(args, capture=False).returncode
     if code:

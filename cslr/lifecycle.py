@@ -1,9 +1,10 @@
 """`inv up` as an ordered list of phases, each a small step with one job.
 
-    1. preflight (no impact yet): engine, Compose, ports, subnet, NVIDIA runtime
+    1. preflight (no impact yet): engine, Compose; the stack is this folder's and its .env opens
+       the data volumes (cslr/identity.py, exit 2 otherwise); ports, subnet, NVIDIA runtime
     2. images: resolve images.source, then pull or build the bases, build the project's images
     3. Ray versions: every Ray image and the notebook carry ray.version
-    4. start (impacting things): `compose up -d`, one line per service state change, until every
+    4. start (impacting things): the volumes (labelled with their owner and secret fingerprint), `compose up -d`, one line per service state change, until every
        service is healthy; a failure names the service, its last log lines and healthcheck output
 
 Modelled on getsentry/self-hosted's install/: nothing is changed before phase 4 but images.
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import compose, images, preflight, topology
+from . import compose, identity, images, preflight, topology
 from .report import is_ready
 from .stack import Stack, StackError
 
@@ -99,6 +100,9 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
     """Phases 1–4 on a generated project. Raises StackError / PlatformError."""
     options = options or UpOptions()
     stack.out(f"compose: {compose.compose_binary()}")
+    fail(preflight.docker_available(stack.run) + preflight.compose_available(stack.run))
+    for line in claim_for_up(stack, identity.Engine(stack.run)):
+        stack.out(line)
     fail(check_preflight(stack, stack.run))
     source = stack.env().get("CSLR_IMAGE_SOURCE", "pull")
     stack.out(f"images: {source} bases")
@@ -108,8 +112,34 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
     fail(ray_image_findings(stack, stack.run))
     for line in host_folders(stack):
         stack.out(line)
+    scope = identity.scope_of(stack)
+    for line in identity.create_volumes(scope, identity.Engine(stack.run), data_secrets(stack), stack.env()):
+        stack.out(line)
     stack.out(f"starting {stack.project}; waiting up to {options.timeout:.0f} s for health:")
     return watch_up(stack, timeout=options.timeout)
+
+
+def data_secrets(stack: Stack) -> dict[str, str]:
+    """Data volume (Compose key) -> the .env variable of the secret it is made with, for the
+    data volumes that the services this `up` starts mount."""
+    from .init import DATA_VOLUMES
+
+    services = stack.doc().get("services") or {}
+    used = set()
+    for name in stack.expected_services():
+        for mount in (services.get(name) or {}).get("volumes") or []:
+            if isinstance(mount, dict) and mount.get("type") == "volume":
+                used.add(mount.get("source"))
+    return {key: env for key, env in DATA_VOLUMES.items() if key in used}
+
+
+def claim_for_up(stack: Stack, engine: identity.Engine) -> list[str]:
+    """Phase 1, before anything else looks at the project: its containers and volumes are this
+    folder's, and this .env opens its data volumes. IdentityError (exit 2) otherwise."""
+    scope = identity.scope_of(stack)
+    lines = identity.claim(scope, engine, "up")
+    env_path = str(stack.cfg.env_path) if stack.cfg.env_path else ".env"
+    return lines + identity.check_data(scope, engine, data_secrets(stack), stack.env(), env_path)
 
 
 def host_folders(stack: Stack) -> list[str]:
