@@ -209,6 +209,9 @@ def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pul
 )
 def up(c, config=CONFIG, env_file=None, out=OUT, timeout=600, build=False, host=None, show_secrets=False):
     """Generate, preflight, make the images present, start the stack and wait until it is healthy."""
+    # Whose stack and data: refused (exit 2) before anything, even the generated project, changes.
+    for line in lifecycle.claim_before_generate(_loaded(config, env_file).cfg, _out_dir(out)):
+        print(line)
     st = _stack(config, env_file, out, generate_first=True, host=host, probe_pull=True)
     rows = lifecycle.bring_up(st, lifecycle.UpOptions(timeout=float(timeout), build=build))
     print(st.table(rows, show_secrets=show_secrets))

@@ -230,18 +230,21 @@ def check_secrets(volumes: Iterable[Item], secret_of: Mapping[str, str], env: Ma
     return out
 
 
-def secret_refusal(checks: Iterable[SecretCheck], env_path: str) -> str | None:
+def secret_refusal(checks: Iterable[SecretCheck], env_path: str, generated_env: str | None = None) -> str | None:
+    """The message of a refused `inv up`; `generated_env`: a generated env file (from before
+    this run) that may still hold the secrets that made the data."""
     wrong = [c for c in checks if c.result is False]
     if not wrong:
         return None
-    lines = [f"refusing `inv up`: {env_path} does not open this stack's data; nothing was started:"]
+    lines = [f"refusing `inv up`: {env_path} does not open this stack's data; nothing was started or changed:"]
     lines += [f"  volume {c.volume} was created with another {c.secret_env} than the one in {env_path}" for c in wrong]
     lines.append("Either:")
+    where = f" ({generated_env}, written by the last `inv up`, may still hold them)" if generated_env else ""
     lines.append(
-        f"  - put back the .env that created it (a backup: {os.path.basename(env_path)}.bak-* beside it, or your own copy; docs/runtime.md, 'Lost .env'); or"
+        f"  - put back the .env that created it, or its {', '.join(sorted({c.secret_env for c in wrong}))} lines{where}: docs/stacks.md#a-lost-env; or"
     )
     lines.append(
-        "  - if that data can go: back it up first (docs/runtime.md), then `inv down --volumes --yes` and `inv up` starts empty volumes with this .env."
+        "  - if that data can go: back it up first (docs/stacks.md#backing-up-the-data), then `inv down --volumes --yes`; the next `inv up` starts empty volumes with this .env."
     )
     return "\n".join(lines)
 
@@ -351,11 +354,13 @@ def claim(scope: Scope, engine: Engine, action: str, gone: Callable[[str], bool]
     return notes(verdict)
 
 
-def check_data(scope: Scope, engine: Engine, secret_of: Mapping[str, str], env: Mapping[str, str], env_path: str) -> list[str]:
+def check_data(
+    scope: Scope, engine: Engine, secret_of: Mapping[str, str], env: Mapping[str, str], env_path: str, generated_env: str | None = None
+) -> list[str]:
     """Raise IdentityError if a data volume was made with another secret than `env`'s."""
     volumes = engine.volumes(scope.project, scope.volumes.values()) or []
     checks = check_secrets(volumes, secret_of, env, {name: key for key, name in scope.volumes.items()})
-    message = secret_refusal(checks, env_path)
+    message = secret_refusal(checks, env_path, generated_env)
     if message:
         raise IdentityError(message)
     return secret_notes(checks)

@@ -142,6 +142,25 @@ def claim_for_up(stack: Stack, engine: identity.Engine) -> list[str]:
     return lines + identity.check_data(scope, engine, data_secrets(stack), stack.env(), env_path)
 
 
+def claim_before_generate(cfg, build_dir, run=subprocess.run) -> list[str]:
+    """`inv up`, before it regenerates the project: the same claims on the data volumes, so that
+    a refused run leaves the generated env file (which may hold the secrets that made the data)
+    as it was. Every existing data volume is checked, as `inv init --rotate-secrets` does."""
+    from pathlib import Path
+
+    from .config import env_fields
+    from .init import DATA_VOLUMES
+
+    project = cfg.get("project", "name")
+    scope = identity.Scope(project, str(Path(cfg.config_path).resolve().parent), str(Path(build_dir).resolve()), {k: f"{project}_{k}" for k in DATA_VOLUMES})
+    engine = identity.Engine(run)
+    env = {f.env: str(cfg.get(*f.path) or "") for f in env_fields() if f.env in DATA_VOLUMES.values()}
+    generated = Path(build_dir) / ".env"
+    env_path = str(cfg.env_path) if cfg.env_path else ".env"
+    lines = identity.claim(scope, engine, "up")
+    return lines + identity.check_data(scope, engine, DATA_VOLUMES, env, env_path, str(generated) if generated.exists() else None)
+
+
 def host_folders(stack: Stack) -> list[str]:
     """Before start: the notebooks folder exists (owned by the user, not by a root-run Docker),
     the notebooks of an older stack's volume are copied into it once, and files there (or in the

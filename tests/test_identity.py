@@ -172,7 +172,8 @@ def test_secret_checks_name_the_volume_the_variable_and_the_way_out():
     assert [(c.volume, c.result) for c in checks] == [("cslr_postgres-data", False), ("cslr_redis-data", True)]
     text = identity.secret_refusal(checks, "/x/.env")
     assert "cslr_postgres-data" in text and "POSTGRES_PASSWORD" in text and "redis" not in text
-    assert ".env.bak-*" in text and "inv down --volumes --yes" in text and "new" not in text.split("\n")[1]
+    assert "docs/stacks.md#a-lost-env" in text and "inv down --volumes --yes" in text and "new" not in text.split("\n")[1]
+    assert "/x/_build/.env" in identity.secret_refusal(checks, "/x/.env", "/x/_build/.env")
 
 
 def test_a_volume_without_a_fingerprint_is_a_note_not_a_refusal():
@@ -302,3 +303,16 @@ def test_up_phase_one_refuses_a_new_env_over_old_data_before_anything_starts(pro
         lifecycle.claim_for_up(st_, identity.Engine(docker))
     assert info.value.exit_code == 2 and "cslr_postgres-data" in str(info.value)
     assert not any(call[:3] == ["docker", "volume", "create"] or "up" in call for call in docker.calls)
+
+
+def test_up_refuses_before_it_regenerates_the_project(project, tmp_path):
+    # `inv up` checks the data volumes before `generate` rewrites _build/.env, which may still hold
+    # the secrets that made the data: the refusal points at it.
+    build = generated(project, tmp_path)
+    cfg = config.load(project("{}\n"), environ={})
+    folder = str(tmp_path.resolve())
+    docker = FakeDocker([], [volume(folder, secret=identity.fingerprint("pg-secret"))])
+    assert lifecycle.claim_before_generate(cfg, build, run=docker) == []  # conftest's .env: POSTGRES_PASSWORD=pg-secret
+    docker = FakeDocker([], [volume(folder, secret=identity.fingerprint("another"))])
+    with pytest.raises(identity.IdentityError, match=str(build / ".env")):
+        lifecycle.claim_before_generate(cfg, build, run=docker)

@@ -157,7 +157,11 @@ def test_a_new_env_over_data_left_after_down_is_refused_before_anything_starts(f
     proc = a.inv("up")
     assert proc.returncode == 2
     assert f"{PROJECT}_postgres-data" in proc.stderr and "POSTGRES_PASSWORD" in proc.stderr and f"{PROJECT}_redis-data" in proc.stderr
-    assert "inv down --volumes --yes" in proc.stderr and ".env.bak-" in proc.stderr
+    assert "inv down --volumes --yes" in proc.stderr and "docs/stacks.md" in proc.stderr
+    # The refused run left the generated project as it was: it still holds the secrets that made the data.
+    assert str(a.path / "_build" / ".env") in proc.stderr
+    old = config.parse_dotenv((a.path / "lost.env").read_text(), ".env")["POSTGRES_PASSWORD"][0]
+    assert f"POSTGRES_PASSWORD={old}" in (a.path / "_build" / ".env").read_text()
     assert engine_objects(PROJECT)["containers"] == [] and engine_objects(PROJECT)["networks"] == []  # nothing started
 
     # The .env that created them opens them again (phase 1 passes on the real engine's labels).
