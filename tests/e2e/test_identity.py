@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cslr import config, identity, lifecycle, stack
-from tests.e2e.conftest import ROOT, clean_env, compose_cmd
+from tests.e2e.conftest import ROOT, clean_env, compose_cmd, remove_project
 
 pytestmark = pytest.mark.e2e
 
@@ -102,18 +102,10 @@ def volume_labels(name: str) -> dict:
     return json.loads(subprocess.run(["docker", "volume", "inspect", "--format", "{{json .Labels}}", name], capture_output=True, text=True, check=True).stdout)
 
 
-def wipe(*projects: str) -> None:
-    for project in projects:
-        label = f"label=com.docker.compose.project={project}"
-        for ls, rm in ((["ps", "-aq"], ["rm", "-f"]), (["network", "ls", "-q"], ["network", "rm"]), (["volume", "ls", "-q"], ["volume", "rm", "-f"])):
-            ids = subprocess.run(["docker", *ls, "--filter", label], capture_output=True, text=True).stdout.split()
-            if ids:
-                subprocess.run(["docker", *rm, *ids], capture_output=True)
-
-
 @pytest.fixture
 def folders(tmp_path):
-    wipe(PROJECT, PROJECT + "-b")
+    for name in (PROJECT, PROJECT + "-b"):
+        remove_project(name)
     a, b = Folder(tmp_path / "clone-a"), Folder(tmp_path / "clone-b")
     for f in (a, b):
         assert f.inv("init").returncode == 0
@@ -122,7 +114,8 @@ def folders(tmp_path):
     try:
         yield a, b
     finally:
-        wipe(PROJECT, PROJECT + "-b")
+        for name in (PROJECT, PROJECT + "-b"):
+            remove_project(name)
 
 
 def test_a_second_folder_is_refused_a_running_stack_and_leaves_it_alone(folders):
