@@ -187,8 +187,8 @@ def export(c, target, config=CONFIG, env_file=None, out=None):
 # ----------------------------------------------------------------------------- the running stack
 
 
-def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pull=False):
-    loaded = _loaded(config, env_file)
+def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pull=False, loaded=None):
+    loaded = loaded or _loaded(config, env_file)
     build_dir = _out_dir(out)
     if generate_first:
         source, why = lifecycle.resolve_image_source(loaded.cfg, images.services_of(loaded.cfg, loaded.gpu.node_enabled), probe_pull=probe_pull)
@@ -210,10 +210,11 @@ def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pul
 def up(c, config=CONFIG, env_file=None, out=OUT, timeout=600, build=False, host=None, show_secrets=False):
     """Generate, preflight, make the images present, start the stack and wait until it is healthy."""
     # Whose stack and data: refused (exit 2) before anything, even the generated project, changes.
-    for line in lifecycle.claim_before_generate(_loaded(config, env_file).cfg, _out_dir(out)):
+    loaded = _loaded(config, env_file)
+    for line in lifecycle.claim_before_generate(loaded.cfg, _out_dir(out)):
         print(line)
-    st = _stack(config, env_file, out, generate_first=True, host=host, probe_pull=True)
-    rows = lifecycle.bring_up(st, lifecycle.UpOptions(timeout=float(timeout), build=build))
+    st = _stack(config, env_file, out, generate_first=True, host=host, probe_pull=True, loaded=loaded)
+    rows = lifecycle.bring_up(st, lifecycle.UpOptions(timeout=float(timeout), build=build, claimed=True))
     print(st.table(rows, show_secrets=show_secrets))
 
 

@@ -27,6 +27,7 @@ from .stack import Stack, StackError
 class UpOptions:
     timeout: float = 600.0
     build: bool = False
+    claimed: bool = False  # the caller ran claim_before_generate and printed its notes
 
 
 def check_preflight(stack: Stack, run=subprocess.run, routes: Callable[[], list] = preflight.host_routes) -> list[str]:
@@ -101,8 +102,9 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
     options = options or UpOptions()
     stack.out(f"compose: {compose.compose_binary()}")
     fail(preflight.docker_available(stack.run) + preflight.compose_available(stack.run))
-    for line in claim_for_up(stack, identity.Engine(stack.run)):
-        stack.out(line)
+    for line in claim_for_up(stack, identity.Engine(stack.run)):  # again on the generated project: every volume
+        if not options.claimed:
+            stack.out(line)
     fail(check_preflight(stack, stack.run))
     source = stack.env().get("CSLR_IMAGE_SOURCE", "pull")
     stack.out(f"images: {source} bases")
