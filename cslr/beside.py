@@ -153,6 +153,16 @@ def write_env(env_path: Path, values: Mapping[str, str], clock=None) -> list[str
     return [f"backed up {env_path} to {saved.name} (mode 0600)"]
 
 
+def config_alone(config_path: Path):
+    """config.yaml with the schema's defaults, without this folder's .env or the environment."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / ".env"
+        empty.write_text("")
+        return load(config_path, empty, environ={})
+
+
 def make(config_path: Path, env_path: Path, project: str, run: Runner = subprocess.run, free: Callable[[str, int], bool] = preflight.port_free) -> list[str]:
     """`inv init --project NAME` after the usual `inv init`: choose and write; return what was done."""
     cfg = load(config_path, env_path)
@@ -165,6 +175,10 @@ def make(config_path: Path, env_path: Path, project: str, run: Runner = subproce
         owner = sorted(verdict.foreign)[0]
         raise identity.IdentityError(f"--project {project}: that Compose project belongs to {identity.shown(owner)} on this engine; choose another name")
     subnets, ports = docker_in_use(run)
+    # What config.yaml alone says (every clone's copy: the other stack's, even while it is down).
+    base = config_alone(config_path)
+    subnets.append(Net(base.get("network", "subnet"), strict=False))
+    ports |= {port for _, port in topology.published(base, gpu_node=True) if isinstance(port, int)}
     choice = choose(cfg, project, [*subnets, *preflight.host_routes()], ports, lambda port: free(bind, port))
     done = write_env(env_path, choice.values())
     done.append(

@@ -140,3 +140,16 @@ def test_make_refuses_a_project_name_another_folder_owns(project, tmp_path, monk
     with pytest.raises(identity.IdentityError, match="belongs to /usr"):  # a folder that exists
         beside.make(cfg_path, tmp_path / ".env", "second", run=Engine(owner="/usr"), free=lambda host, port: True)
     assert (tmp_path / ".env").read_text() == before
+
+
+def test_make_twice_never_goes_back_to_config_yamls_own_subnet_and_ports(project, tmp_path, monkeypatch):
+    # The second run starts from the first one's .env; config.yaml's own values (the other
+    # clones' stack, down or not) stay taken.
+    monkeypatch.setattr(beside.preflight, "host_routes", lambda: [])
+    cfg_path = project("network: {subnet: 172.16.0.0/16}\n")
+    beside.make(cfg_path, tmp_path / ".env", "second", run=Engine(), free=lambda host, port: True)
+    beside.make(cfg_path, tmp_path / ".env", "third", run=Engine(), free=lambda host, port: True)
+    cfg = config.load(cfg_path, environ={})
+    assert cfg.get("project", "name") == "third"
+    assert cfg.get("network", "subnet") not in ("172.16.0.0/16", "172.17.0.0/16")
+    assert cfg.get("services", "health", "port") == 8888 + 200
