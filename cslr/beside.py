@@ -78,11 +78,14 @@ def published_host_ports(inspected: Iterable[Mapping]) -> set[int]:
     """Host ports that containers publish (running or not), from `docker container inspect`."""
     out = set()
     for container in inspected:
-        bindings = (container.get("HostConfig") or {}).get("PortBindings") if isinstance(container.get("HostConfig"), dict) else None
-        for entries in (bindings or {}).values() if isinstance(bindings, dict) else ():
-            for entry in entries or ():
-                port = str((entry or {}).get("HostPort", "")) if isinstance(entry, dict) else ""
-                if port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+        config = container.get("HostConfig") if isinstance(container, Mapping) else None
+        bindings = config.get("PortBindings") if isinstance(config, Mapping) else None
+        for entries in bindings.values() if isinstance(bindings, Mapping) else ():
+            for entry in entries if isinstance(entries, list) else ():
+                port = entry.get("HostPort") if isinstance(entry, Mapping) else None
+                if isinstance(port, int) and not isinstance(port, bool):
+                    port = str(port)
+                if isinstance(port, str) and port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536:
                     out.add(int(port))
     return out
 

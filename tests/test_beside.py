@@ -62,7 +62,11 @@ def test_a_shift_never_lands_on_the_copied_configs_own_ports():
 def test_host_ports_of_containers_are_read_from_hostile_inspect_output():
     inspected = [
         {"HostConfig": {"PortBindings": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8888"}], "9/udp": None}}},
-        {"HostConfig": {"PortBindings": {"1/tcp": [{"HostPort": ""}, "junk", {"HostPort": "x7"}, {"HostPort": "99999"}, {"HostPort": 6000}]}}},
+        {
+            "HostConfig": {
+                "PortBindings": {"1/tcp": [{"HostPort": ""}, "junk", {"HostPort": "x7"}, {"HostPort": "99999"}, {"HostPort": "9" * 5000}, {"HostPort": 6000}]}
+            }
+        },
         {"HostConfig": None},
         {"HostConfig": {"PortBindings": []}},
     ]
@@ -153,3 +157,15 @@ def test_make_twice_never_goes_back_to_config_yamls_own_subnet_and_ports(project
     assert cfg.get("project", "name") == "third"
     assert cfg.get("network", "subnet") not in ("172.16.0.0/16", "172.17.0.0/16")
     assert cfg.get("services", "health", "port") == 8888 + 200
+
+
+json_st = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(["HostConfig", "Name"]), st.dictionaries(st.sampled_from(["PortBindings"]), json_st) | json_st), max_size=3))
+def test_published_host_ports_survive_any_inspect_output(inspected):
+    assert all(isinstance(p, int) and 0 < p < 65536 for p in beside.published_host_ports(inspected))
