@@ -4,8 +4,9 @@
        the data volumes (cslr/identity.py, exit 2 otherwise); ports, subnet, NVIDIA runtime
     2. images: resolve images.source, then pull or build the bases, build the project's images
     3. Ray versions: every Ray image and the notebook carry ray.version
-    4. start (impacting things): the volumes (labelled with their owner and secret fingerprint), `compose up -d`, one line per service state change, until every
-       service is healthy; a failure names the service, its last log lines and healthcheck output
+    4. start (impacting things): the volumes (labelled with their owner folder and secret
+       fingerprint), `compose up -d`, one line per service state change, until every service is
+       healthy; a failure names the service, its last log lines and healthcheck output
 
 Modelled on getsentry/self-hosted's install/: nothing is changed before phase 4 but images.
 """
