@@ -227,8 +227,25 @@ def watch_up(stack: Stack, timeout: float = 600.0, clock: Callable[[], float] = 
             proc.stdout.close()
 
 
+# Log lines that say what is wrong better than the lines themselves (a volume older than the
+# secret fingerprints, docs/stacks.md, made with another password than .env's).
+DIAGNOSES = {
+    "password authentication failed": "Postgres refuses the POSTGRES_PASSWORD of .env: its data volume was created with another one "
+    "(a new or lost .env over an older stack's data). See docs/stacks.md#a-lost-env.",
+    "WRONGPASS": "Redis refuses the REDIS_PASSWORD of .env: see docs/stacks.md#a-lost-env.",
+}
+
+
+def diagnose(logs: str) -> list[str]:
+    """Pure: the DIAGNOSES whose marker is in `logs`."""
+    return [text for marker, text in DIAGNOSES.items() if marker in logs]
+
+
 def failure(stack: Stack, service: str, what: str, container: str | None = None) -> str:
-    text = f"{service} {what}. Its last log lines:\n{stack.logs_tail(service)}"
+    logs = stack.logs_tail(service)
+    text = f"{service} {what}. Its last log lines:\n{logs}"
+    for line in diagnose(logs):
+        text += f"\nDiagnosis: {line}"
     if container:
         probe = stack.run(["docker", "inspect", "--format", "{{json .State.Health}}", container], capture_output=True, text=True)
         try:

@@ -316,3 +316,10 @@ def test_up_refuses_before_it_regenerates_the_project(project, tmp_path):
     docker = FakeDocker([], [volume(folder, secret=identity.fingerprint("another"))])
     with pytest.raises(identity.IdentityError, match=str(build / ".env")):
         lifecycle.claim_before_generate(cfg, build, run=docker)
+
+
+def test_a_failure_with_postgres_refusing_the_password_says_why():
+    logs = 'mlflow-1  | sqlalchemy.exc.OperationalError: FATAL:  password authentication failed for user "mlflow"\n'
+    [text] = lifecycle.diagnose(logs)
+    assert "POSTGRES_PASSWORD" in text and "docs/stacks.md" in text
+    assert lifecycle.diagnose("mlflow-1  | Listening at: http://0.0.0.0:5000\n") == []
