@@ -132,14 +132,20 @@ def _loaded(config_path: str, env_file: str | None):
         "force": "accepted for compatibility; replaces nothing",
         "rotate_secrets": "replace every secret in .env (after a backup); refused while the Postgres or Redis volume exists",
         "reset_config": "rewrite config.yaml from the template (after a backup)",
+        "project": "a stack of this folder's own beside others on this machine: this Compose project name, a free subnet and free host ports, written to .env",
     }
 )
-def init(c, config=CONFIG, env_file=None, force=False, rotate_secrets=False, reset_config=False):
+def init(c, config=CONFIG, env_file=None, force=False, rotate_secrets=False, reset_config=False, project=None):
     """Write config.yaml (if absent) and .env with new random secrets (mode 0600); add missing secrets, keep the rest."""
     cfg_path = Path(config)
     env_path = Path(env_file) if env_file else cfg_path.parent / ".env"
     for line in init_files(cfg_path, env_path, force=force, rotate_secrets=rotate_secrets, reset_config=reset_config):
         print(line)
+    if project is not None:
+        from cslr import beside
+
+        for line in beside.make(cfg_path, env_path, project):
+            print(line)
 
 
 @cli()
@@ -251,8 +257,8 @@ def export(c, target, config=CONFIG, env_file=None, out=None):
 # ----------------------------------------------------------------------------- the running stack
 
 
-def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pull=False):
-    loaded = _loaded(config, env_file)
+def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pull=False, loaded=None):
+    loaded = loaded or _loaded(config, env_file)
     build_dir = _out_dir(out)
     if generate_first:
         source, why = lifecycle.resolve_image_source(loaded.cfg, images.services_of(loaded.cfg, loaded.gpu.node_enabled), probe_pull=probe_pull)
@@ -274,8 +280,12 @@ def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pul
 )
 def up(c, config=CONFIG, env_file=None, out=OUT, timeout=600, build=False, host=None, show_secrets=False, firewall_elsewhere=False):
     """Generate, preflight, make the images present, start the stack and wait until it is healthy."""
-    st = _stack(config, env_file, out, generate_first=True, host=host, probe_pull=True)
-    rows = lifecycle.bring_up(st, lifecycle.UpOptions(timeout=float(timeout), build=build, firewall_elsewhere=firewall_elsewhere))
+    # Whose stack and data: refused (exit 2) before anything, even the generated project, changes.
+    loaded = _loaded(config, env_file)
+    for line in lifecycle.claim_before_generate(loaded.cfg, _out_dir(out)):
+        print(line)
+    st = _stack(config, env_file, out, generate_first=True, host=host, probe_pull=True, loaded=loaded)
+    rows = lifecycle.bring_up(st, lifecycle.UpOptions(timeout=float(timeout), build=build, claimed=True, firewall_elsewhere=firewall_elsewhere))
     print(st.table(rows, show_secrets=show_secrets))
 
 
@@ -292,7 +302,9 @@ def wheelhouse(c, config=CONFIG, env_file=None, dest=None, force=False):
 def down(c, config=CONFIG, env_file=None, out=OUT, volumes=False, yes=False):
     """Stop and remove the stack's containers; volumes are kept unless --volumes --yes."""
     # Without a generated project (a fresh checkout, a new --out) generate one to know the stack.
-    _stack(config, env_file, out, generate_first=not (_out_dir(out) / "compose.yaml").exists()).down(volumes=volumes, yes=yes)
+    st = _stack(config, env_file, out, generate_first=not (_out_dir(out) / "compose.yaml").exists())
+    st.claim("down")
+    st.down(volumes=volumes, yes=yes)
 
 
 @cli(help={"show_secrets": "print the Marimo and Ray dashboard tokens in full"})
@@ -301,6 +313,7 @@ def ps(c, config=CONFIG, env_file=None, out=OUT, show_secrets=False, json=False)
     from cslr import __version__
 
     st = _stack(config, env_file, out)
+    st.claim("ps")
     rows = st.services()
     if json:
         urls = report_mod.service_urls(st.cfg, show_secrets)
@@ -325,6 +338,7 @@ def logs(c, service, follow=False, tail=200, since=None, config=CONFIG, env_file
     from cslr import logs as logs_mod
 
     st = _stack(config, env_file, out)
+    st.claim("logs")
     names = [] if service == "all" else [s.strip() for s in service.split(",") if s.strip()]
     args = ["logs", "--no-color", "--timestamps", "--tail", str(tail)] + (["--since", logs_mod.check_since(since)] if since else [])
     if follow:

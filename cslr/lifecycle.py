@@ -1,13 +1,15 @@
 """`inv up` as an ordered list of phases, each a small step with one job.
 
-    1. preflight (no impact yet): engine, Compose, ports, subnet, NVIDIA runtime; multi-host:
-       the rules of `inv firewall` are loaded (or `--firewall-elsewhere` says so, loudly)
+    1. preflight (no impact yet): engine, Compose; the stack is this folder's and its .env opens
+       the data volumes (cslr/identity.py, exit 2 otherwise); ports, subnet, NVIDIA runtime;
+       multi-host: the rules of `inv firewall` are loaded (or `--firewall-elsewhere` says so, loudly)
     2. images: resolve images.source, then pull or build the bases, build the project's images
     3. Ray versions: every Ray image and the notebook carry ray.version; upgrades: a Postgres
        volume of another major version is refused, MLflow's schema is migrated once when a newer
        MLflow wants it (after a database dump into backups/; cslr/upgrade.py)
-    4. start (impacting things): `compose up -d`, one line per service state change, until every
-       service is healthy; a failure names the service, its last log lines and healthcheck output
+    4. start (impacting things): the volumes (labelled with their owner folder and secret
+       fingerprint), `compose up -d`, one line per service state change, until every service is
+       healthy; a failure names the service, its last log lines and healthcheck output
 
 Modelled on getsentry/self-hosted's install/: nothing is changed before phase 4 but images, the
 host folders (phase 4's first step) and, only when MLflow's schema must move, Postgres started
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import compose, images, preflight, topology, upgrade
+from . import compose, identity, images, preflight, topology, upgrade
 from .report import is_ready
 from .stack import Stack, StackError
 
@@ -33,6 +35,7 @@ class UpOptions:
     timeout: float = 600.0
     build: bool = False
     firewall_elsewhere: bool = False  # multi-host: do not check for the rules of `inv firewall`
+    claimed: bool = False  # the caller ran claim_before_generate and printed its notes
 
 
 def check_preflight(stack: Stack, run=subprocess.run, routes: Callable[[], list] = preflight.host_routes) -> list[str]:
@@ -106,6 +109,10 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
     """Phases 1–4 on a generated project. Raises StackError / PlatformError."""
     options = options or UpOptions()
     stack.out(f"compose: {compose.compose_binary()}")
+    fail(preflight.docker_available(stack.run) + preflight.compose_available(stack.run))
+    for line in claim_for_up(stack, identity.Engine(stack.run)):  # again on the generated project: every volume
+        if not options.claimed:
+            stack.out(line)
     firewall, notes = preflight.firewall_check(stack.cfg, stack.env().get("HOST_NAME"), options.firewall_elsewhere)
     for line in notes:
         stack.out(line)
@@ -121,8 +128,53 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
         stack.out(line)
     for line in host_folders(stack):
         stack.out(line)
+    scope = identity.scope_of(stack)
+    for line in identity.create_volumes(scope, identity.Engine(stack.run), data_secrets(stack), stack.env()):
+        stack.out(line)
     stack.out(f"starting {stack.project}; waiting up to {options.timeout:.0f} s for health:")
     return watch_up(stack, timeout=options.timeout)
+
+
+def data_secrets(stack: Stack) -> dict[str, str]:
+    """Data volume (Compose key) -> the .env variable of the secret it is made with, for the
+    data volumes that the services this `up` starts mount."""
+    from .init import DATA_VOLUMES
+
+    services = stack.doc().get("services") or {}
+    used = set()
+    for name in stack.expected_services():
+        for mount in (services.get(name) or {}).get("volumes") or []:
+            if isinstance(mount, dict) and mount.get("type") == "volume":
+                used.add(mount.get("source"))
+    return {key: env for key, env in DATA_VOLUMES.items() if key in used}
+
+
+def claim_for_up(stack: Stack, engine: identity.Engine) -> list[str]:
+    """Phase 1, before anything else looks at the project: its containers and volumes are this
+    folder's, and this .env opens its data volumes. IdentityError (exit 2) otherwise."""
+    scope = identity.scope_of(stack)
+    lines = identity.claim(scope, engine, "up")
+    env_path = str(stack.cfg.env_path) if stack.cfg.env_path else ".env"
+    return lines + identity.check_data(scope, engine, data_secrets(stack), stack.env(), env_path)
+
+
+def claim_before_generate(cfg, build_dir, run=subprocess.run) -> list[str]:
+    """`inv up`, before it regenerates the project: the same claims on the data volumes, so that
+    a refused run leaves the generated env file (which may hold the secrets that made the data)
+    as it was. Every existing data volume is checked, as `inv init --rotate-secrets` does."""
+    from pathlib import Path
+
+    from .config import env_fields
+    from .init import DATA_VOLUMES
+
+    project = cfg.get("project", "name")
+    scope = identity.Scope(project, str(Path(cfg.config_path).resolve().parent), str(Path(build_dir).resolve()), {k: f"{project}_{k}" for k in DATA_VOLUMES})
+    engine = identity.Engine(run)
+    env = {f.env: str(cfg.get(*f.path) or "") for f in env_fields() if f.env in DATA_VOLUMES.values()}
+    generated = Path(build_dir) / ".env"
+    env_path = str(cfg.env_path) if cfg.env_path else ".env"
+    lines = identity.claim(scope, engine, "up")
+    return lines + identity.check_data(scope, engine, DATA_VOLUMES, env, env_path, str(generated) if generated.exists() else None)
 
 
 def host_folders(stack: Stack) -> list[str]:
@@ -188,8 +240,25 @@ def watch_up(stack: Stack, timeout: float = 600.0, clock: Callable[[], float] = 
             proc.stdout.close()
 
 
+# Log lines that say what is wrong better than the lines themselves (a volume older than the
+# secret fingerprints, docs/stacks.md, made with another password than .env's).
+DIAGNOSES = {
+    "password authentication failed": "Postgres refuses the POSTGRES_PASSWORD of .env: its data volume was created with another one "
+    "(a new or lost .env over an older stack's data). See docs/stacks.md#a-lost-env.",
+    "WRONGPASS": "Redis refuses the REDIS_PASSWORD of .env: see docs/stacks.md#a-lost-env.",
+}
+
+
+def diagnose(logs: str) -> list[str]:
+    """Pure: the DIAGNOSES whose marker is in `logs`."""
+    return [text for marker, text in DIAGNOSES.items() if marker in logs]
+
+
 def failure(stack: Stack, service: str, what: str, container: str | None = None) -> str:
-    text = f"{service} {what}. Its last log lines:\n{stack.logs_tail(service)}"
+    logs = stack.logs_tail(service)
+    text = f"{service} {what}. Its last log lines:\n{logs}"
+    for line in diagnose(logs):
+        text += f"\nDiagnosis: {line}"
     if container:
         probe = stack.run(["docker", "inspect", "--format", "{{json .State.Health}}", container], capture_output=True, text=True)
         try:

@@ -71,6 +71,13 @@ class Stack:
         active = self.active_profiles()
         return sorted(name for name, svc in self.doc().get("services", {}).items() if not svc.get("profiles") or active & set(svc["profiles"]))
 
+    def claim(self, action: str) -> None:
+        """Refuse (exit 2) to act on a project that another folder's stack owns (cslr/identity.py)."""
+        from . import identity
+
+        for line in identity.claim(identity.scope_of(self), identity.Engine(self.run), action):
+            self.out(line)
+
     # ------------------------------------------------------------------ state
 
     def services(self) -> list[dict]:

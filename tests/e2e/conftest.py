@@ -74,6 +74,16 @@ def dump(inv: Inv) -> None:
         sys.stdout.write(f"\n$ docker compose {' '.join(args)}\n{proc.stdout}{proc.stderr}")
 
 
+def remove_project(project: str) -> None:
+    """The tier's own cleanup of a test project's leftovers, by Compose's project label. Not
+    `inv down`: that refuses a stack whose folder (an interrupted run's clone) still exists."""
+    label = f"label=com.docker.compose.project={project}"
+    for ls, rm in ((["ps", "-aq"], ["rm", "-f"]), (["network", "ls", "-q"], ["network", "rm"]), (["volume", "ls", "-q"], ["volume", "rm", "-f"])):
+        ids = subprocess.run(["docker", *ls, "--filter", label], capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", *rm, *ids], capture_output=True)
+
+
 def ensure_user() -> None:
     if subprocess.run(["id", "-u", E2E_USER], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "--create-home", "--groups", "docker", E2E_USER], check=True)
@@ -152,7 +162,7 @@ def inv(tmp_path_factory):
         subprocess.run(["chown", "-R", f"{E2E_USER}:", str(sample), str(workspace)], check=True)
     runner = Inv(workdir, repo, prefix, env)
     runner("init", "--config", str(workdir / "config.yaml"), check=True)
-    runner("down", "--volumes", "--yes")  # leftovers of an interrupted earlier run
+    remove_project(PROJECT)  # leftovers of an interrupted earlier run (whose clone may still exist)
     try:
         import time
 
