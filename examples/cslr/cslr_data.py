@@ -66,9 +66,11 @@ class DataError(Exception):
 def read_npy(path: Path) -> tuple[tuple[int, ...], list[float]]:
     """(shape, values in C order) of a float .npy file, with the standard library only."""
     data = Path(path).read_bytes()
-    if not data.startswith(NPY_MAGIC) or len(data) < 10:
+    if not data.startswith(NPY_MAGIC):
         raise DataError(f"{path}: not an NPY file (expected it to start with \\x93NUMPY)")
-    major = data[6]
+    major = data[6] if len(data) > 6 else 0
+    if len(data) < (10 if major == 1 else 12):
+        raise DataError(f"{path}: truncated NPY file ({len(data)} bytes)")
     if major == 1:
         (hlen,), start = struct.unpack("<H", data[8:10]), 10
     elif major in (2, 3):
@@ -102,7 +104,13 @@ def write_npy(path: Path, shape: tuple[int, ...], values, dtype: str = "<f4") ->
         raise ValueError(f"shape {shape} needs {math.prod(shape)} values, found {len(values)}")
     header = f"{{'descr': '{dtype}', 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"  # as numpy.save writes it
     header += " " * (-(len(NPY_MAGIC) + 4 + len(header) + 1) % 64) + "\n"  # data aligned to 64 bytes
-    Path(path).write_bytes(NPY_MAGIC + b"\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin1") + struct.pack(f"{dtype[0]}{len(values)}{NPY_TYPES[dtype[1:]]}", *values))
+    Path(path).write_bytes(
+        NPY_MAGIC
+        + b"\x01\x00"
+        + struct.pack("<H", len(header))
+        + header.encode("latin1")
+        + struct.pack(f"{dtype[0]}{len(values)}{NPY_TYPES[dtype[1:]]}", *values)
+    )
 
 
 # --------------------------------------------------------------------------- keypoints -> frames
@@ -194,8 +202,8 @@ def parse_points(spec: str) -> list[int] | None:
         return None
     out: list[int] = []
     for part in spec.split(","):
-        lo, _, hi = part.strip().partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and (not hi.isdigit() or int(hi) < int(lo))):
             raise DataError(f"--points: expected point indices and ranges like 0-24,95-136, found {part.strip()!r} in {spec!r}")
         out.extend(range(int(lo), int(hi or lo) + 1))
     return out
@@ -338,7 +346,15 @@ def load_index(root: Path) -> DataSet:
 
 
 def write_synthetic(
-    out: Path, sentences: int = 48, seed: int = 0, vocab: int = 8, keypoints: int = 6, dev: float = 0.25, test: float = 0.25, dtype: str = "<f4", fmt: str = "npy"
+    out: Path,
+    sentences: int = 48,
+    seed: int = 0,
+    vocab: int = 8,
+    keypoints: int = 6,
+    dev: float = 0.25,
+    test: float = 0.25,
+    dtype: str = "<f4",
+    fmt: str = "npy",
 ) -> list[Sentence]:
     """Write `sentences` of cslr_core.make_dataset's synthetic sentences in this format: gloss k is
     named G<k>, keypoints (frames, keypoints, 2) in .npy (`fmt` "pose": pose-format files), splits
