@@ -143,6 +143,9 @@ def inv(tmp_path_factory):
     sample = workdir / "sample-data"
     sample.mkdir(exist_ok=True)
     (sample / "glosses.txt").write_text("HELLO\nTHANK-YOU\n")
+    # ... holding the CSLR example's shipped sample in its data format too (annotations.csv,
+    # keypoints/*.npy): `train.py --data /data/sample` (test_research.py).
+    shutil.copytree(ROOT / "examples" / "cslr" / "sample", sample, dirs_exist_ok=True)
     # The user's writable workspace: /workspace in every Ray node and the notebook.
     workspace = workdir / "workspace"
     workspace.mkdir(exist_ok=True)
