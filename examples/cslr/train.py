@@ -4,12 +4,17 @@ cluster's nodes, and log it to MLflow.
 Submit it as a Ray job from the repository root (the folder is uploaded as the job's working dir):
 
     .venv/bin/inv submit --wait --working-dir examples/cslr -- python train.py
+    .venv/bin/inv submit --wait --working-dir examples/cslr -- python train.py --data /data/NAME
 
-Data: seeded synthetic keypoint sequences labelled with gloss sequences (cslr_core.make_dataset).
-Each node runs one worker actor that generates and holds its own shard of the training set;
+Data: seeded synthetic keypoint sequences labelled with gloss sequences (cslr_core.make_dataset),
+or with `--data DIR` a data set on disk (cslr_data: annotations.csv with train/dev/test, one
+keypoint file per sentence; on the stack a config.yaml `data:` entry, read-only at /data/NAME on
+every node). Each node runs one worker actor that generates (or reads) and holds its own shard;
 every step the driver sends the current weights, each worker returns the summed CTC gradient of
 its part of the mini-batch, and the driver averages them and takes an Adam step (synchronous
-data parallelism). After each epoch the driver decodes the held-out test set and logs its WER.
+data parallelism). After each epoch the driver decodes the held-out test set and logs its WER;
+with --data the workers decode their shares of the dev set instead, the epoch with the lowest dev
+WER is kept, and its test WER is computed once at the end (`best_epoch`, `best_dev_wer`, `test_wer`).
 
 MLflow (MLFLOW_TRACKING_URI, set on every node by the stack): params, per-epoch `train_loss`,
 `test_wer` and `epoch_seconds`, the final `final_test_wer`, and the model as an artifact.
@@ -22,7 +27,7 @@ uses `cuda:0` when torch.cuda.is_available(), else the CPU, and says why
 (cslr_backend.choose_device). Each worker's backend and device are logged as MLflow params
 `worker<i>_backend`, `worker<i>_device` (and `worker<i>_device_reason`, `worker<i>_gpu_ids`).
 Exit code 0 when training finished (whatever the WER), 1 on failure, 2 when the requested backend
-cannot run here.
+cannot run here or the data set is malformed (one line naming the file and line, no traceback).
 """
 
 from __future__ import annotations
@@ -314,6 +319,12 @@ def main(argv=None) -> int:
         return 2
     print(f"{count} gradient worker(s): " + ", ".join(f"{p['host']} ({p['sentences']} sentences)" for p in placed) + f"; cluster GPUs: {gpus:g}")
     dropped = sum(p["dropped"] for p in placed)
+    if opened and dropped == len(opened["set"].split("train")):
+        print(
+            f"train.py: {opened['set'].root}: no train sentence has as many frames as CTC needs for its glosses (--frame-step {args.frame_step})",
+            file=sys.stderr,
+        )
+        return 2
     if dropped:
         print(f"{dropped} train sentence(s) left out: fewer frames than CTC needs for their glosses (--frame-step too large?)")
     for i, (p, share) in enumerate(zip(placed, shares)):
