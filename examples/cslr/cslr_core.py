@@ -195,6 +195,13 @@ def ctc_loss_and_grad(logits: list[list[float]], labels: list[int], blank: int =
     return -log_p, grad
 
 
+def ctc_feasible(frames: int, labels: list[int]) -> bool:
+    """Whether `frames` frames can emit `labels` under CTC: one frame per label plus one blank
+    between each pair of equal neighbours."""
+    repeats = sum(1 for a, b in zip(labels, labels[1:]) if a == b)
+    return frames >= len(labels) + repeats
+
+
 # ------------------------------------------------------------------------- decoding and WER
 
 

@@ -20,19 +20,12 @@ from __future__ import annotations
 import math
 import warnings
 
-from cslr_core import BLANK, Sample, window
+from cslr_core import BLANK, Sample, collapse, ctc_feasible, window
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch without NumPy: not needed here
     import torch
     import torch.nn.functional as F
-
-
-def ctc_feasible(frames: int, labels: list[int]) -> bool:
-    """Whether `frames` frames can emit `labels` under CTC: one frame per label plus one blank
-    between each pair of equal neighbours."""
-    repeats = sum(1 for a, b in zip(labels, labels[1:]) if a == b)
-    return frames >= len(labels) + repeats
 
 
 class TorchShard:
@@ -77,3 +70,15 @@ class TorchShard:
         if not all(self.feasible[i] for i in batch):
             loss = math.inf
         return loss, w.grad.detach().cpu().tolist()
+
+    def decode(self, weights: list[list[float]], chunk: int = 64) -> list[list[int]]:
+        """Greedy CTC decodes of every sample of the shard with `weights` (cslr_core.greedy_decode:
+        the first maximal class per frame, repeats merged, blanks dropped), `chunk` samples at a time."""
+        w = torch.tensor(weights, dtype=self.dtype, device=self.device)
+        out: list[list[int]] = []
+        with torch.no_grad():
+            for start in range(0, self.count, chunk):
+                lengths = self.input_lengths[start : start + chunk].tolist()
+                best = (self.x[start : start + chunk, : max(lengths)] @ w.T).argmax(dim=-1).cpu().tolist()
+                out.extend(collapse(path[:n]) for path, n in zip(best, lengths))
+        return out

@@ -153,13 +153,17 @@ def inv(tmp_path_factory):
     sample = workdir / "sample-data"
     sample.mkdir(exist_ok=True)
     (sample / "glosses.txt").write_text("HELLO\nTHANK-YOU\n")
+    # The CSLR example's shipped sample in its data format (annotations.csv, keypoints/*.npy),
+    # read-only at /data/cslr: `train.py --data /data/cslr` (test_research.py).
+    cslr = workdir / "cslr-data"
+    shutil.copytree(ROOT / "examples" / "cslr" / "sample", cslr, dirs_exist_ok=True)
     # The user's writable workspace: /workspace in every Ray node and the notebook.
     workspace = workdir / "workspace"
     workspace.mkdir(exist_ok=True)
     with open(workdir / "config.yaml", "a") as handle:
-        handle.write(f"data:\n  sample: {sample}\nworkspace: {workspace}\n")
+        handle.write(f"data:\n  sample: {sample}\n  cslr: {cslr}\nworkspace: {workspace}\n")
     if prefix:
-        subprocess.run(["chown", "-R", f"{E2E_USER}:", str(sample), str(workspace)], check=True)
+        subprocess.run(["chown", "-R", f"{E2E_USER}:", str(sample), str(cslr), str(workspace)], check=True)
     runner = Inv(workdir, repo, prefix, env)
     runner("init", "--config", str(workdir / "config.yaml"), check=True)
     remove_project(PROJECT)  # leftovers of an interrupted earlier run (whose clone may still exist)

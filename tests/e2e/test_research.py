@@ -76,6 +76,32 @@ def test_submit_the_cslr_example_and_read_its_run_back_from_mlflow(inv):
     assert "final test WER" in logs
 
 
+def test_the_cslr_example_trains_on_a_data_set_mounted_at_data_name(inv):
+    """config.yaml `data: {cslr: ...}` holds the example's sample in its on-disk format; the job
+    reads it at /data/cslr on both nodes (the default images: no NumPy, the stdlib .npy reader)."""
+    proc = inv(
+        "submit", "--wait", "--name", "e2e-cslr-data", "--working-dir", str(inv.repo / "examples" / "cslr"), "--",
+        "python", "train.py", "--data", "/data/cslr", "--epochs", "3", "--batch", "8", "--run-name", "e2e-cslr-data", timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "data: /data/cslr: sentences train 60, dev 30, test 30; vocabulary 8 glosses (train split); 12 features per frame" in proc.stdout, proc.stdout
+    assert "2 gradient worker(s)" in proc.stdout and "(30 sentences)" in proc.stdout
+    printed = re.search(r"best dev WER ([\d.]+) at epoch (\d)/3; with that checkpoint, test WER ([\d.]+) \(30 sentences\)", proc.stdout)
+    assert printed, proc.stdout[-3000:]
+    exp = mlflow("GET", "experiments/get-by-name", params={"experiment_name": "cslr-example"})["experiment"]["experiment_id"]
+    [run] = mlflow("POST", "runs/search", json={"experiment_ids": [exp], "filter": "tags.mlflow.runName = 'e2e-cslr-data'"})["runs"]
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert f"{metrics['best_dev_wer']:.3f}" == printed.group(1) and metrics["best_epoch"] == int(printed.group(2))
+    assert f"{metrics['test_wer']:.3f}" == printed.group(3) and "final_test_wer" not in metrics
+    assert params["data"] == "/data/cslr" and params["data_train_sentences"] == "60" and params["vocabulary"] == "8", params
+    history = mlflow("GET", "metrics/get-history", params={"run_id": run["info"]["run_id"], "metric_key": "dev_wer"})["metrics"]
+    assert sorted(m["step"] for m in history) == [1, 2, 3] and min(m["value"] for m in history) == metrics["best_dev_wer"]
+    artifacts = mlflow("GET", "artifacts/list", params={"run_id": run["info"]["run_id"], "path": "model"})
+    assert sorted(f["path"] for f in artifacts.get("files", [])) == ["model/cslr_linear_ctc.json", "model/vocabulary.json"]
+    print(f"\nMEASURED the example on /data/cslr, 3 epochs: best dev WER {printed.group(1)} (epoch {printed.group(2)}), test WER {printed.group(3)}")
+
+
 def test_a_failing_job_gives_its_exit_code(inv):
     proc = inv("submit", "--wait", "--working-dir", str(inv.repo / "examples" / "cslr"), "--", "python", "-c", "raise SystemExit(3)", timeout=300)
     assert proc.returncode == 1 and "FAILED" in proc.stdout, proc.stdout + proc.stderr

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +131,44 @@ def test_the_example_runs_as_a_job_from_an_uploaded_working_dir(dashboard):
     assert status == "SUCCEEDED" and jobs.exit_code(status) == 0, text
     assert "epoch  2/2" in text and "final test WER" in text
     assert any(j["submission_id"] == "integration-cslr" and j["status"] == "SUCCEEDED" for j in dashboard.list())
+
+
+def test_the_example_trains_on_its_shipped_sample_data_set_as_a_job(dashboard):
+    """`train.py --data sample`: the data set in the uploaded working dir, read by each worker
+    (its share of train, dev and test); dev WER selects the epoch, test WER is computed once."""
+    folder = ROOT / "examples" / "cslr"
+    files = jobs.package_files(folder)
+    assert "sample/annotations.csv" in files and sum(f.startswith("sample/keypoints/") for f in files) == 120
+    name, data = jobs.build_package(folder, files)
+    dashboard.upload(name, data)
+    job = dashboard.submit(
+        "python train.py --data sample --epochs 3 --batch 8 --workers 2 --backend python", f"gcs://{name}", submission_id="integration-cslr-data"
+    )
+    lines = []
+    status = jobs.wait(dashboard, job, out=lines.append, poll=1.0)
+    text = "\n".join(lines)
+    assert status == "SUCCEEDED", text
+    assert "data: sample: sentences train 60, dev 30, test 30; vocabulary 8 glosses (train split); 12 features per frame" in text
+    assert "2 gradient worker(s): " in text and text.count("(30 sentences)") >= 2 and "dev_wer" in text and "test_wer" not in text.split("best dev WER")[0]
+    dev = [float(m) for m in re.findall(r"dev_wer ([\d.]+)", text)]
+    best = re.search(r"best dev WER ([\d.]+) at epoch (\d)/3; with that checkpoint, test WER ([\d.]+) \(30 sentences\)", text)
+    assert len(dev) == 3 and best, text
+    assert float(best.group(1)) == min(dev) and int(best.group(2)) == dev.index(min(dev)) + 1
+
+
+def test_a_malformed_data_set_fails_the_job_with_exit_2_and_the_line(dashboard, tmp_path):
+    folder = tmp_path / "job"
+    shutil.copytree(ROOT / "examples" / "cslr", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    table = folder / "sample" / "annotations.csv"
+    table.write_text(table.read_text().replace("synth00061|dev|", "synth00061|valid|"))
+    name, data = jobs.build_package(folder, jobs.package_files(folder))
+    dashboard.upload(name, data)
+    job = dashboard.submit("python train.py --data sample --backend python", f"gcs://{name}", submission_id="integration-cslr-bad-data")
+    lines = []
+    status = jobs.wait(dashboard, job, out=lines.append, poll=1.0)
+    text = "\n".join(lines)
+    assert status == "FAILED" and "train.py: sample/annotations.csv, line 63: split: expected one of train, dev, test, found 'valid'" in text, text
+    assert "Traceback" not in text
 
 
 def test_failure_and_stop_give_their_exit_codes(dashboard):
