@@ -215,7 +215,9 @@ BROWSER_FLAGS = (
 def summary_url(inv, service: str, after: str = "") -> str:
     """The address `inv up` printed for a service (its row of the summary table), as a user reads it.
     `after`: the label before the address when the row has several (the health row's dashboard)."""
-    row = next((line for line in inv.up_output.splitlines() if line.split()[:1] == [service]), None)
+    # The table's row (the lines before it follow the services' states while they start).
+    rows = [line for line in inv.up_output.splitlines() if line.startswith(f"{service} ") and "://" in line]
+    row = rows[-1] if rows else None
     assert row is not None, f"no {service} row in the `inv up` summary:\n{inv.up_output[-3000:]}"
     found = re.search(re.escape(after) + r"\s*(http://[^\s;,)]+)", row[row.index(after) :] if after else row)
     assert found, row
