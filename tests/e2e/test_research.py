@@ -1,7 +1,9 @@
 """End to end, a researcher's first day: the CSLR example submitted with `inv submit --wait` and
 its MLflow run read back; `inv jobs`; the starter notebook run headless inside the Marimo
-container against the cluster, MLflow and a /data folder; and real headless-browser screenshots
-of the Marimo and MLflow pages.
+container against the cluster, MLflow and a /data folder; and the three UIs in headless Chromium
+driven as a person uses them (Selenium): the Ray dashboard through the health service's proxy
+past its token dialog to both nodes, the example's run and its metric chart in MLflow, the
+starter notebook in Marimo. Screenshots are kept at /tmp/cslr-e2e-*.png (paths printed).
 
 Figures this module measures are printed (pytest -s, or the captured output of a failure):
 `inv up` (warm: images present) and the time from submitting the example to its first metric.
@@ -14,11 +16,11 @@ import shutil
 import subprocess
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.e2e.conftest import E2E_USER, clean_env, compose_cmd, invoking_uid
 
@@ -212,87 +214,248 @@ def test_a_notebook_the_server_creates_and_a_jobs_workspace_files_belong_to_the_
             assert ray and set(ray.values()) == {uid}, (node, word, ray)
 
 
-# ------------------------------------------------------------------------------ screenshots
+# ------------------------------------------------------------------------------ in a real browser
+#
+# Headless Chromium driven through Selenium as a person would use the pages: from the addresses
+# the `inv up` summary prints, typing the token into Ray's dialog, clicking through MLflow and
+# Marimo. The assertions are on what the pages show (DOM text); screenshots are kept under
+# /tmp/cslr-e2e-*.png (paths printed) for a person to look at. The dashboards are React apps that
+# render late and re-render on their own (auto refresh): every step waits for its element
+# (WebDriverWait, generous limits for a loaded 2-core machine), never for a fixed time.
+
+BROWSER_WAIT_S = 180
+BROWSER_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,900",
+    "--hide-scrollbars",
+)
 
 
-def png_colours(data: bytes) -> int:
-    """Distinct colours of an 8-bit RGB/RGBA PNG (a small decoder: zlib + the five filters)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, width = 8, b"", 0
-    while pos < len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            width, height, depth, colour = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big"), body[8], body[9]
-            assert depth == 8 and colour in (2, 6), (depth, colour)
-            bpp = 3 if colour == 2 else 4
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    raw, stride = zlib.decompress(idat), width * bpp
-    prev, colours = bytearray(stride), set()
-    for y in range(height):
-        ftype, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
-        for i in range(stride):
-            a = line[i - bpp] if i >= bpp else 0
-            b, c = prev[i], (prev[i - bpp] if i >= bpp else 0)
-            if ftype == 1:
-                line[i] = (line[i] + a) & 255
-            elif ftype == 2:
-                line[i] = (line[i] + b) & 255
-            elif ftype == 3:
-                line[i] = (line[i] + (a + b) // 2) & 255
-            elif ftype == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        colours.update(bytes(line[i : i + 3]) for i in range(0, stride, bpp * 4))  # every 4th pixel
-        prev = line
-    return len(colours)
+def summary_url(inv, service: str, after: str = "") -> str:
+    """The address `inv up` printed for a service (its row of the summary table), as a user reads it.
+    `after`: the label before the address when the row has several (the health row's dashboard)."""
+    # The table's row (the lines before it follow the services' states while they start).
+    rows = [line for line in inv.up_output.splitlines() if line.startswith(f"{service} ") and "://" in line]
+    row = rows[-1] if rows else None
+    assert row is not None, f"no {service} row in the `inv up` summary:\n{inv.up_output[-3000:]}"
+    found = re.search(re.escape(after) + r"\s*(http://[^\s;,)]+)", row[row.index(after) :] if after else row)
+    assert found, row
+    return found.group(1)
 
 
-def screenshot(url: str, out: Path) -> bytes:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.fail("chromium is missing: tools/ci-deps.sh installs it")
-    profile = tempfile.mkdtemp(prefix="cslr-chromium-")
-    try:
-        proc = subprocess.run(
-            [
-                browser,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                "--hide-scrollbars",
-                "--virtual-time-budget=15000",
-                f"--screenshot={out}",
-                "--window-size=1280,900",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=180,
+def kept(name: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"cslr-e2e-{name}.png"
+
+
+class Page:
+    """One headless Chromium (fresh profile) with the waits and screenshots the tests share."""
+
+    def __init__(self, name: str):
+        try:
+            from selenium import webdriver
+            from selenium.webdriver.chrome.service import Service
+        except ImportError:
+            pytest.fail("selenium is missing: `make venv-test` installs requirements-test.lock")
+        browser = shutil.which("chromium") or shutil.which("chromium-browser")
+        driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+        if browser is None or not Path(driver).is_file():
+            pytest.fail("chromium or chromedriver is missing: tools/ci-deps.sh installs both (chromium, chromium-driver)")
+        self.name, self.profile = name, tempfile.mkdtemp(prefix="cslr-chromium-")
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        for flag in (*BROWSER_FLAGS, f"--user-data-dir={self.profile}"):
+            options.add_argument(flag)
+        self.driver = webdriver.Chrome(options=options, service=Service(driver))
+        self.driver.set_page_load_timeout(BROWSER_WAIT_S)
+        self.shots: list[Path] = []
+        kept(f"{name}-failed").unlink(missing_ok=True)  # an earlier run's
+
+    def __enter__(self) -> "Page":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        try:
+            if kind is not None:  # the page as it was when the test failed
+                self.shot("failed")
+                print(f"\npage text at the failure ({self.driver.current_url}):\n{self.text()[:3000]}")
+        finally:
+            self.driver.quit()
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+    def wait(self, condition, what: str, timeout: float = BROWSER_WAIT_S):
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        try:
+            return WebDriverWait(self.driver, timeout, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+        except TimeoutException:
+            raise AssertionError(
+                f"{self.name}: waited {timeout:.0f} s for {what} at {self.driver.current_url}; the page shows:\n{self.text()[:3000]}"
+            ) from None
+
+    def clickable(self, xpath: str, what: str):
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as EC
+
+        return self.wait(EC.element_to_be_clickable((By.XPATH, xpath)), what)
+
+    def click(self, element) -> None:
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+        element.click()
+
+    def text(self) -> str:
+        from selenium.webdriver.common.by import By
+
+        try:
+            return self.driver.find_element(By.TAG_NAME, "body").text
+        except Exception as exc:  # the page is gone or in the middle of a navigation
+            return f"(no page text: {exc.__class__.__name__})"
+
+    def shot(self, step: str) -> Path:
+        out = kept(f"{self.name}-{step}")
+        self.driver.save_screenshot(str(out))
+        self.shots.append(out)
+        print(f"\nscreenshot: {out}")
+        return out
+
+
+def ray_dashboard_node_rows(url: str, token: str, nodes: dict[str, str]) -> dict[str, str]:
+    """Open the Ray dashboard at `url`, type `token` into its dialog, open the Cluster tab and
+    return each node's row text once every node of `nodes` (host name -> IP) shows ALIVE."""
+    from selenium.webdriver.common.by import By
+
+    with Page("ray-dashboard") as page:
+        page.driver.get(url)
+        # Token auth: the dashboard opens on Ray's own dialog and shows no cluster data.
+        dialog = page.wait(
+            lambda d: next(
+                (e for e in d.find_elements(By.CSS_SELECTOR, "[role=dialog]") if e.is_displayed() and "Authentication Token Required" in e.text), None
+            ),
+            "the 'Authentication Token Required' dialog",
         )
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-    assert out.is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
-    return out.read_bytes()
+        field = dialog.find_element(By.CSS_SELECTOR, "input[type=password]")
+        submit = dialog.find_element(By.XPATH, ".//button[normalize-space()='Submit']")
+        assert not submit.is_enabled()  # nothing typed yet
+        page.shot("dialog")
+        field.send_keys(token)  # typed as a person types it (a password field: the screenshot masks it)
+        page.wait(lambda _: submit.is_enabled(), "the dialog's Submit button")
+        page.click(submit)
+        page.wait(lambda d: not [e for e in d.find_elements(By.ID, "token-auth-dialog-title") if e.is_displayed()], "the dialog to accept the token")
+        # The dialog keeps the token in Ray's cookie for this address (README, "Then open Marimo").
+        cookie = page.driver.get_cookie("ray-authentication-token")
+        assert cookie is not None and cookie["value"] == token and cookie["httpOnly"], "the dashboard kept no ray-authentication-token cookie"
+
+        page.click(page.clickable("//a[normalize-space()='Cluster']", "the Cluster tab"))
+
+        def node_rows(d):
+            rows = {host: row.text for host in nodes for row in d.find_elements(By.XPATH, f"//tr[td[normalize-space()='{host}']]")}
+            return rows if len(rows) == len(nodes) and all("ALIVE" in text and nodes[h] in text for h, text in rows.items()) else None
+
+        rows = page.wait(node_rows, f"the nodes ({', '.join(f'{h} {ip}' for h, ip in nodes.items())}) ALIVE in the node list")
+        page.shot("cluster")
+    return rows
 
 
-@pytest.mark.parametrize("page", ["mlflow", "marimo"])
-def test_pages_render_in_a_headless_browser(inv, page, tmp_path):
-    url = f"{MLFLOW}/" if page == "mlflow" else f"{MARIMO}/?access_token={dotenv(inv)['MARIMO_TOKEN'].strip(chr(39))}"
-    data = screenshot(url, tmp_path / f"{page}.png")
-    colours = png_colours(data)
-    keep = Path(tempfile.gettempdir()) / f"cslr-e2e-{page}.png"
-    keep.write_bytes(data)
-    print(f"\n{page}: {len(data)} bytes, {colours} distinct colours (sampled); kept at {keep}")
-    # A blank or error page has a handful of colours; a rendered UI (text anti-aliasing, icons,
-    # tables) has many more.
-    assert len(data) > 20_000 and colours >= 50, (len(data), colours)
+def test_the_ray_dashboard_through_the_health_proxy_takes_the_token_and_lists_both_nodes(inv):
+    url = summary_url(inv, "health", "dashboard / Jobs:")
+    cfg = yaml.safe_load((inv.workdir / "config.yaml").read_text())
+    nodes = {"ray-cpu": cfg["network"]["addresses"]["ray_cpu"], "ray-gpu": cfg["network"]["addresses"]["ray_gpu"]}
+    rows = ray_dashboard_node_rows(url, dotenv(inv)["RAY_AUTH_TOKEN"].strip("'\""), nodes)
+    # One of the two is the head (the health service's election), the dashboard marks it.
+    assert sum(f"{ip} (Head)" in rows[host] for host, ip in nodes.items()) == 1, rows
+    print(f"\nRay dashboard at {url}: " + "; ".join(f"{host}: {' '.join(rows[host].split()[:6])}" for host in nodes))
+
+
+def latest_example_run(inv) -> dict:
+    """The CSLR example's newest MLflow run; submitted here if this test runs on its own."""
+    found = requests.get(f"{MLFLOW}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "cslr-example"}, timeout=30)
+    if found.status_code != 200:
+        proc = inv("submit", "--wait", "--working-dir", str(inv.repo / "examples" / "cslr"), "--", "python", "train.py", "--epochs", "4", timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = mlflow("GET", "experiments/get-by-name", params={"experiment_name": "cslr-example"})["experiment"]["experiment_id"]
+    runs = mlflow("POST", "runs/search", json={"experiment_ids": [exp], "max_results": 1, "order_by": ["attributes.start_time DESC"]})["runs"]
+    assert runs, "the cslr-example experiment has no run"
+    return runs[0]
+
+
+def mlflow_metric_chart(url: str, experiment: str, name: str, run_id: str, metric: str = "test_wer") -> tuple[int, str]:
+    """Click from MLflow's home page at `url` to the run's metric charts; (the number of points of
+    `metric`'s chart, that chart's text)."""
+    from selenium.webdriver.common.by import By
+
+    with Page("mlflow") as page:
+        page.driver.get(url)
+        # MLflow 3 opens on its GenAI view: a person training models switches to "Model training",
+        # then opens the experiment from the home page's list and the run from its runs table.
+        page.click(page.clickable("//*[@role='button'][normalize-space()='Model training']", "the 'Model training' switch"))
+        page.click(page.clickable(f"//a[normalize-space()='{experiment}']", f"the {experiment} experiment in the list"))
+        page.click(page.clickable(f"//a[normalize-space()='{name}']", f"the run {name} in the runs table"))
+        page.wait(lambda d: run_id in d.current_url, "the run's page")
+        # The Overview tab's metrics table: the example's metrics by name.
+        metrics = ("train_loss", "test_wer", "epoch_seconds", "final_test_wer", "wall_seconds")
+        page.wait(lambda d: all(d.find_elements(By.XPATH, f"//a[normalize-space()='{m}']") for m in metrics), f"the metrics {metrics} in the run's table")
+        page.shot("run")
+        # The metric history: the Model metrics tab charts the metric over the steps, a point each.
+        page.click(page.clickable("//*[@role='tab'][normalize-space()='Model metrics']", "the 'Model metrics' tab"))
+        card = f"//h4[@title='{metric}']/ancestor::*[.//*[contains(@class, 'scatterlayer')]][1]"
+        chart = page.wait(lambda d: next(iter(d.find_elements(By.XPATH, card)), None), f"the {metric} chart")
+        page.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", chart)
+        points = page.wait(lambda _: chart.find_elements(By.CSS_SELECTOR, ".scatterlayer .point") or None, f"the {metric} chart's points")
+        text = chart.text
+        page.shot("metrics")
+    return len(points), text
+
+
+def test_mlflow_shows_the_examples_run_with_its_metric_history(inv):
+    url = summary_url(inv, "mlflow")
+    run = latest_example_run(inv)
+    name, run_id = run["info"]["run_name"], run["info"]["run_id"]
+    steps = len(mlflow("GET", "metrics/get-history", params={"run_id": run_id, "metric_key": "test_wer"})["metrics"])
+    points, text = mlflow_metric_chart(url, "cslr-example", name, run_id)
+    assert points == steps == 4, (points, steps)
+    assert f"{name} (test_wer)" in text and "Step" in text, text
+    print(f"\nMLflow at {url}: run {name} with {points} test_wer points charted")
+
+
+def marimo_first_cell(url: str, notebook: str) -> tuple[str, str]:
+    """Open `notebook` from Marimo's file explorer at `url` (token included) and run its first
+    cell: (the cell's code as the editor shows it, the text of the h1 it renders)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    with Page("marimo") as page:
+        page.driver.get(url)
+        # The file explorer of the notebook folder; the notebook opens in a new tab.
+        page.click(page.clickable(f"//a[.//*[normalize-space()='{notebook}']]", f"{notebook} in the file explorer"))
+        page.wait(lambda d: len(d.window_handles) == 2, "the notebook's tab")
+        page.driver.switch_to.window(page.driver.window_handles[-1])
+        cell = page.wait(lambda d: next(iter(d.find_elements(By.CSS_SELECTOR, ".marimo-cell")), None), "the notebook's first cell")
+        code = page.wait(lambda _: cell.text.strip(), "the first cell's code")
+        assert f"file={notebook}" in page.driver.current_url and page.driver.title == notebook, (page.driver.current_url, page.driver.title)
+        # Run the first cell (imports and the title) as from the keyboard: click into its code,
+        # Ctrl+Enter (the cell's run button sits under the sticky title bar at the page's top).
+        page.click(page.wait(lambda _: next(iter(cell.find_elements(By.CSS_SELECTOR, ".cm-content")), None), "the first cell's editor"))
+        ActionChains(page.driver).key_down(Keys.CONTROL).send_keys(Keys.ENTER).key_up(Keys.CONTROL).perform()
+        heading = page.wait(lambda _: next((h for h in cell.find_elements(By.TAG_NAME, "h1") if h.is_displayed() and h.text), None), "the rendered title")
+        title = heading.text
+        page.shot("notebook")
+    return code, title
+
+
+def test_marimo_opens_the_starter_notebook(inv):
+    shutil.copy(inv.repo / "notebooks" / "start.py", inv.workdir / "notebooks" / "start.py")
+    # The summary masks the token; the user takes MARIMO_TOKEN from .env, as the table says.
+    base = summary_url(inv, "marimo").split("?")[0]
+    assert summary_url(inv, "marimo").startswith(base + "?access_token=")
+    code, title = marimo_first_cell(base + f"?access_token={dotenv(inv)['MARIMO_TOKEN'].strip(chr(39))}", "start.py")
+    assert 'mo.md(r"""' in code and "# Start here" in code, code
+    assert title == "Start here", title
+    print(f"\nMarimo at {base}: start.py open, its first cell ran and shows its title")
