@@ -248,14 +248,14 @@ def test_claim_ignores_other_projects_and_passes_without_an_engine():
 def test_create_volumes_labels_owner_and_fingerprint_and_keeps_existing_ones():
     docker = FakeDocker([], [volume(B, "cslr_ray-temp", "ray-temp")])
     engine = identity.Engine(docker)
-    lines = identity.create_volumes(SCOPE_B, engine, {"postgres-data": "POSTGRES_PASSWORD"}, {"POSTGRES_PASSWORD": "pw"})
+    lines = identity.create_volumes(SCOPE_B, engine, {"postgres-data": "POSTGRES_PASSWORD"}, {"POSTGRES_PASSWORD": "pw-secret-0123456789"})
     assert lines and "cslr_postgres-data" in lines[0] and "ray-temp" not in lines[0]
     made = docker.volumes["cslr_postgres-data"].labels
     assert made[OWNER_LABEL] == B and made[PROJECT_LABEL] == "cslr" and made[VOLUME_LABEL] == "postgres-data"
-    assert identity.opens("pw", made[SECRET_LABEL]) is True
-    assert not any("pw" in arg for call in docker.calls for arg in call)  # the secret is never on a command line
+    assert identity.opens("pw-secret-0123456789", made[SECRET_LABEL]) is True
+    assert not any("pw-secret-0123456789" in arg for call in docker.calls for arg in call)  # the secret is never on a command line
     # And the next `up` with the same .env passes; with another it is refused before anything else.
-    assert identity.check_data(SCOPE_B, engine, {"postgres-data": "POSTGRES_PASSWORD"}, {"POSTGRES_PASSWORD": "pw"}, ".env") == []
+    assert identity.check_data(SCOPE_B, engine, {"postgres-data": "POSTGRES_PASSWORD"}, {"POSTGRES_PASSWORD": "pw-secret-0123456789"}, ".env") == []
     with pytest.raises(identity.IdentityError, match="POSTGRES_PASSWORD"):
         identity.check_data(SCOPE_B, engine, {"postgres-data": "POSTGRES_PASSWORD"}, {"POSTGRES_PASSWORD": "other"}, ".env")
 
