@@ -374,7 +374,10 @@ def doctor(c, config=CONFIG, env_file=None, out=OUT, json=False):
     def stack_for(loaded):
         return stack_mod.Stack(loaded.cfg, build_dir) if (build_dir / "compose.yaml").exists() else None
 
-    checks = doc.run(lambda: load_validated(config, env_file), stack_for, here=str(Path(config).resolve().parent))
+    def data_check(loaded):
+        return lifecycle.claim_before_generate(loaded.cfg, build_dir)
+
+    checks = doc.run(lambda: load_validated(config, env_file), stack_for, here=str(Path(config).resolve().parent), data_check=data_check)
     print(doc.format_json(checks) if json else doc.format_text(checks))
     if doc.exit_code(checks):
         raise Exit(code=doc.exit_code(checks))

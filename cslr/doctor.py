@@ -208,9 +208,40 @@ def config_check(load: Callable[[], object]) -> tuple[Check, object | None]:
     return Check("config", OK, "valid"), loaded
 
 
-def run(load: Callable[[], object], stack_for: Callable[[object], object | None], probes: Probes | None = None, here: str = ".") -> list[Check]:
+def firewall(cfg, check: Callable[..., tuple[list[str], list[str]]] = preflight.firewall_check) -> list[Check]:
+    """Multi-host: the rules of `inv firewall` for this host are loaded (cslr/preflight.py)."""
+    if not cfg.get("hosts"):
+        return []
+    try:
+        findings, notes = check(cfg, None)
+    except PlatformError as exc:
+        return [Check("firewall", WARN, str(exc).splitlines()[0], "inv doctor on one of the hosts of config.yaml's hosts:")]
+    if findings:
+        return [Check("firewall", FAIL, findings[0].split(". Apply", 1)[0], "inv firewall --host NAME --persist | sudo sh (docs/multi-host.md)")]
+    return [Check("firewall", OK, (notes or ["loaded"])[0])]
+
+
+def data_secrets(check: Callable[[], list[str]]) -> Check:
+    """This folder owns the stack and `.env` opens its data volumes (cslr/identity.py)."""
+    try:
+        notes = check()
+    except PlatformError as exc:
+        lines = str(exc).strip().splitlines()
+        return Check(".env vs data", FAIL, lines[0], " ".join(line.strip() for line in lines[1:3]) or "docs/stacks.md")
+    return Check(".env vs data", OK, notes[0] if notes else "this folder's stack; .env opens its data volumes (or there are none yet)")
+
+
+def run(
+    load: Callable[[], object],
+    stack_for: Callable[[object], object | None],
+    probes: Probes | None = None,
+    here: str = ".",
+    data_check: Callable[[object], list[str]] | None = None,
+    firewall_check: Callable[..., tuple[list[str], list[str]]] = preflight.firewall_check,
+) -> list[Check]:
     """Every check in the troubleshooting flow's order. `load` validates config.yaml (raises
-    PlatformError); `stack_for(loaded)` gives the generated Stack or None."""
+    PlatformError); `stack_for(loaded)` gives the generated Stack or None; `data_check(loaded)`
+    raises when another folder owns the stack or `.env` does not open its data volumes."""
     probes = probes or Probes()
     checks: list[Check] = []
     cfg_check, loaded = config_check(load)
@@ -231,8 +262,11 @@ def run(load: Callable[[], object], stack_for: Callable[[object], object | None]
     if hosts:
         names = [h.get("address") or h.get("name") for h in hosts if isinstance(h, dict)]
         checks += resolution([n for n in names if n], probes.resolve)
+    checks += firewall(cfg, firewall_check)
     if engine:
         return checks
+    if data_check is not None:
+        checks.append(data_secrets(lambda: data_check(loaded)))
     stack = stack_for(loaded)
     if stack is None:
         checks.append(Check("stack", WARN, "no generated project", "inv up"))

@@ -136,3 +136,29 @@ def test_an_invalid_config_fails_the_first_check_and_stops_there(project, tmp_pa
     checks = doctor.run(lambda: load_validated(path), lambda loaded: None, probes, here=str(tmp_path))
     assert checks[0].name == "config" and checks[0].status == doctor.FAIL and "maybe" in checks[0].detail
     assert not any(c.name.startswith("service") for c in checks)
+
+
+def test_a_missing_firewall_on_a_multi_host_config_fails_with_the_fix():
+    class Cfg:
+        def get(self, *path):
+            return [{"name": "a"}, {"name": "b"}] if path == ("hosts",) else None
+
+    def missing(cfg, host):
+        return (["multi-host: the firewall of a is not in place (markers absent). Apply the rules: ..."], [])
+
+    got = doctor.firewall(Cfg(), missing)
+    assert got[0].status == doctor.FAIL and "not in place" in got[0].detail and "inv firewall --host NAME --persist" in got[0].fix
+    assert doctor.firewall(Cfg(), lambda cfg, host: ([], ["firewall: the rules are loaded"]))[0].status == doctor.OK
+
+
+def test_an_env_that_does_not_open_the_data_fails_with_the_way_out():
+    from cslr.identity import IdentityError
+
+    def refuse():
+        raise IdentityError(
+            "the .env does not open the data volume cslr_postgres-data\n  put back the .env that made it\n  or inv backup, then inv down --volumes --yes"
+        )
+
+    got = doctor.data_secrets(refuse)
+    assert got.status == doctor.FAIL and "cslr_postgres-data" in got.detail and "put back the .env" in got.fix
+    assert doctor.data_secrets(lambda: []).status == doctor.OK
