@@ -117,8 +117,8 @@ class Engine:
             err = (proc.stderr or b"").decode(errors="replace").strip()[-1500:]
             raise BackupError(f"{what} failed (exit {proc.returncode}): {err}")
 
-    def sh(self, service: str, script: str, what: str) -> str:
-        proc = self.stack.compose(["exec", "-T", service, "sh", "-c", script])
+    def sh(self, service: str, script: str, what: str, user: list[str] | None = None) -> str:
+        proc = self.stack.compose(["exec", "-T", *(user or []), service, "sh", "-c", script])
         if proc.returncode != 0:
             raise BackupError(f"{what} failed in {service} (exit {proc.returncode}): {(proc.stderr or '').strip()[-1500:]}")
         return proc.stdout
@@ -127,7 +127,7 @@ class Engine:
         return parse_counts(self.sh("postgres", f'{PSQL} -c "{counts_query()}"', "counting MLflow's rows"))
 
     def artifact_stats(self) -> tuple[int, int]:
-        return parse_stats(self.sh("mlflow", ARTIFACT_STATS, "reading the artifact store"))
+        return parse_stats(self.sh("mlflow", ARTIFACT_STATS, "reading the artifact store", self.mlflow_user()))
 
     def dump(self, dest: Path) -> None:
         with open(dest, "wb") as f:
@@ -137,15 +137,25 @@ class Engine:
         with open(src, "rb") as f:
             self._stream(["exec", "-T", "postgres", "sh", "-c", PG_RESTORE], stdin=f, what="pg_restore")
 
+    def mlflow_user(self) -> list[str]:
+        """`--user` of the uid the MLflow server drops to (MLFLOW_RUN_AS; it owns the artifacts, and
+        the container's root holds no DAC capability to write there), if the service says one."""
+        env = ((self.stack.doc().get("services") or {}).get("mlflow") or {}).get("environment") or {}
+        run_as = env.get("MLFLOW_RUN_AS") if isinstance(env, dict) else None
+        return ["--user", str(run_as)] if run_as else []
+
     def tar_artifacts(self, dest: Path) -> None:
+        script = f"mkdir -p {ARTIFACTS} && tar -C {ARTIFACTS} -czf - ."
         with open(dest, "wb") as f:
-            self._stream(["exec", "-T", "mlflow", "sh", "-c", f"mkdir -p {ARTIFACTS} && tar -C {ARTIFACTS} -czf - ."], stdout=f, what="reading the artifacts")
+            self._stream(["exec", "-T", *self.mlflow_user(), "mlflow", "sh", "-c", script], stdout=f, what="reading the artifacts")
 
     def untar_artifacts(self, src: Path) -> None:
         # MLflow is stopped: a one-off container of its image with its volume does the writing.
-        script = f"mkdir -p {ARTIFACTS} && tar -C {ARTIFACTS} -xzf -"
+        script = f"mkdir -p {ARTIFACTS} && tar -C {ARTIFACTS} --no-same-owner -xzf -"
         with open(src, "rb") as f:
-            self._stream(["run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "mlflow", "-c", script], stdin=f, what="writing the artifacts")
+            self._stream(
+                ["run", "--rm", "--no-deps", "-T", *self.mlflow_user(), "--entrypoint", "sh", "mlflow", "-c", script], stdin=f, what="writing the artifacts"
+            )
 
     def running(self) -> set[str]:
         return {r["Service"] for r in self.stack.services() if r.get("State") == "running"}
