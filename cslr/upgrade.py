@@ -143,7 +143,20 @@ def _check_and_migrate(stack: Stack, backup_dir: Path, now: Callable[[], dt.date
     stack.compose(["up", "-d", "--no-deps", "--wait", "postgres"], check=True, timeout=300)
     # A one-off container of the mlflow service takes its static address: a running mlflow
     # (the old image, or this one) is stopped first; `up` starts it again right after.
+    running = any(r.get("Service") == "mlflow" and r.get("State") == "running" for r in stack.services())
     stack.compose(["stop", "mlflow"], check=True, timeout=120)
+    try:
+        lines = _ask_and_migrate(stack, backup_dir, now)
+    except BaseException:
+        if running:
+            stack.compose(["start", "mlflow"], timeout=300)
+        raise
+    if running and not lines:  # nothing migrated: as it was (after a migration `up` recreates it)
+        stack.compose(["start", "mlflow"], timeout=300)
+    return lines
+
+
+def _ask_and_migrate(stack: Stack, backup_dir: Path, now: Callable[[], dt.datetime]) -> list[str]:
     proc = stack.compose(["run", "--rm", "--no-deps", "-T", "--entrypoint", "python3", "mlflow", "-c", SCHEMA_SNIPPET], timeout=300)
     try:
         answer = json.loads((proc.stdout or "").strip().splitlines()[-1])

@@ -185,7 +185,7 @@ CAP_ADD = {
     "ray-gpu": ["CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID"],
     "redis": ["CHOWN", "DAC_READ_SEARCH", "SETUID", "SETGID"],
     "postgres": ["CHOWN", "DAC_READ_SEARCH", "FOWNER", "SETUID", "SETGID"],
-    "mlflow": ["CHOWN", "SETUID", "SETGID"],
+    "mlflow": ["CHOWN", "SETUID", "SETGID", "KILL"],
 }
 
 
