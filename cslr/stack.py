@@ -97,6 +97,21 @@ class Stack:
                 "`down --volumes` deletes every volume of the stack (MLflow runs, Postgres, Redis; the notebooks and data folders on the host stay). Add --yes to confirm."
             )
         self.compose(["down", "--remove-orphans"] + (["--volumes"] if volumes else []), capture=False, check=True)
+        if volumes:
+            self._remove_left_volumes()
+
+    def _remove_left_volumes(self) -> None:
+        """`compose down --volumes` removes the volumes of the services of the active profiles
+        only; `inv up` creates every declared one (labelled with its owner, identity.py), so a
+        disabled service's volume (redis-data with redis off) would stay behind and belong to
+        this folder after it is gone. Removed here: the declared volumes of this project."""
+        from .identity import declared_volumes
+
+        declared = set(declared_volumes(self.doc(), self.project).values())
+        listed = self.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={self.project}"], capture_output=True, text=True)
+        left = sorted(declared & set((listed.stdout or "").split())) if listed.returncode == 0 else []
+        if left:
+            self.run(["docker", "volume", "rm", *left], capture_output=True, text=True)
 
     def build(self, services: list[str]) -> None:
         """`compose build` with its output on the user's terminal (progress is not swallowed)."""
