@@ -43,13 +43,11 @@ def check_preflight(stack: Stack, run=subprocess.run, routes: Callable[[], list]
     findings = preflight.docker_available(run) + preflight.compose_available(run)
     if findings:
         return findings
-    from .validate import published_ports
-
     cfg = stack.cfg
     services = stack.expected_services()
     running = {r["Service"] for r in stack.services() if r.get("State") == "running"}
     findings += preflight.busy_ports(
-        cfg.get("network", "bind_address"), published_ports(cfg, "ray-gpu" in services), lambda setting: topology.owner(setting) in running
+        cfg.get("network", "bind_address"), topology.published(cfg, "ray-gpu" in services), lambda setting: topology.owner(setting) in running
     )
     import ipaddress
 

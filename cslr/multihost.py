@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass
 from typing import Iterable
 
+from . import topology
 from .config import Config
 from .errors import Problem, UsageError
 
@@ -296,8 +297,6 @@ class FirewallPlan:
 
 
 def firewall_plan(cfg: Config, host_name: str | None) -> FirewallPlan:
-    from .validate import published_ports
-
     if not cfg.get("hosts"):
         raise UsageError("config.yaml has no `hosts:`: a single-host stack publishes on network.bind_address only and needs no rules")
     host = this_host(cfg, host_name)
@@ -305,7 +304,7 @@ def firewall_plan(cfg: Config, host_name: str | None) -> FirewallPlan:
     mine = {n.kind for n in nodes(cfg) if n.host == host["name"]}
     published = []
     # Multi-host Ray nodes publish nothing (host networking): only the services' ports are DNATed.
-    for path, port in published_ports(cfg, gpu_node="gpu" in mine):
+    for path, port in topology.published(cfg, gpu_node="gpu" in mine):
         if path[0] != "services":
             continue
         if path[1] == "health" or (services_host(cfg, path[1]) or {}).get("name") == host["name"]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from . import compose, config, gpu, images, validate
-from .errors import ConfigError, Problem
+from . import compose, config, gpu, validate
+from .errors import Problem
 
 
 @dataclass
@@ -32,10 +32,7 @@ def load_validated(
     cfg = config.load(config_path, env_path, environ)
     mode = cfg.get("gpu") if cfg.get("gpu") in ("auto", "on", "off") else "auto"
     state = detect(mode)
-    problems = validate.validate(cfg, gpu_node=state.node_enabled)
-    problems += images.problems(cfg)
-    if any(p.severity == "error" for p in problems):
-        raise ConfigError(problems)
+    problems = validate.validate(cfg, gpu_node=state.node_enabled)  # every rule, images' too: one list
     gpu_warning = gpu.on_without_gpu(state, cfg.location(("gpu",)))
     return Loaded(cfg, state, problems + ([gpu_warning] if gpu_warning else []))
 
