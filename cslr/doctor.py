@@ -283,8 +283,7 @@ def run(
     running = {r.get("Service") for r in rows if r.get("State") == "running"}
     checks += ports(cfg.get("network", "bind_address"), topology.published(cfg, "ray-gpu" in expected), running, probes.port_free)
     if "health" in running:
-        host = cfg.get("network", "bind_address")
-        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        host = topology.reachable_host(cfg.get("network", "bind_address"))
         base = f"http://{host}:{cfg.get('services', 'health', 'port')}"
         try:
             status, nodes = probes.http_json(base + "/"), probes.http_json(base + "/nodes")

@@ -136,15 +136,13 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
 def data_secrets(stack: Stack) -> dict[str, str]:
     """Data volume (Compose key) -> the .env variable of the secret it is made with, for the
     data volumes that the services this `up` starts mount."""
-    from .init import DATA_VOLUMES
-
     services = stack.doc().get("services") or {}
     used = set()
     for name in stack.expected_services():
         for mount in (services.get(name) or {}).get("volumes") or []:
             if isinstance(mount, dict) and mount.get("type") == "volume":
                 used.add(mount.get("source"))
-    return {key: env for key, env in DATA_VOLUMES.items() if key in used}
+    return {key: env for key, env in topology.DATA_VOLUMES.items() if key in used}
 
 
 def claim_for_up(stack: Stack, engine: identity.Engine) -> list[str]:
@@ -163,16 +161,17 @@ def claim_before_generate(cfg, build_dir, run=subprocess.run) -> list[str]:
     from pathlib import Path
 
     from .config import env_fields
-    from .init import DATA_VOLUMES
 
     project = cfg.get("project", "name")
-    scope = identity.Scope(project, str(Path(cfg.config_path).resolve().parent), str(Path(build_dir).resolve()), {k: f"{project}_{k}" for k in DATA_VOLUMES})
+    scope = identity.Scope(
+        project, str(Path(cfg.config_path).resolve().parent), str(Path(build_dir).resolve()), {k: f"{project}_{k}" for k in topology.DATA_VOLUMES}
+    )
     engine = identity.Engine(run)
-    env = {f.env: str(cfg.get(*f.path) or "") for f in env_fields() if f.env in DATA_VOLUMES.values()}
+    env = {f.env: str(cfg.get(*f.path) or "") for f in env_fields() if f.env in topology.DATA_VOLUMES.values()}
     generated = Path(build_dir) / ".env"
     env_path = str(cfg.env_path) if cfg.env_path else ".env"
     lines = identity.claim(scope, engine, "up")
-    return lines + identity.check_data(scope, engine, DATA_VOLUMES, env, env_path, str(generated) if generated.exists() else None)
+    return lines + identity.check_data(scope, engine, topology.DATA_VOLUMES, env, env_path, str(generated) if generated.exists() else None)
 
 
 def host_folders(stack: Stack) -> list[str]:

@@ -7,6 +7,7 @@ import json
 import urllib.request
 from typing import Iterable
 
+from . import topology
 from .config import Config
 
 
@@ -35,8 +36,7 @@ def mask(secret: str | None) -> str:
 
 
 def service_urls(cfg: Config, show_secrets: bool = False) -> dict[str, str]:
-    host = cfg.get("network", "bind_address")
-    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    host = topology.reachable_host(cfg.get("network", "bind_address"))
     token = cfg.get("secrets", "marimo_token") or ""
     shown = token if show_secrets else mask(token)
     where = "" if show_secrets else " (token: MARIMO_TOKEN in .env)"

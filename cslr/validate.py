@@ -255,29 +255,20 @@ def check_nodes(cfg: Config, gpu_node: bool = True) -> Iterable[Problem]:
                 )
 
 
-SECRET_RULES = {
-    "postgres_password": ("mlflow", "POSTGRES_PASSWORD"),
-    "redis_password": ("redis", "REDIS_PASSWORD"),
-    "marimo_token": ("marimo", "MARIMO_TOKEN"),
-    "ray_auth_token": (None, "RAY_AUTH_TOKEN"),
-    "control_secret": ("health", "CSLR_CONTROL_SECRET"),
-}
-
-
 def check_secrets(cfg: Config) -> Iterable[Problem]:
+    """The secrets (topology.secret_fields, from the schema) live in .env, and each needed one is set."""
     in_yaml = (cfg.yaml_data or {}).get("secrets") or {}
-    for key, (_, env) in SECRET_RULES.items():
-        path = ("secrets", key)
-        if isinstance(in_yaml, dict) and in_yaml.get(key):
+    for fld in topology.secret_fields():
+        path, env = fld.path, fld.env
+        if isinstance(in_yaml, dict) and in_yaml.get(path[-1]):
             yield Problem(
                 cfg.yaml_positions.get(path, cfg.location(path)),
                 cfg.display_name(path),
                 f"a secret is set in {cfg.config_path.name}, which git tracks; expected it in .env as {env}=... (move it there and delete it here)",
             )
-    for key, (service, env) in SECRET_RULES.items():
-        path = ("secrets", key)
-        needed = cfg.get("ray", "auth") == "token" if service is None else True
-        if needed and not cfg.get(*path):
+    for fld in topology.secret_fields():
+        path, env = fld.path, fld.env
+        if topology.secret_needed(cfg, path) and not cfg.get(*path):
             yield Problem(
                 Location(config_display(cfg.env_path or cfg.config_path.parent / ".env")),
                 cfg.display_name(path),
