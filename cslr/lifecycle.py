@@ -266,8 +266,3 @@ def failure(stack: Stack, service: str, what: str, container: str | None = None)
             last = log[-1]
             text += f"\nIts last healthcheck (exit {last.get('ExitCode')}): {(last.get('Output') or '').strip()[-500:]}"
     return text
-
-
-def resolve_image_source(cfg, services: list[str], probe_pull: bool, run=subprocess.run) -> tuple[str, str]:
-    """images.source for `generate` (no pulls) and `up` (one probe pull when undecided)."""
-    return images.resolve_source(cfg, images.Docker(run), services, probe_pull)

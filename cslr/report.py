@@ -73,6 +73,13 @@ def http_ok(url: str, timeout: float = 5.0) -> bool:
         return False
 
 
+def status_failure(report: dict) -> str | None:
+    """Why `inv status` exits 1 (None: it exits 0): no Ray node answered, or no single live head."""
+    if not report["ray_nodes"] or report["head"] is None:
+        return "no live Ray head"
+    return None
+
+
 def format_status(report: dict) -> str:
     lines = ["Ray nodes:"]
     if report["ray_nodes"]:
