@@ -11,9 +11,13 @@
        fingerprint), `compose up -d`, one line per service state change, until every service is
        healthy; a failure names the service, its last log lines and healthcheck output
 
-Modelled on getsentry/self-hosted's install/: nothing is changed before phase 4 but images, the
-host folders (phase 4's first step) and, only when MLflow's schema must move, Postgres started
-alone for the migration.
+Modelled on getsentry/self-hosted's install/. What changes, and when: the caller has already
+written the generated project (`_build/`, after the ownership claim of `claim_before_generate`);
+phase 1 changes nothing; phase 2 changes images (and `wheelhouse/` when offline); phase 3 changes
+something only when MLflow's schema must move (a dump into `backups/`, Postgres started alone for
+the migration); phase 4 first creates the notebooks folder and copies an older stack's notebooks
+into it (`host_folders`), then creates the data volumes and starts the stack. Phase 1 failing
+leaves images, folders, volumes and containers as they were (tests/test_lifecycle.py).
 """
 
 from __future__ import annotations
@@ -104,9 +108,17 @@ def fail(findings: list[str]) -> None:
 
 
 def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
-    """Phases 1–4 on a generated project. Raises StackError / PlatformError."""
+    """Phases 1–4 on a generated project, in PHASES order. Raises StackError / PlatformError."""
     options = options or UpOptions()
     stack.out(f"compose: {compose.compose_binary()}")
+    rows: list[dict] = []
+    for _, phase in PHASES:
+        rows = phase(stack, options) or rows
+    return rows
+
+
+def phase_preflight(stack: Stack, options: UpOptions) -> None:
+    """1. Reads only: engine, Compose, ownership and secrets of the volumes, firewall, ports."""
     fail(preflight.docker_available(stack.run) + preflight.compose_available(stack.run))
     for line in claim_for_up(stack, identity.Engine(stack.run)):  # again on the generated project: every volume
         if not options.claimed:
@@ -115,15 +127,27 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
     for line in notes:
         stack.out(line)
     fail(check_preflight(stack, stack.run) + firewall)
+
+
+def phase_images(stack: Stack, options: UpOptions) -> None:
+    """2. Pulls or builds images (and may fill wheelhouse/ when offline)."""
     source = stack.env().get("CSLR_IMAGE_SOURCE", "pull")
     stack.out(f"images: {source} bases")
     fail(base_ray_findings(stack, stack.run))
     for line in ensure_images(stack, build=options.build):
         stack.out(line)
+
+
+def phase_versions(stack: Stack, options: UpOptions) -> None:
+    """3. Ray versions and upgrades; only a due MLflow migration changes anything (see above)."""
     fail(ray_image_findings(stack, stack.run))
     fail(upgrade.postgres_findings(stack))
     for line in upgrade.mlflow_schema(stack, Path(stack.cfg.config_path).resolve().parent / "backups"):
         stack.out(line)
+
+
+def phase_start(stack: Stack, options: UpOptions) -> list[dict]:
+    """4. Host folders, the data volumes, `compose up -d` and the watch until healthy."""
     for line in host_folders(stack):
         stack.out(line)
     scope = identity.scope_of(stack)
@@ -131,6 +155,16 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
         stack.out(line)
     stack.out(f"starting {stack.project}; waiting up to {options.timeout:.0f} s for health:")
     return watch_up(stack, timeout=options.timeout)
+
+
+# The phases of `inv up`, in order (the module docstring says what each may change); looked up
+# when called, so a test may replace one.
+PHASES: tuple[tuple[str, Callable[[Stack, UpOptions], list[dict] | None]], ...] = (
+    ("preflight", lambda stack, options: phase_preflight(stack, options)),
+    ("images", lambda stack, options: phase_images(stack, options)),
+    ("versions", lambda stack, options: phase_versions(stack, options)),
+    ("start", lambda stack, options: phase_start(stack, options)),
+)
 
 
 def data_secrets(stack: Stack) -> dict[str, str]:
