@@ -62,6 +62,13 @@ def cli(**kwargs):
         params = inspect.signature(body).parameters
         helps = {k: v for k, v in COMMON_HELP.items() if k in params}
         helps.update(kwargs.pop("help", {}))
+        positional = list(kwargs.get("positional", ()))
+        for name, param in params.items():
+            default = param.default
+            if name in helps and default not in (None, inspect.Parameter.empty) and not isinstance(default, bool) and "default" not in helps[name]:
+                helps[name] += f" (default: {default})"
+            if name in positional:
+                helps[name] = f"{name.upper()}, given without the flag: {helps.get(name, '')}"
 
         @functools.wraps(body)
         def run(c, *args, **kw):
@@ -77,6 +84,9 @@ def cli(**kwargs):
             except PlatformError as exc:
                 raise _fail(exc) from None
 
+        if positional:  # Invoke's usage line does not show positionals: the docstring does
+            task_name = kwargs.get("name") or body.__name__.replace("_", "-")
+            run.__doc__ = f"{run.__doc__}\n\nUsage: inv {task_name} {' '.join(p.upper() for p in positional)} [--options]"
         return task(run, klass=CliTask, auto_shortflags=False, help=helps, **kwargs)
 
     return wrap
@@ -472,3 +482,56 @@ def jobs(c, logs=None, stop=None, config=CONFIG, env_file=None, json=False):
         _print_json(jobs_mod.list_json(client))
     else:
         print(jobs_mod.list_jobs(client))
+
+
+# ----------------------------------------------------------------------------- before Invoke parses
+
+
+def submit_without_separator(argv: list[str], task_names: set[str]) -> str | None:
+    """`inv submit python train.py`: Invoke would read `python` as another task and say only "No
+    idea what 'python' is!". The message that says how to write it (exit 2), or None."""
+    args = list(argv[1:])
+    if "--" in args:
+        args = args[: args.index("--")]
+    if "submit" not in args:
+        return None
+    params = inspect.signature(submit.body).parameters
+    takes_value = set()
+    for name, param in params.items():
+        if name != "c" and not isinstance(param.default, bool):
+            takes_value.add("--" + name.replace("_", "-"))
+            if name in SHORT_FLAGS:
+                takes_value.add("-" + SHORT_FLAGS[name])
+    rest = args[args.index("submit") + 1 :]
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if token.startswith("-"):
+            i += 2 if token in takes_value else 1
+            continue
+        if token in task_names:
+            return None  # another task follows
+        import shlex
+
+        spelled = shlex.join(["inv", "submit", *rest[:i], "--", *rest[i:]])
+        return f"inv submit: found {token!r} after the task, which Invoke would read as another task. Put the job's command after `--`: {spelled}"
+    return None
+
+
+def _run_by_invoke(argv: list[str]) -> bool:
+    first = Path(argv[0]) if argv else Path()
+    return first.name in ("inv", "invoke") or first.parts[-2:] == ("invoke", "__main__.py")
+
+
+def _check_command_line(argv: list[str]) -> None:
+    if not _run_by_invoke(argv):
+        return  # imported by a test or another program: nothing to check
+    from invoke import Collection
+
+    message = submit_without_separator(argv, set(Collection.from_module(sys.modules[__name__]).task_names))
+    if message:
+        print(message, file=sys.stderr)
+        raise SystemExit(2)
+
+
+_check_command_line(sys.argv)
