@@ -297,7 +297,12 @@ def wheelhouse(c, config=CONFIG, env_file=None, dest=None, force=False):
     print(wh.ensure(_config_mod.load(config, env_file), Path(dest) if dest else wh.DEFAULT_DIR, force=force))
 
 
-@cli(help={"volumes": "also delete every volume (MLflow runs, Postgres, Redis, notebooks); needs --yes", "yes": "confirm --volumes"})
+@cli(
+    help={
+        "volumes": "also delete every volume (MLflow runs, Postgres, Redis; the notebooks and data folders on the host stay); needs --yes",
+        "yes": "confirm --volumes",
+    }
+)
 def down(c, config=CONFIG, env_file=None, out=OUT, volumes=False, yes=False):
     """Stop and remove the stack's containers; volumes are kept unless --volumes --yes."""
     st = project.stack_for_down(_loaded(config, env_file), _out_dir(out))

@@ -1,4 +1,4 @@
-"""`inv doctor`: the design document's troubleshooting flow as checks, one line each.
+"""`inv doctor`: the troubleshooting flow as checks, one line each.
 
 The flow (logs -> connection refused / GCS health / validation error -> name resolution, port
 reachability, firewall, node IP, head state, config check) becomes a list of checks. Each check
