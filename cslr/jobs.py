@@ -393,7 +393,8 @@ def format_jobs(jobs: list[dict], lost: Iterable[str] = (), resumed: dict[str, s
         status = job.get("status", "") + ("*" if ident in lost else "")
         number = attempt_of(job)
         origin = resumed.get(ident) or "-"
-        origin = origin if len(origin) <= 24 else "..." + origin[-21:]
+        origin = origin.split(" (MLflow")[0]  # "epoch 3/6 at /workspace/checkpoints/RUN"
+        origin = origin if len(origin) <= 24 else origin[:21] + "..."
         lines.append(f"{ident:<{width}} {status:<10} {when:<20} {number or '-'!s:<8} {origin:<24} {job.get('entrypoint', '')}")
     if lost & {line.split()[0] for line in lines[1:]}:
         lines.append(LOST_NOTE)
