@@ -26,8 +26,14 @@ GPU share from Ray (cslr_backend.gpu_shares), Ray sets its CUDA_VISIBLE_DEVICES,
 uses `cuda:0` when torch.cuda.is_available(), else the CPU, and says why
 (cslr_backend.choose_device). Each worker's backend and device are logged as MLflow params
 `worker<i>_backend`, `worker<i>_device` (and `worker<i>_device_reason`, `worker<i>_gpu_ids`).
+Checkpoints (cslr_checkpoint): every --checkpoint-every epochs to --checkpoint-dir (default
+/workspace/checkpoints/$CSLR_RUN_ID, the run id `inv submit` gives every attempt); a job started
+again resumes from the last one and continues the same MLflow run. Ray restarts a worker actor
+whose node died (max_restarts); when it cannot, the job exits 75 so that `inv submit --retries`
+runs it again (docs/runtime.md, "Runs that survive a node's death").
 Exit code 0 when training finished (whatever the WER), 1 on failure, 2 when the requested backend
-cannot run here or the data set is malformed (one line naming the file and line, no traceback).
+cannot run here, the data set is malformed or the checkpoint was made with other settings (one
+line naming the file and line, no traceback), 75 when a Ray node the job used died.
 """
 
 from __future__ import annotations
