@@ -126,6 +126,8 @@ def trial(fault: str, workdir: Path, epochs: int) -> dict:
         finals = re.findall(r"final test WER ([\d.]+)", text)
         got["final_wer"] = float(finals[-1]) if finals else None
         got["retry_reason"] = next((t.split(": ", 1)[1] for _, t in lines if t.startswith("retrying")), None)
+        died = re.search(r"a Ray node this job used died \((\w+)", text)
+        got["driver_saw"] = died.group(1) if died else None  # what the example's driver got from Ray, if it lived
         if got["code"] != 0:
             got["error"] = text[-1500:]
         return got
@@ -153,12 +155,12 @@ def render(trials: list[dict], epochs: int, wall: float) -> str:
         f"the CSLR example (synthetic data, 400 train sentences, {epochs} epochs, a checkpoint every epoch) submitted by `cslr.jobs.submit` "
         f"with the defaults (driver off the head, 2 retries); at checkpoint epoch {KILL_AT} one node is crashed (SIGKILL of the whole node) and started again at once.",
         "",
-        "| fault | exit | attempts | resumed from epoch | epochs redone | crash -> next epoch done (s) | stall vs an epoch (s) | median epoch (s) | wall (s) | final test WER |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| fault | exit | attempts | why retried | resumed from epoch | epochs redone | crash -> next epoch done (s) | stall vs an epoch (s) | median epoch (s) | wall (s) | final test WER |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in trials:
         if t.get("error") and t.get("code") is None:
-            out.append(f"| {t['fault']} | error: {t['error'][:120]} | | | | | | | | |")
+            out.append(f"| {t['fault']} | error: {t['error'][:120]} | | | | | | | | | |")
             continue
         nxt = t.get("next_epoch_s")
         stall = nxt - base["epoch_s"] if nxt is not None and base and base.get("epoch_s") else None
@@ -166,6 +168,7 @@ def render(trials: list[dict], epochs: int, wall: float) -> str:
             t["fault"],
             str(t.get("code")),
             str(t.get("attempts")),
+            (t.get("retry_reason") or "-") + (f" ({t['driver_saw']})" if t.get("driver_saw") else ""),
             "-" if t.get("resumed_from") is None else str(t["resumed_from"]),
             str(t.get("epochs_redone")),
             "-" if nxt is None else f"{nxt:.1f}",

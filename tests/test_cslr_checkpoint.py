@@ -141,3 +141,33 @@ def test_node_loss_errors_exit_for_a_retry_and_the_codes_own_do_not():
     from cslr import jobs
 
     assert train.RETRY_EXIT == jobs.RETRY_EXIT and train.RESUMED_MARK == jobs.RESUMED_MARK
+
+
+def test_a_call_to_an_unavailable_worker_is_sent_again_for_a_while_then_given_up():
+    import ray.exceptions as rex
+
+    tries = []
+
+    def call():
+        tries.append(1)
+        if len(tries) < 3:
+            raise rex.ActorUnavailableError("restarting", b"x" * 16)
+        return "ok"
+
+    now = [0.0]
+    assert train.patiently(call, 10, sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0]) == "ok" and len(tries) == 3
+
+    def never():
+        raise rex.ActorUnavailableError("restarting", b"x" * 16)
+
+    with pytest.raises(rex.ActorUnavailableError):
+        train.patiently(never, 10, sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+
+    def dead():
+        tries.append(1)
+        raise rex.ActorDiedError()
+
+    tries.clear()
+    with pytest.raises(rex.ActorDiedError):
+        train.patiently(dead, 10, sleep=lambda s: None, clock=lambda: 0.0)
+    assert len(tries) == 1  # a dead worker is not waited for: the job's retry takes over

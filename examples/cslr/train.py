@@ -412,12 +412,12 @@ def main(argv=None) -> int:
 
     def grads(weights, epoch, step):
         ref = ray.put(weights)
-        return ray.get([w.grad.remote(ref, epoch, step, per_worker) for w in workers])
+        return patiently(lambda: ray.get([w.grad.remote(ref, epoch, step, per_worker) for w in workers]))
 
     def evaluate(weights, split: str) -> list[list[int]]:
         """Every `split` sentence's decode, in the data set's order (worker i holds i, i+count, ...)."""
         ref = ray.put(weights)
-        parts = ray.get([w.decode.remote(ref, split) for w in workers])
+        parts = patiently(lambda: ray.get([w.decode.remote(ref, split) for w in workers]))
         hyps: list = [None] * sum(len(p) for p in parts)
         for i, part in enumerate(parts):
             hyps[i::count] = part
@@ -487,6 +487,24 @@ NODE_LOSS = (
     ray.exceptions.RaySystemError,
     ray.exceptions.ActorUnschedulableError,
 )
+
+
+UNAVAILABLE_WAIT_S = 90.0  # how long a call to a worker that Ray reports unavailable is sent again
+
+
+def patiently(call, wait_s: float = UNAVAILABLE_WAIT_S, sleep=time.sleep, clock=time.monotonic):
+    """`call()`, sent again while Ray says a worker is only *unavailable* (ActorUnavailableError:
+    its node is restarting, or the GCS is, as during a head's restart with GCS fault tolerance),
+    for up to `wait_s`; the calls are pure (the same weights give the same gradients), so sending
+    one twice is safe. A worker that is dead past its restarts raises at once (NODE_LOSS)."""
+    since = clock()
+    while True:
+        try:
+            return call()
+        except ray.exceptions.ActorUnavailableError:
+            if clock() - since > wait_s:
+                raise
+            sleep(2.0)
 
 
 def restore(saved: dict, model: Model, opt: Adam) -> None:
