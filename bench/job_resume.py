@@ -16,6 +16,8 @@ Purpose
                gradient worker that was on the head)
       worker   the worker crashes (the driver dies with it: the job is retried and resumes from
                the checkpoint)
+      redis    the Redis that holds the GCS state is killed (SIGKILL) and started again at once
+               on its append-only file, as the stack's Redis (`--appendonly yes`, a volume) is
     Per trial: attempts, the epoch the retry resumed from, epochs redone (epochs trained twice),
     seconds from the crash to training progressing again (the next epoch completed after the
     crash, minus the undisturbed run's median epoch time: the stall), the wall time and the final
@@ -53,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from bench._markdown import replace_section  # noqa: E402
 
 HEADING = "## A run through a node's death (bench/job_resume.py)"
-FAULTS = ("none", "head", "worker")
+FAULTS = ("none", "head", "worker", "redis")
 KILL_AT = 3
 EPOCH_LINE = re.compile(r"^epoch +(\d+)/(\d+) .*test_wer ([\d.]+) +\(([\d.]+) s\)", re.M)
 
@@ -66,12 +68,25 @@ def checkpoint_epoch(folder: Path) -> tuple[int, float]:
         return -1, 0.0
 
 
+def start_redis_aof(workdir: Path, port: int):
+    """redis-server on 127.0.0.1:`port` keeping its data in an append-only file in `workdir`."""
+    import subprocess
+
+    return subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def trial(fault: str, workdir: Path, epochs: int) -> dict:
     from cslr import config, jobs
-    from tests.integration.test_job_failover_ray import TOKEN, dashboard, make_nodes, poll, start_redis
+    from tests.integration.test_job_failover_ray import TOKEN, dashboard, make_nodes, poll
+    from tests.integration.test_ray_node_ray import _free_block
 
     workdir.mkdir(parents=True)
-    redis, port = start_redis(workdir)
+    port = _free_block("127.0.0.1")
+    redis = start_redis_aof(workdir, port)
     nodes = make_nodes(workdir, True, port)
     nodes.extra["RAY_NUM_CPUS"] = "2"
     nodes.extra["HEAD_LOSS_GRACE_S"] = "45"
@@ -105,13 +120,26 @@ def trial(fault: str, workdir: Path, epochs: int) -> dict:
             while thread.is_alive() and checkpoint_epoch(ckpt)[0] < KILL_AT:
                 time.sleep(0.2)
             got["epoch_at_kill"] = checkpoint_epoch(ckpt)[0]
-            victim = a if fault == "head" else b
             crash_at = time.time()
-            nodes.crash(victim)
-            nodes.start(victim)  # the restart policy
-            while thread.is_alive() and checkpoint_epoch(ckpt)[0] <= got["epoch_at_kill"]:
-                time.sleep(0.2)
-            got["next_epoch_s"] = checkpoint_epoch(ckpt)[1] - crash_at
+            if fault == "redis":
+                redis.kill()
+                redis.wait(10)
+                redis = start_redis_aof(workdir, port)
+            else:
+                victim = a if fault == "head" else b
+                nodes.crash(victim)
+                nodes.start(victim)  # the restart policy
+            # Training stands still from the crash until epochs complete again: the longest gap
+            # between consecutive checkpoints after the crash (the crash itself the first mark).
+            marks, last = [crash_at], got["epoch_at_kill"]
+            while thread.is_alive():
+                epoch = checkpoint_epoch(ckpt)[0]
+                if epoch != last:
+                    marks.append(time.time())
+                    last = epoch
+                time.sleep(0.05)
+            gaps = [b - a for a, b in zip(marks, marks[1:])]
+            got["stall_s"] = max(gaps) if gaps else None
         thread.join(1800)
         got["wall_s"] = time.time() - started
         got["code"] = result.get("code")
@@ -153,17 +181,17 @@ def render(trials: list[dict], epochs: int, wall: float) -> str:
         f"Measured on {platform.machine()} / {platform.system().lower()}, Python {platform.python_version()}, Ray 2.60.0; whole run {wall:.0f} s. "
         f"Two real scripts/ray_node.py nodes (2 CPUs each, own PID namespaces, token auth) with GCS fault tolerance on a redis-server; "
         f"the CSLR example (synthetic data, 400 train sentences, {epochs} epochs, a checkpoint every epoch) submitted by `cslr.jobs.submit` "
-        f"with the defaults (driver off the head, 2 retries); at checkpoint epoch {KILL_AT} one node is crashed (SIGKILL of the whole node) and started again at once.",
+        f"with the defaults (driver off the head, 2 retries); at checkpoint epoch {KILL_AT} one node (or Redis) is crashed (SIGKILL; of the whole node) and started again at once.",
         "",
-        "| fault | exit | attempts | why retried | resumed from epoch | epochs redone | crash -> next epoch done (s) | stall vs an epoch (s) | median epoch (s) | wall (s) | final test WER |",
+        "| fault | exit | attempts | why retried | resumed from epoch | epochs redone | training stalled (s) | median epoch (s) | wall (s) | wall over undisturbed (s) | final test WER |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in trials:
         if t.get("error") and t.get("code") is None:
             out.append(f"| {t['fault']} | error: {t['error'][:120]} | | | | | | | | | |")
             continue
-        nxt = t.get("next_epoch_s")
-        stall = nxt - base["epoch_s"] if nxt is not None and base and base.get("epoch_s") else None
+        stall = t.get("stall_s")
+        extra = t["wall_s"] - base["wall_s"] if base and t is not base else None
         cells = [
             t["fault"],
             str(t.get("code")),
@@ -171,17 +199,18 @@ def render(trials: list[dict], epochs: int, wall: float) -> str:
             (t.get("retry_reason") or "-") + (f" ({t['driver_saw']})" if t.get("driver_saw") else ""),
             "-" if t.get("resumed_from") is None else str(t["resumed_from"]),
             str(t.get("epochs_redone")),
-            "-" if nxt is None else f"{nxt:.1f}",
             "-" if stall is None else f"{stall:.1f}",
             "-" if t.get("epoch_s") is None else f"{t['epoch_s']:.1f}",
             f"{t['wall_s']:.0f}",
+            "-" if extra is None else f"{extra:+.0f}",
             "-" if t.get("final_wer") is None else f"{t['final_wer']:.3f}",
         ]
         out.append("| " + " | ".join(cells) + " |")
     out += [
         "",
-        '"Crash -> next epoch done": from the SIGKILL to the next checkpoint written after it (it includes that epoch\'s own work); '
-        '"stall" subtracts the undisturbed run\'s median epoch time. Epochs redone: epochs trained twice (at most one checkpoint interval). '
+        '"Training stalled": the longest time without a completed epoch from the crash on (the crash the first mark; it includes one '
+        "epoch's own work), i.e. from the kill to training progressing again. "
+        "Epochs redone: epochs trained twice (at most one checkpoint interval). "
         "A resumed run ends with the undisturbed run's WER: the data order is seeded by the epoch and the checkpoint holds the optimizer's state "
         "(tests/test_cslr_checkpoint.py asserts it bit for bit).",
         "",
