@@ -357,7 +357,8 @@ def wait(client: Client, job_id: str, out: Callable[[str], None] = print, poll: 
 LOST_NOTE = (
     "* its driver's Ray node is gone (the head failed and the driver ran there): the job is lost although Ray "
     "still says RUNNING; Ray marks it FAILED once a job request reaches the head's job agent "
-    "(`inv jobs --stop ID` does). Submit with --off-head to keep a driver off the head (docs/multi-host.md)."
+    "(`inv jobs --stop ID` does). `inv submit` keeps the driver off the head whenever another node is alive "
+    "(unless --on-head), and with --wait submits a lost job again (--retries; docs/runtime.md)."
 )
 
 

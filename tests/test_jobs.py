@@ -186,7 +186,7 @@ def test_the_job_table_marks_a_running_job_whose_driver_node_is_gone(dashboard):
     text = jobs.list_jobs(client)
     rows = {line.split()[0]: line.split()[1] for line in text.splitlines()[1:3]}
     assert rows == {"lost": "RUNNING*", "fine": "RUNNING"}
-    assert text.splitlines()[-1] == jobs.LOST_NOTE and "--off-head" in jobs.LOST_NOTE
+    assert text.splitlines()[-1] == jobs.LOST_NOTE and "--on-head" in jobs.LOST_NOTE and "--retries" in jobs.LOST_NOTE
     assert jobs.lost_drivers([{"submission_id": "p", "status": "PENDING", "driver_node_id": None}], NODES) == set()
     assert jobs.lost_drivers([{"submission_id": "s", "status": "SUCCEEDED", "driver_node_id": OLD}], NODES) == set()
     assert jobs.LOST_NOTE not in jobs.format_jobs([{"submission_id": "fine", "status": "RUNNING"}], lost={"elsewhere"})
