@@ -554,7 +554,7 @@ def choose_driver(placement: str, nodes: list[dict] | None) -> tuple[bool, str]:
 def survival_line(cfg: Config, driver_why: str, retries: int, follow: bool) -> str:
     """What `inv submit` chose for surviving a node's death, and how to turn each off. Pure."""
     ft = "on" if cfg.gcs_fault_tolerance() else "off"
-    how = "ray.gcs_fault_tolerance: false" if ft == "on" else "ray.gcs_fault_tolerance: auto/true with Redis"
+    how = "off: ray.gcs_fault_tolerance: false" if ft == "on" else "on: ray.gcs_fault_tolerance auto or true, with Redis"
     if not follow:
         again = "no retries (nothing follows the job; --wait does)"
     elif retries:
