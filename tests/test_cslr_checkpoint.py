@@ -171,3 +171,9 @@ def test_a_call_to_an_unavailable_worker_is_sent_again_for_a_while_then_given_up
     with pytest.raises(rex.ActorDiedError):
         train.patiently(dead, 10, sleep=lambda s: None, clock=lambda: 0.0)
     assert len(tries) == 1  # a dead worker is not waited for: the job's retry takes over
+
+
+def test_only_a_retry_or_a_named_folder_resumes():
+    assert ckpt.resumes({"CSLR_ATTEMPT": "2"}, False) and ckpt.resumes({}, True)
+    # A first attempt under a run id used before (the stack re-created, the workspace kept) starts afresh.
+    assert not ckpt.resumes({"CSLR_ATTEMPT": "1"}, False) and not ckpt.resumes({}, False)

@@ -123,3 +123,10 @@ def default_folder(explicit: Path | None, environ: dict, workspace: Path = Path(
     if run and workspace.is_dir() and "/" not in run and run not in (".", ".."):
         return workspace / "checkpoints" / run
     return None
+
+
+def resumes(environ: dict, explicit: bool) -> bool:
+    """Whether this start reads the folder's checkpoint: a retry (`inv submit` sets CSLR_ATTEMPT
+    to 2, 3, ... for them), or a folder the user named (`--checkpoint-dir`: continue it). A first
+    attempt under a run id used before starts afresh and replaces the old checkpoint."""
+    return explicit or environ.get("CSLR_ATTEMPT", "1").strip() not in ("", "1")

@@ -27,8 +27,9 @@ uses `cuda:0` when torch.cuda.is_available(), else the CPU, and says why
 (cslr_backend.choose_device). Each worker's backend and device are logged as MLflow params
 `worker<i>_backend`, `worker<i>_device` (and `worker<i>_device_reason`, `worker<i>_gpu_ids`).
 Checkpoints (cslr_checkpoint): every --checkpoint-every epochs to --checkpoint-dir (default
-/workspace/checkpoints/$CSLR_RUN_ID, the run id `inv submit` gives every attempt); a job started
-again resumes from the last one and continues the same MLflow run. Ray restarts a worker actor
+/workspace/checkpoints/$CSLR_RUN_ID, the run id `inv submit` gives every attempt); a retry
+(CSLR_ATTEMPT >= 2) or a start with --checkpoint-dir resumes from the last one and continues the
+same MLflow run. Ray restarts a worker actor
 whose node died (max_restarts); when it cannot, the job exits 75 so that `inv submit --retries`
 runs it again (docs/runtime.md, "Runs that survive a node's death").
 Exit code 0 when training finished (whatever the WER), 1 on failure, 2 when the requested backend
@@ -330,7 +331,7 @@ def main(argv=None) -> int:
     folder = ckpt.default_folder(args.checkpoint_dir, dict(os.environ)) if args.checkpoint_every else None
     fingerprint = ckpt.fingerprint({k: v for k, v in vars(args).items()})
     try:
-        saved = ckpt.read(folder, fingerprint) if folder else None
+        saved = ckpt.read(folder, fingerprint) if folder and ckpt.resumes(dict(os.environ), args.checkpoint_dir is not None) else None
     except ckpt.CheckpointError as exc:
         print(f"train.py: {exc}", file=sys.stderr)
         return 2
