@@ -350,7 +350,7 @@ def raycluster(cfg: Config, env: dict[str, str], secret_keys: list[str]) -> dict
         spec["workerGroupSpecs"].append(
             {"groupName": kind, "replicas": group["replicas"], "minReplicas": low, "maxReplicas": high, "rayStartParams": params, "template": template}
         )
-    if cfg.get("ray", "gcs_fault_tolerance"):
+    if cfg.gcs_fault_tolerance():
         spec["gcsFaultToleranceOptions"] = {
             "redisAddress": env["RAY_REDIS_ADDRESS"],
             "redisPassword": {"valueFrom": {"secretKeyRef": {"name": secret_name(cfg), "key": "REDIS_PASSWORD"}}},
