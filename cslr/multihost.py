@@ -248,6 +248,12 @@ def problems(cfg: Config) -> Iterable[Problem]:
     for svc in ("redis", "mlflow", "marimo"):
         if cfg.get("services", svc, "enabled"):
             used.setdefault(cfg.get("services", svc, "port"), f"services.{svc}.port")
+    from . import topology
+
+    for setting, port in topology.custom_published(cfg):  # the first host runs the custom services
+        if port in used:
+            yield p(setting, f"found host port {port}, already used by {used[port]} on the same host; expected a unique port")
+        used.setdefault(port, ".".join(setting))
     kinds = ["cpu"] + (["gpu"] if any(h.get("gpu") for h in hosts) else [])
     for kind in kinds:
         ports = cfg.get("ray", kind, "ports")
@@ -308,7 +314,8 @@ def firewall_plan(cfg: Config, host_name: str | None) -> FirewallPlan:
     for path, port in published_ports(cfg, gpu_node="gpu" in mine):
         if path[0] != "services":
             continue
-        if path[1] == "health" or (services_host(cfg, path[1]) or {}).get("name") == host["name"]:
+        custom_here = path[1] == "custom" and cfg.get("hosts")[0]["name"] == host["name"]  # compose.custom_on_host
+        if path[1] == "health" or custom_here or (services_host(cfg, path[1]) or {}).get("name") == host["name"]:
             published.append((".".join(path), port))
     host_network = [(n.name, n.tcp_ports() + [str(n.dashboard)]) for n in nodes(cfg) if n.host == host["name"]]
     return FirewallPlan(host, peers, cfg.get("network", "subnet"), published, host_network)

@@ -129,7 +129,7 @@ CUSTOM = ("services", "custom")
 # The stack's own service names (and the test runner's, compose.TEST_SERVICE): no custom
 # service may take one, nor one that reads the same with `_` as `-` (Kubernetes names).
 RESERVED_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES) + ("test-cluster",)
-CUSTOM_FIRST_HOST = 100  # automatic addresses: the subnet's host number 100 upwards
+CUSTOM_FIRST_HOST = 100  # automatic addresses: the subnet's host number 100 upwards, then 2 to 99
 
 
 @dataclass(frozen=True)
@@ -212,20 +212,21 @@ def custom_addresses(cfg: Config) -> dict[str, str]:
     services = custom_services(cfg, enabled_only=False)
     taken |= {s.address for s in services if s.address}
     out: dict[str, str] = {}
-    candidate = CUSTOM_FIRST_HOST
+    last = net.num_addresses - 2  # the broadcast address is no host's
+    first = min(CUSTOM_FIRST_HOST, last)
+    order = iter([*range(first, last + 1), *range(2, first)])  # a small subnet: wrap to its low addresses
     for svc in services:
         if svc.address:
             out[svc.name] = svc.address
             continue
-        while True:
-            if candidate >= net.num_addresses - 1:
-                raise ValueError(f"network.subnet {net} has no free address left for services.custom.{svc.name}")
-            addr = str(net.network_address + candidate)
-            candidate += 1
+        for number in order:
+            addr = str(net.network_address + number)
             if addr not in taken:
                 taken.add(addr)
                 out[svc.name] = addr
                 break
+        else:
+            raise ValueError(f"network.subnet {net} has no free address left for services.custom.{svc.name}")
     return out
 
 

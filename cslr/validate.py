@@ -62,6 +62,8 @@ def _describe_schema_error(err: jsonschema.ValidationError, shown: Callable[[tup
         return [(path, f"found {found} ({_type_name(value)}), expected {_expected_types(err.validator_value)}", False)]
     if v == "enum":
         return [(path, f"found {found}, expected one of: {', '.join(map(str, err.validator_value))}", False)]
+    if v == "pattern" and "propertyNames" in err.schema_path and isinstance(value, str):  # a mapping's key (data.NAME, services.custom.NAME)
+        return [((*path, value), f"found the name {shorten(value)}, expected a name matching {err.validator_value}", True)]
     if v == "pattern":
         return [(path, f"found {found}, expected a value matching {err.validator_value}", False)]
     if v == "format":
@@ -368,7 +370,9 @@ def check_extra_overlays(cfg: Config) -> Iterable[Problem]:
 
 
 # Docker's image reference grammar (distribution/reference): [host[:port]/]path[:tag][@digest].
-_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?))*(?::[0-9]{1,5})?"
+# A first component is a registry host only with a dot, a port, or as `localhost` (Docker's rule).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = rf"(?:localhost(?::[0-9]{{1,5}})?|{_LABEL}(?:\.{_LABEL})+(?::[0-9]{{1,5}})?|{_LABEL}:[0-9]{{1,5}})"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 IMAGE_REFERENCE = re.compile(
     rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$"
