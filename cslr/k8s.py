@@ -2,8 +2,10 @@
 
 One `RayCluster` (ray.io/v1: a head group, a CPU worker group and, when asked for, a GPU worker
 group) plus a Deployment, a Service and a PersistentVolumeClaim for each enabled supporting
-service (Redis, PostgreSQL, MLflow, Marimo), a Secret built from `.env`, a Namespace and a
-`kustomization.yaml` that lists them (`kubectl apply -k DIR`).
+service (Redis, PostgreSQL, MLflow, Marimo), a Deployment and a Service for each custom service
+(`services.custom`), claims for the data sets (ReadOnlyMany) and the workspace (ReadWriteMany), a
+Secret built from `.env`, a Namespace and a `kustomization.yaml` that lists them (`kubectl apply
+-k DIR`). Token auth is KubeRay's own `authOptions` (>= 1.6.0) unless kubernetes.native_auth is off.
 
 What Compose already states is read from compose/compose.yaml, not repeated here: each service's
 healthcheck (a readiness probe), command, environment names, working directory and the path its
