@@ -4,7 +4,6 @@ the firewall. The engine is not used here (tests/e2e/test_custom_service.py star
 from __future__ import annotations
 
 import re
-import stat
 import textwrap
 
 import pytest
@@ -267,25 +266,6 @@ def test_the_overlay_is_hardened_like_compose_yaml_and_holds_no_value(project):
     assert plan.env["CSLR_CUSTOM_MY_SERVICE__GREETING"] == "costs $5" and plan.env["CSLR_CUSTOM_MY_SERVICE__COUNT"] == "3"
     telemetry = yaml.safe_load(plan.generated[compose.TELEMETRY_OVERLAY])["services"]
     assert "my_service" in telemetry and "quiet" in telemetry
-
-
-def test_the_merged_project_has_the_custom_services_with_their_values(project, tmp_path):
-    cfg = loaded(project, textwrap.dedent(GOOD) + "network: {bind_address: 127.0.0.2}\n", ENV).cfg
-    plan = compose.plan(cfg, NO_GPU)
-    env_text, merged = compose.render(plan, tmp_path / "_build")
-    doc = yaml.safe_load(merged)["services"]
-    assert doc["my_service"]["environment"]["API_KEY"] == "api-key-from-dotenv"
-    assert doc["my_service"]["ports"][0]["host_ip"] == "127.0.0.2" and doc["my_service"]["ports"][0]["published"] == "9000"
-    assert doc["my_service"]["cap_drop"] == ["ALL"] and doc["my_service"]["security_opt"] == ["no-new-privileges:true"]
-    assert doc["quiet"]["networks"]["ray-network"]["ipv4_address"] == "172.28.0.101"
-
-
-def test_generate_writes_the_overlay_world_readable_and_the_values_private(project, tmp_path):
-    cfg = loaded(project, GOOD, ENV).cfg
-    written = compose.generate(compose.plan(cfg, NO_GPU), tmp_path / "_build")
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in written}
-    assert modes[compose.CUSTOM_OVERLAY] == 0o644 and modes[".env"] == 0o600
-    assert "api-key-from-dotenv" in (tmp_path / "_build" / ".env").read_text()
 
 
 def test_custom_variables_from_the_shell_never_override_the_generated_ones(monkeypatch):
