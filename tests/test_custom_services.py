@@ -4,6 +4,7 @@ the firewall. The engine is not used here (tests/e2e/test_custom_service.py star
 from __future__ import annotations
 
 import re
+import subprocess
 import textwrap
 
 import pytest
@@ -326,3 +327,46 @@ def test_the_firewall_covers_a_custom_port_on_the_host_that_runs_it(project):
 def test_multi_host_refuses_a_custom_port_a_service_has(project):
     lines = refusal(project, MULTI.replace("port: 9100", "port: 5000"))
     assert "already used by services.mlflow.port" in one(lines, "$.services.custom.api.port:")
+
+
+class FakeDocker:
+    def __init__(self, present=(), pull_rc=0):
+        self.present_refs, self.pull_rc, self.pulled = set(present), pull_rc, []
+
+    def present(self, ref):
+        return ref in self.present_refs
+
+    def pull(self, ref, quiet=False):
+        self.pulled.append(ref)
+        return subprocess.CompletedProcess(["docker", "pull", ref], self.pull_rc)
+
+
+class FakeStack:
+    def __init__(self, cfg, source):
+        self.cfg, self.source, self.lines = cfg, source, []
+
+    def env(self):
+        return {"CSLR_IMAGE_SOURCE": self.source}
+
+    def doc(self):
+        return {"services": {s.name: {} for s in topology.custom_services(self.cfg)}}
+
+    def out(self, line):
+        self.lines.append(line)
+
+
+def test_up_pulls_a_missing_custom_image_or_says_that_local_pulls_nothing(project):
+    from cslr import lifecycle
+
+    cfg = loaded(project, GOOD, ENV).cfg
+    present = "registry.lab.example:5000/tools/worker@sha256:" + "0123456789abcdef" * 4
+    docker = FakeDocker(present=[present])
+    assert lifecycle.custom_image_findings(FakeStack(cfg, "pull"), docker) == []
+    assert docker.pulled == ["my-org/my-service:latest"]
+    failed = lifecycle.custom_image_findings(FakeStack(cfg, "pull"), FakeDocker(present=[present], pull_rc=1))
+    assert failed == [
+        "services.custom.my_service.image my-org/my-service:latest: `docker pull` failed (exit 1); check the name, or build or load the image first"
+    ]
+    docker = FakeDocker(present=[present])
+    local = lifecycle.custom_image_findings(FakeStack(cfg, "local"), docker)
+    assert docker.pulled == [] and "images.source local pulls nothing" in local[0] and len(local) == 1
