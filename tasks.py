@@ -17,12 +17,11 @@ from pathlib import Path
 
 from invoke import Exit, Task, task
 
-from cslr import compose, config, effective, images, lifecycle, schema_docs
+from cslr import config, effective, lifecycle, project, schema_docs
 from cslr import report as report_mod
-from cslr import stack as stack_mod
 from cslr.errors import PlatformError
 from cslr.init import init as init_files
-from cslr.project import generation_report, load_validated, plan_for, relative
+from cslr.project import load_validated, relative
 
 ROOT = Path(__file__).resolve().parent
 _config_mod = config  # the `config` module, reachable inside tasks whose --config parameter shadows it
@@ -63,6 +62,13 @@ def cli(**kwargs):
         params = inspect.signature(body).parameters
         helps = {k: v for k, v in COMMON_HELP.items() if k in params}
         helps.update(kwargs.pop("help", {}))
+        positional = list(kwargs.get("positional", ()))
+        for name, param in params.items():
+            default = param.default
+            if name in helps and default not in (None, inspect.Parameter.empty) and not isinstance(default, bool) and "default" not in helps[name]:
+                helps[name] += f" (default: {default})"
+            if name in positional:
+                helps[name] = f"{name.upper()}, given without the flag: {helps.get(name, '')}"
 
         @functools.wraps(body)
         def run(c, *args, **kw):
@@ -78,6 +84,9 @@ def cli(**kwargs):
             except PlatformError as exc:
                 raise _fail(exc) from None
 
+        if positional:  # Invoke's usage line does not show positionals: the docstring does
+            task_name = kwargs.get("name") or body.__name__.replace("_", "-")
+            run.__doc__ = f"{run.__doc__}\n\nUsage: inv {task_name} {' '.join(p.upper() for p in positional)} [--options]"
         return task(run, klass=CliTask, auto_shortflags=False, help=helps, **kwargs)
 
     return wrap
@@ -208,13 +217,9 @@ def show_config(c, config=CONFIG, env_file=None, json=False):
 @cli(help={"test_cluster": "include the test-cluster runner (profile `test`)"})
 def generate(c, config=CONFIG, env_file=None, out=OUT, test_cluster=True, host=None):
     """Validate, choose overlays, merge them with `docker compose config` into _build/compose.yaml."""
-    loaded = _loaded(config, env_file)
-    source, why = lifecycle.resolve_image_source(loaded.cfg, images.services_of(loaded.cfg, loaded.gpu.node_enabled), probe_pull=False)
-    print(f"{why} -> {source}")
-    plan = plan_for(loaded, test_cluster=test_cluster, host=host, image_source=source)
-    out_dir = _out_dir(out)
-    written = compose.generate(plan, out_dir)
-    print("\n".join(generation_report(plan, written, out_dir, ROOT)))
+    gen = project.generate(_loaded(config, env_file), _out_dir(out), host=host, test_cluster=test_cluster)
+    print(f"{gen.image_source_why} -> {gen.image_source}")
+    print("\n".join(project.generation_report(gen.plan, gen.written, gen.build_dir, ROOT)))
 
 
 @cli(help={"output": "write the schema to this file instead of printing it", "docs": "regenerate docs/config-reference.md from the schema"})
@@ -257,17 +262,9 @@ def export(c, target, config=CONFIG, env_file=None, out=None):
 # ----------------------------------------------------------------------------- the running stack
 
 
-def _stack(config, env_file, out=OUT, generate_first=False, host=None, probe_pull=False, loaded=None):
-    loaded = loaded or _loaded(config, env_file)
-    build_dir = _out_dir(out)
-    if generate_first:
-        source, why = lifecycle.resolve_image_source(loaded.cfg, images.services_of(loaded.cfg, loaded.gpu.node_enabled), probe_pull=probe_pull)
-        if probe_pull:
-            print(why)
-        compose.generate(plan_for(loaded, host=host, image_source=source), build_dir)
-    elif not (build_dir / "compose.yaml").exists():
-        raise Exit(f"{build_dir / 'compose.yaml'} does not exist: run `inv generate` or `inv up` first", code=1)
-    return stack_mod.Stack(loaded.cfg, build_dir)
+def _stack(config, env_file, out=OUT):
+    """The Stack of the generated project in --out (the tasks that act on a running stack)."""
+    return project.existing_stack(_loaded(config, env_file), _out_dir(out))
 
 
 @cli(
@@ -284,7 +281,9 @@ def up(c, config=CONFIG, env_file=None, out=OUT, timeout=600, build=False, host=
     loaded = _loaded(config, env_file)
     for line in lifecycle.claim_before_generate(loaded.cfg, _out_dir(out)):
         print(line)
-    st = _stack(config, env_file, out, generate_first=True, host=host, probe_pull=True, loaded=loaded)
+    gen = project.generate(loaded, _out_dir(out), host=host, probe_pull=True)
+    print(gen.image_source_why)
+    st = gen.stack()
     rows = lifecycle.bring_up(st, lifecycle.UpOptions(timeout=float(timeout), build=build, claimed=True, firewall_elsewhere=firewall_elsewhere))
     print(st.table(rows, show_secrets=show_secrets))
 
@@ -298,11 +297,18 @@ def wheelhouse(c, config=CONFIG, env_file=None, dest=None, force=False):
     print(wh.ensure(_config_mod.load(config, env_file), Path(dest) if dest else wh.DEFAULT_DIR, force=force))
 
 
-@cli(help={"volumes": "also delete every volume (MLflow runs, Postgres, Redis, notebooks); needs --yes", "yes": "confirm --volumes"})
+@cli(
+    help={
+        "volumes": "also delete every volume (MLflow runs, Postgres, Redis; the notebooks and data folders on the host stay); needs --yes",
+        "yes": "confirm --volumes",
+    }
+)
 def down(c, config=CONFIG, env_file=None, out=OUT, volumes=False, yes=False):
     """Stop and remove the stack's containers; volumes are kept unless --volumes --yes."""
-    # Without a generated project (a fresh checkout, a new --out) generate one to know the stack.
-    st = _stack(config, env_file, out, generate_first=not (_out_dir(out) / "compose.yaml").exists())
+    st = project.stack_for_down(_loaded(config, env_file), _out_dir(out))
+    if st is None:
+        print("nothing to stop: no generated project and no container or volume of this project")
+        return
     st.claim("down")
     st.down(volumes=volumes, yes=yes)
 
@@ -360,8 +366,9 @@ def status(c, config=CONFIG, env_file=None, out=OUT, json=False):
         _print_json({**report, "services": {k: {"state": v.get("State"), "health": v.get("Health") or None} for k, v in report["services"].items()}})
     else:
         print(report_mod.format_status(report))
-    if not report["ray_nodes"] or report["head"] is None:
-        raise Exit("no live Ray head", code=1)
+    failure = report_mod.status_failure(report)
+    if failure:
+        raise Exit(failure, code=1)
 
 
 @cli()
@@ -372,7 +379,7 @@ def doctor(c, config=CONFIG, env_file=None, out=OUT, json=False):
     build_dir = _out_dir(out)
 
     def stack_for(loaded):
-        return stack_mod.Stack(loaded.cfg, build_dir) if (build_dir / "compose.yaml").exists() else None
+        return project.existing_stack(loaded, build_dir) if (build_dir / "compose.yaml").exists() else None
 
     def data_check(loaded):
         return lifecycle.claim_before_generate(loaded.cfg, build_dir)
@@ -480,3 +487,56 @@ def jobs(c, logs=None, stop=None, config=CONFIG, env_file=None, json=False):
         _print_json(jobs_mod.list_json(client))
     else:
         print(jobs_mod.list_jobs(client))
+
+
+# ----------------------------------------------------------------------------- before Invoke parses
+
+
+def submit_without_separator(argv: list[str], task_names: set[str]) -> str | None:
+    """`inv submit python train.py`: Invoke would read `python` as another task and say only "No
+    idea what 'python' is!". The message that says how to write it (exit 2), or None."""
+    args = list(argv[1:])
+    if "--" in args:
+        args = args[: args.index("--")]
+    if "submit" not in args:
+        return None
+    params = inspect.signature(submit.body).parameters
+    takes_value = set()
+    for name, param in params.items():
+        if name != "c" and not isinstance(param.default, bool):
+            takes_value.add("--" + name.replace("_", "-"))
+            if name in SHORT_FLAGS:
+                takes_value.add("-" + SHORT_FLAGS[name])
+    rest = args[args.index("submit") + 1 :]
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if token.startswith("-"):
+            i += 2 if token in takes_value else 1
+            continue
+        if token in task_names:
+            return None  # another task follows
+        import shlex
+
+        spelled = shlex.join(["inv", "submit", *rest[:i], "--", *rest[i:]])
+        return f"inv submit: found {token!r} after the task, which Invoke would read as another task. Put the job's command after `--`: {spelled}"
+    return None
+
+
+def _run_by_invoke(argv: list[str]) -> bool:
+    first = Path(argv[0]) if argv else Path()
+    return first.name in ("inv", "invoke") or first.parts[-2:] == ("invoke", "__main__.py")
+
+
+def _check_command_line(argv: list[str]) -> None:
+    if not _run_by_invoke(argv):
+        return  # imported by a test or another program: nothing to check
+    from invoke import Collection
+
+    message = submit_without_separator(argv, set(Collection.from_module(sys.modules[__name__]).task_names))
+    if message:
+        print(message, file=sys.stderr)
+        raise SystemExit(2)
+
+
+_check_command_line(sys.argv)

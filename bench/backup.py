@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,22 +45,24 @@ sys.path.insert(0, str(ROOT))
 from bench._markdown import replace_section  # noqa: E402
 
 HEADING = "## Backup and restore (bench/backup.py)"
-MLFLOW_PORT = 25000
+# Its own subnet and host ports, apart from every e2e module's (tests/e2e: 172.29-172.31, 1xxxx,
+# 2xxxx, 3xxxx): the bench runs beside the e2e tier without its lock.
+MLFLOW_PORT = 24500
 CONFIG = f"""project:
   name: cslr-bench
 gpu: off
 network:
-  subnet: 172.30.0.0/16
-  addresses: {{health: 172.30.0.2, ray_cpu: 172.30.0.10, ray_gpu: 172.30.0.11, redis: 172.30.0.20, mlflow: 172.30.0.30, postgres: 172.30.0.31, marimo: 172.30.0.40}}
+  subnet: 172.26.0.0/16
+  addresses: {{health: 172.26.0.2, ray_cpu: 172.26.0.10, ray_gpu: 172.26.0.11, redis: 172.26.0.20, mlflow: 172.26.0.30, postgres: 172.26.0.31, marimo: 172.26.0.40}}
 images:
   source: auto
 ray:
-  cpu: {{cpus: 1, memory: 2g, ports: {{gcs: 26379, dashboard: 28265}}}}
-  gpu: {{ports: {{gcs: 26380, dashboard: 28266}}}}
+  cpu: {{cpus: 1, memory: 2g, shm_size: 1g, ports: {{gcs: 24379, dashboard: 24265, client: 24001}}}}
+  gpu: {{ports: {{gcs: 24380, dashboard: 24266, client: 24002}}}}
 services:
-  health: {{port: 28888, ray_client_port: 21001, dashboard_port: 28260}}
-  redis: {{enabled: false, port: 26381}}
-  marimo: {{enabled: false, port: 28080}}
+  health: {{port: 24888, ray_client_port: 24101, dashboard_port: 24260}}
+  redis: {{enabled: false, port: 24381}}
+  marimo: {{enabled: false, port: 24080}}
   mlflow: {{port: {MLFLOW_PORT}}}
 """
 
@@ -85,8 +88,11 @@ class Inv:
 def api(method: str, path: str, body: Optional[dict] = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{MLFLOW_PORT}/api/2.0/{path}", data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        raw = resp.read()
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as err:  # MLflow says why in the body
+        raise SystemExit(f"MLflow {method} {path}: HTTP {err.code}: {err.read()[:500].decode(errors='replace')}") from None
     return json.loads(raw or b"{}")
 
 
@@ -96,12 +102,9 @@ def seed(runs: int, metrics: int, steps: int) -> float:
     def one(r: int) -> None:
         info = api("POST", "mlflow/runs/create", {"experiment_id": exp, "run_name": f"run-{r}", "start_time": 1_700_000_000_000 + r})["run"]["info"]
         values = [{"key": f"m{k}", "value": r + k / 10 + s / 1000, "timestamp": 1_700_000_000_000 + s, "step": s} for k in range(metrics) for s in range(steps)]
-        for i in range(0, len(values), 1000):  # MLflow takes at most 1000 metrics per batch
-            api(
-                "POST",
-                "mlflow/runs/log-batch",
-                {"run_id": info["run_id"], "metrics": values[i : i + 1000], "params": [{"key": "lr", "value": "0.001"}] if i == 0 else []},
-            )
+        api("POST", "mlflow/runs/log-batch", {"run_id": info["run_id"], "params": [{"key": "lr", "value": "0.001"}]})
+        for i in range(0, len(values), 1000):  # MLflow takes at most 1000 entities (metrics + params + tags) per batch
+            api("POST", "mlflow/runs/log-batch", {"run_id": info["run_id"], "metrics": values[i : i + 1000]})
         if r % 100 == 0:
             path = info["artifact_uri"].split("mlflow-artifacts:/", 1)[1]
             req = urllib.request.Request(

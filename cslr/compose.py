@@ -155,22 +155,7 @@ def _render(value: object) -> str:
     return str(value)
 
 
-PROXY_ADDRESS = "ray://health:10001"  # the health service's Ray client proxy (compose.yaml)
 CONTAINER_PORTS = topology.RAY_CONTAINER_PORTS  # inside a Ray node's container; not settings
-
-
-def client_address(cfg: Config) -> str:
-    """`RAY_ADDRESS` for processes that are not Ray nodes (notebook, test runner).
-
-    A plain GCS address only works for a driver on a machine that runs a raylet; everything
-    else goes through a Ray client server. Normally that is the health service's proxy, which
-    follows the elected head; a stack that joins an external head (`HEAD_ADDRESS` /
-    `nodes.head_address`) talks to that head's client server directly.
-    """
-    explicit = cfg.get("nodes", "head_address")
-    if explicit:
-        return f"ray://{explicit.rsplit(':', 1)[0] if ':' in explicit else explicit}:{CONTAINER_PORTS['client']}"
-    return PROXY_ADDRESS
 
 
 def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[str, str]:
@@ -203,7 +188,7 @@ def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[
     gpus = cfg.get("ray", "gpu", "gpus")
     env["RAY_GPU_NUM_GPUS"] = str(gpu.count) if gpus == "all" and gpu.count else ("" if gpus == "all" else str(gpus))
     env["RAY_GCS_FT"] = "1" if cfg.get("ray", "gcs_fault_tolerance") else "0"
-    env["RAY_ADDRESS"] = client_address(cfg)
+    env["RAY_ADDRESS"] = topology.ray_address(cfg)
     env["RAY_CLIENT_PORTS"] = ""  # single host: every node's client server is on CONTAINER_PORTS["client"]
     env["RAY_DASHBOARD_PORTS"] = ""  # single host: every node's dashboard is on CONTAINER_PORTS["dashboard"]
 
@@ -212,11 +197,13 @@ def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[
     redis_password = cfg.get("secrets", "redis_password") or ""
     mlflow_on = bool(cfg.get("services", "mlflow", "enabled"))
     redis_on = bool(cfg.get("services", "redis", "enabled"))
-    env["MLFLOW_TRACKING_URI"] = "http://mlflow:5000" if mlflow_on else ""
+    env["MLFLOW_TRACKING_URI"] = f"http://mlflow:{topology.container_port('mlflow', 'http')}" if mlflow_on else ""
     # The explicit driver: MLflow 3 otherwise picks psycopg 3, which its own image lacks.
-    env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg2://{quote(user, safe='')}:{quote(pg_password, safe='')}@postgres:5432/{quote(db, safe='')}"
-    env["REDIS_URL"] = f"redis://:{quote(redis_password, safe='')}@redis:6379/0" if redis_on else ""
-    env["RAY_REDIS_ADDRESS"] = "redis:6379" if redis_on else ""
+    env["MLFLOW_BACKEND_STORE_URI"] = (
+        f"postgresql+psycopg2://{quote(user, safe='')}:{quote(pg_password, safe='')}@postgres:{topology.POSTGRES_PORT}/{quote(db, safe='')}"
+    )
+    env["RAY_REDIS_ADDRESS"] = topology.redis_address() if redis_on else ""
+    env["REDIS_URL"] = topology.redis_url(redis_password, env["RAY_REDIS_ADDRESS"])
     env["MARIMO_NOTEBOOKS"] = str(hostdirs.notebooks_dir(cfg))  # Compose would resolve a relative one against compose/
     # Who the Ray nodes' processes and the notebook server run as: the user running `inv`, so what
     # they write into the notebooks folder and the workspace is that user's (docs/security.md).

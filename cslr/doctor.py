@@ -1,4 +1,4 @@
-"""`inv doctor`: the design document's troubleshooting flow as checks, one line each.
+"""`inv doctor`: the troubleshooting flow as checks, one line each.
 
 The flow (logs -> connection refused / GCS health / validation error -> name resolution, port
 reachability, firewall, node IP, head state, config check) becomes a list of checks. Each check
@@ -279,13 +279,11 @@ def run(
         checks.append(Check("stack", FAIL, f"cannot read the stack's state: {str(exc).splitlines()[0]}", "inv up"))
         return checks
     checks += services(expected, rows, checked, lambda name: stack.logs_tail(name, 50))
-    from .validate import published_ports
 
     running = {r.get("Service") for r in rows if r.get("State") == "running"}
-    checks += ports(cfg.get("network", "bind_address"), published_ports(cfg, "ray-gpu" in expected), running, probes.port_free)
+    checks += ports(cfg.get("network", "bind_address"), topology.published(cfg, "ray-gpu" in expected), running, probes.port_free)
     if "health" in running:
-        host = cfg.get("network", "bind_address")
-        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        host = topology.reachable_host(cfg.get("network", "bind_address"))
         base = f"http://{host}:{cfg.get('services', 'health', 'port')}"
         try:
             status, nodes = probes.http_json(base + "/"), probes.http_json(base + "/nodes")

@@ -350,9 +350,11 @@ def is_root() -> bool:
 def run_local_bases_script(names: list[str], env: Mapping[str, str], cfg_versions: Mapping[str, str], root: Path = ROOT, run: Runner = subprocess.run) -> None:
     """tools/build-local-bases.sh for these bases (root only: debootstrap and chroot)."""
     if not is_root():
+        # The versions config.yaml names (another images.mlflow_base, say), not the script's defaults.
+        pinned = " ".join(f"{k}={v}" for k, v in sorted(cfg_versions.items()))
         raise ImageError(
             f"the local bases {', '.join(names)} are missing and building them needs root (debootstrap, chroot). "
-            f"Build them once with `sudo make bases` (or `sudo bash tools/build-local-bases.sh {' '.join(names)}`), then rerun."
+            f"Build them once with `sudo make bases` (or `sudo {pinned + ' ' if pinned else ''}bash tools/build-local-bases.sh {' '.join(names)}`), then rerun."
         )
     script_env = {**os.environ, **cfg_versions}
     proc = run(["bash", str(root / "tools" / "build-local-bases.sh"), *names], env=script_env, stdin=subprocess.DEVNULL)

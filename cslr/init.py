@@ -21,17 +21,13 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import textfile
+from . import textfile, topology
 from .config import ROOT, format_dotenv, parse_dotenv
 from .errors import PlatformError
 from .fsutil import write_atomic
 
-SECRET_ENV = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "MARIMO_TOKEN", "RAY_AUTH_TOKEN", "CSLR_CONTROL_SECRET")
-
-# Named volumes (without the `<project>_` prefix) whose contents were made with a secret: Postgres
-# sets the password once, at initdb, from POSTGRES_PASSWORD; Redis's volume holds the data (and
-# Ray's GCS state) of a stack whose every client was given the old REDIS_PASSWORD.
-DATA_VOLUMES = {"postgres-data": "POSTGRES_PASSWORD", "redis-data": "REDIS_PASSWORD"}
+SECRET_ENV = topology.secret_env()  # every secret of the schema (`x-secret`), in its order
+DATA_VOLUMES = topology.DATA_VOLUMES  # data volume -> the secret it is made with
 
 HEADER = (
     "Secrets of this machine's CSLR stack; written by `inv init`. Never commit this file.\n"

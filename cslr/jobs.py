@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import textfile
+from . import textfile, topology
 from .config import Config, display_path, env_fields, parse_dotenv
 from .errors import PlatformError
 from .init import ENV_BACKUPS
@@ -71,8 +71,7 @@ class SecretInUploadError(PlatformError):
 
 
 def _host(cfg: Config) -> str:
-    host = cfg.get("network", "bind_address")
-    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return topology.reachable_host(cfg.get("network", "bind_address"))
 
 
 def health_url(cfg: Config) -> str:

@@ -11,9 +11,13 @@
        fingerprint), `compose up -d`, one line per service state change, until every service is
        healthy; a failure names the service, its last log lines and healthcheck output
 
-Modelled on getsentry/self-hosted's install/: nothing is changed before phase 4 but images, the
-host folders (phase 4's first step) and, only when MLflow's schema must move, Postgres started
-alone for the migration.
+Modelled on getsentry/self-hosted's install/. What changes, and when: the caller has already
+written the generated project (`_build/`, after the ownership claim of `claim_before_generate`);
+phase 1 changes nothing; phase 2 changes images (and `wheelhouse/` when offline); phase 3 changes
+something only when MLflow's schema must move (a dump into `backups/`, Postgres started alone for
+the migration); phase 4 first creates the notebooks folder and copies an older stack's notebooks
+into it (`host_folders`), then creates the data volumes and starts the stack. Phase 1 failing
+leaves images, folders, volumes and containers as they were (tests/test_lifecycle.py).
 """
 
 from __future__ import annotations
@@ -43,13 +47,11 @@ def check_preflight(stack: Stack, run=subprocess.run, routes: Callable[[], list]
     findings = preflight.docker_available(run) + preflight.compose_available(run)
     if findings:
         return findings
-    from .validate import published_ports
-
     cfg = stack.cfg
     services = stack.expected_services()
     running = {r["Service"] for r in stack.services() if r.get("State") == "running"}
     findings += preflight.busy_ports(
-        cfg.get("network", "bind_address"), published_ports(cfg, "ray-gpu" in services), lambda setting: topology.owner(setting) in running
+        cfg.get("network", "bind_address"), topology.published(cfg, "ray-gpu" in services), lambda setting: topology.owner(setting) in running
     )
     import ipaddress
 
@@ -126,9 +128,17 @@ def fail(findings: list[str]) -> None:
 
 
 def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
-    """Phases 1–4 on a generated project. Raises StackError / PlatformError."""
+    """Phases 1–4 on a generated project, in PHASES order. Raises StackError / PlatformError."""
     options = options or UpOptions()
     stack.out(f"compose: {compose.compose_binary()}")
+    rows: list[dict] = []
+    for _, phase in PHASES:
+        rows = phase(stack, options) or rows
+    return rows
+
+
+def phase_preflight(stack: Stack, options: UpOptions) -> None:
+    """1. Reads only: engine, Compose, ownership and secrets of the volumes, firewall, ports."""
     fail(preflight.docker_available(stack.run) + preflight.compose_available(stack.run))
     for line in claim_for_up(stack, identity.Engine(stack.run)):  # again on the generated project: every volume
         if not options.claimed:
@@ -137,16 +147,28 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
     for line in notes:
         stack.out(line)
     fail(check_preflight(stack, stack.run) + firewall)
+
+
+def phase_images(stack: Stack, options: UpOptions) -> None:
+    """2. Pulls or builds images (and may fill wheelhouse/ when offline)."""
     source = stack.env().get("CSLR_IMAGE_SOURCE", "pull")
     stack.out(f"images: {source} bases")
     fail(base_ray_findings(stack, stack.run))
     for line in ensure_images(stack, build=options.build):
         stack.out(line)
-    fail(ray_image_findings(stack, stack.run))
     fail(custom_image_findings(stack, images.Docker(stack.run)))
+
+
+def phase_versions(stack: Stack, options: UpOptions) -> None:
+    """3. Ray versions and upgrades; only a due MLflow migration changes anything (see above)."""
+    fail(ray_image_findings(stack, stack.run))
     fail(upgrade.postgres_findings(stack))
     for line in upgrade.mlflow_schema(stack, Path(stack.cfg.config_path).resolve().parent / "backups"):
         stack.out(line)
+
+
+def phase_start(stack: Stack, options: UpOptions) -> list[dict]:
+    """4. Host folders, the data volumes, `compose up -d` and the watch until healthy."""
     for line in host_folders(stack):
         stack.out(line)
     scope = identity.scope_of(stack)
@@ -156,18 +178,26 @@ def bring_up(stack: Stack, options: UpOptions | None = None) -> list[dict]:
     return watch_up(stack, timeout=options.timeout)
 
 
+# The phases of `inv up`, in order (the module docstring says what each may change); looked up
+# when called, so a test may replace one.
+PHASES: tuple[tuple[str, Callable[[Stack, UpOptions], list[dict] | None]], ...] = (
+    ("preflight", lambda stack, options: phase_preflight(stack, options)),
+    ("images", lambda stack, options: phase_images(stack, options)),
+    ("versions", lambda stack, options: phase_versions(stack, options)),
+    ("start", lambda stack, options: phase_start(stack, options)),
+)
+
+
 def data_secrets(stack: Stack) -> dict[str, str]:
     """Data volume (Compose key) -> the .env variable of the secret it is made with, for the
     data volumes that the services this `up` starts mount."""
-    from .init import DATA_VOLUMES
-
     services = stack.doc().get("services") or {}
     used = set()
     for name in stack.expected_services():
         for mount in (services.get(name) or {}).get("volumes") or []:
             if isinstance(mount, dict) and mount.get("type") == "volume":
                 used.add(mount.get("source"))
-    return {key: env for key, env in DATA_VOLUMES.items() if key in used}
+    return {key: env for key, env in topology.DATA_VOLUMES.items() if key in used}
 
 
 def claim_for_up(stack: Stack, engine: identity.Engine) -> list[str]:
@@ -186,16 +216,17 @@ def claim_before_generate(cfg, build_dir, run=subprocess.run) -> list[str]:
     from pathlib import Path
 
     from .config import env_fields
-    from .init import DATA_VOLUMES
 
     project = cfg.get("project", "name")
-    scope = identity.Scope(project, str(Path(cfg.config_path).resolve().parent), str(Path(build_dir).resolve()), {k: f"{project}_{k}" for k in DATA_VOLUMES})
+    scope = identity.Scope(
+        project, str(Path(cfg.config_path).resolve().parent), str(Path(build_dir).resolve()), {k: f"{project}_{k}" for k in topology.DATA_VOLUMES}
+    )
     engine = identity.Engine(run)
-    env = {f.env: str(cfg.get(*f.path) or "") for f in env_fields() if f.env in DATA_VOLUMES.values()}
+    env = {f.env: str(cfg.get(*f.path) or "") for f in env_fields() if f.env in topology.DATA_VOLUMES.values()}
     generated = Path(build_dir) / ".env"
     env_path = str(cfg.env_path) if cfg.env_path else ".env"
     lines = identity.claim(scope, engine, "up")
-    return lines + identity.check_data(scope, engine, DATA_VOLUMES, env, env_path, str(generated) if generated.exists() else None)
+    return lines + identity.check_data(scope, engine, topology.DATA_VOLUMES, env, env_path, str(generated) if generated.exists() else None)
 
 
 def host_folders(stack: Stack) -> list[str]:
@@ -290,8 +321,3 @@ def failure(stack: Stack, service: str, what: str, container: str | None = None)
             last = log[-1]
             text += f"\nIts last healthcheck (exit {last.get('ExitCode')}): {(last.get('Output') or '').strip()[-500:]}"
     return text
-
-
-def resolve_image_source(cfg, services: list[str], probe_pull: bool, run=subprocess.run) -> tuple[str, str]:
-    """images.source for `generate` (no pulls) and `up` (one probe pull when undecided)."""
-    return images.resolve_source(cfg, images.Docker(run), services, probe_pull)

@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass
 from typing import Iterable
 
+from . import topology
 from .config import Config
 from .errors import Problem, UsageError
 
@@ -138,8 +139,7 @@ def host_env(cfg: Config, host: dict) -> dict[str, str]:
         env[f"RAY_{K}_AGENT_PORT"] = str(ports["gcs"] + AGENT_OFFSET)
         for key, value in PINNED[kind].items():
             env[f"RAY_{K}_{key.upper()}_PORT"] = str(value)
-    bind = cfg.get("network", "bind_address")
-    local = "127.0.0.1" if bind in ("0.0.0.0", "127.0.0.1") else bind
+    local = topology.reachable_host(cfg.get("network", "bind_address"))
 
     def reach(service: str, port: int) -> str:
         owner = services_host(cfg, service)
@@ -149,15 +149,12 @@ def host_env(cfg: Config, host: dict) -> dict[str, str]:
 
     redis = reach("redis", cfg.get("services", "redis", "port"))
     mlflow = reach("mlflow", cfg.get("services", "mlflow", "port"))
-    password = cfg.get("secrets", "redis_password") or ""
-    from urllib.parse import quote
-
     env["HEALTH_URL"] = f"http://{local}:{cfg.get('services', 'health', 'port')}"
     env["RAY_REDIS_ADDRESS"] = redis
-    env["REDIS_URL"] = f"redis://:{quote(password, safe='')}@{redis}/0" if redis else ""
+    env["REDIS_URL"] = topology.redis_url(cfg.get("secrets", "redis_password") or "", redis)
     env["MLFLOW_TRACKING_URI"] = f"http://{mlflow}" if mlflow else ""
-    explicit = cfg.get("nodes", "head_address")
-    env["RAY_ADDRESS"] = f"ray://{explicit.partition(':')[0]}:{cfg.get('ray', 'cpu', 'ports', 'client')}" if explicit else "ray://health:10001"
+    # Host networking: an external head's client server listens on its setting's port.
+    env["RAY_ADDRESS"] = topology.ray_address(cfg, client_port=cfg.get("ray", "cpu", "ports", "client"))
     # The proxy of every host's health service must know each possible head's client port.
     env["RAY_CLIENT_PORTS"] = ",".join(f"{n.name}={n.client}" for n in nodes(cfg))
     # ... and its dashboard proxy each possible head's dashboard port.
@@ -170,7 +167,7 @@ def host_env(cfg: Config, host: dict) -> dict[str, str]:
 
 
 def host_profiles(cfg: Config, host: dict) -> list[str]:
-    return [s for s in ("redis", "mlflow", "marimo") if (services_host(cfg, s) or {}).get("name") == host["name"]]
+    return [s for s in topology.OPTIONAL_SERVICES if (services_host(cfg, s) or {}).get("name") == host["name"]]
 
 
 def extra_hosts(cfg: Config) -> list[tuple[str, str]]:
@@ -210,7 +207,7 @@ def problems(cfg: Config) -> Iterable[Problem]:
         for svc in host.get("services") or []:
             if not cfg.get("services", svc, "enabled"):
                 yield p(("hosts", i, "services"), f"lists {svc!r}, which services.{svc}.enabled switches off")
-    for svc in ("redis", "mlflow", "marimo"):
+    for svc in topology.OPTIONAL_SERVICES:
         owners = [i for i, h in enumerate(hosts) if svc in (h.get("services") or [])]
         if len(owners) > 1:
             yield p(("hosts", owners[1], "services"), f"lists {svc!r}, which hosts[{owners[0]}] already runs; expected one host per service")
@@ -240,20 +237,12 @@ def problems(cfg: Config) -> Iterable[Problem]:
         if name.lower() not in all_nodes:
             yield p(("nodes", "head_whitelist", i), f"found {name!r}, which no host runs; expected one of: {', '.join(sorted(all_nodes))}")
     # Host networking: the CPU and GPU node of a host share its ports, and so do the services.
-    used: dict[int, str] = {
-        cfg.get("services", "health", "port"): "services.health.port",
-        cfg.get("services", "health", "ray_client_port"): "services.health.ray_client_port",
-        cfg.get("services", "health", "dashboard_port"): "services.health.dashboard_port",
-    }
-    for svc in ("redis", "mlflow", "marimo"):
-        if cfg.get("services", svc, "enabled"):
-            used.setdefault(cfg.get("services", svc, "port"), f"services.{svc}.port")
-    from . import topology
-
-    for setting, port in topology.custom_published(cfg):  # the first host runs the custom services
-        if port in used:
-            yield p(setting, f"found host port {port}, already used by {used[port]} on the same host; expected a unique port")
-        used.setdefault(port, ".".join(setting))
+    used: dict[int, str] = {}
+    for setting, port in topology.published(cfg, gpu_node=False):
+        if setting[0] == "services":  # the Ray nodes' own ports follow
+            if tuple(setting[:2]) == topology.CUSTOM and port in used:  # the first host runs the custom services
+                yield p(setting, f"found host port {port}, already used by {used[port]} on the same host; expected a unique port")
+            used.setdefault(port, ".".join(setting))
     kinds = ["cpu"] + (["gpu"] if any(h.get("gpu") for h in hosts) else [])
     for kind in kinds:
         ports = cfg.get("ray", kind, "ports")
@@ -302,8 +291,6 @@ class FirewallPlan:
 
 
 def firewall_plan(cfg: Config, host_name: str | None) -> FirewallPlan:
-    from .validate import published_ports
-
     if not cfg.get("hosts"):
         raise UsageError("config.yaml has no `hosts:`: a single-host stack publishes on network.bind_address only and needs no rules")
     host = this_host(cfg, host_name)
@@ -311,7 +298,7 @@ def firewall_plan(cfg: Config, host_name: str | None) -> FirewallPlan:
     mine = {n.kind for n in nodes(cfg) if n.host == host["name"]}
     published = []
     # Multi-host Ray nodes publish nothing (host networking): only the services' ports are DNATed.
-    for path, port in published_ports(cfg, gpu_node="gpu" in mine):
+    for path, port in topology.published(cfg, gpu_node="gpu" in mine):
         if path[0] != "services":
             continue
         custom_here = path[1] == "custom" and cfg.get("hosts")[0]["name"] == host["name"]  # compose.custom_on_host

@@ -7,6 +7,7 @@ import json
 import urllib.request
 from typing import Iterable
 
+from . import topology
 from .config import Config
 
 
@@ -35,8 +36,7 @@ def mask(secret: str | None) -> str:
 
 
 def service_urls(cfg: Config, show_secrets: bool = False) -> dict[str, str]:
-    host = cfg.get("network", "bind_address")
-    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    host = topology.reachable_host(cfg.get("network", "bind_address"))
     token = cfg.get("secrets", "marimo_token") or ""
     shown = token if show_secrets else mask(token)
     where = "" if show_secrets else " (token: MARIMO_TOKEN in .env)"
@@ -83,6 +83,13 @@ def http_ok(url: str, timeout: float = 5.0) -> bool:
             return resp.status == 200
     except Exception:
         return False
+
+
+def status_failure(report: dict) -> str | None:
+    """Why `inv status` exits 1 (None: it exits 0): no Ray node answered, or no single live head."""
+    if not report["ray_nodes"] or report["head"] is None:
+        return "no live Ray head"
+    return None
 
 
 def format_status(report: dict) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,6 +32,8 @@ class Stack:
     build_dir: Path
     run: Runner = subprocess.run
     out: Callable[[str], None] = print
+    _doc: dict | None = field(default=None, init=False, repr=False, compare=False)
+    _env: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def project(self) -> str:
@@ -49,14 +51,25 @@ class Stack:
 
     # ------------------------------------------------------------------ the generated files
 
-    def doc(self) -> dict:
-        import yaml
+    # Read once per Stack: a task builds its Stack after generating, and nothing regenerates the
+    # project while it acts on it (`refresh` forgets what was read, for a caller that does).
 
-        return yaml.safe_load((self.build_dir / "compose.yaml").read_text())
+    def doc(self) -> dict:
+        """The merged Compose project (read once)."""
+        if self._doc is None:
+            import yaml
+
+            self._doc = yaml.safe_load((self.build_dir / "compose.yaml").read_text())
+        return self._doc
 
     def env(self) -> dict[str, str]:
-        """The generated env file's values."""
-        return {k: v for k, (v, _) in parse_dotenv((self.build_dir / ".env").read_text(), ".env").items()}
+        """The generated env file's values (read once; a copy, so callers may change theirs)."""
+        if self._env is None:
+            self._env = {k: v for k, (v, _) in parse_dotenv((self.build_dir / ".env").read_text(), ".env").items()}
+        return dict(self._env)
+
+    def refresh(self) -> None:
+        self._doc, self._env = None, None
 
     def healthchecked_services(self) -> set[str]:
         return {
@@ -97,6 +110,21 @@ class Stack:
                 "`down --volumes` deletes every volume of the stack (MLflow runs, Postgres, Redis; the notebooks and data folders on the host stay). Add --yes to confirm."
             )
         self.compose(["down", "--remove-orphans"] + (["--volumes"] if volumes else []), capture=False, check=True)
+        if volumes:
+            self._remove_left_volumes()
+
+    def _remove_left_volumes(self) -> None:
+        """`compose down --volumes` removes the volumes of the services of the active profiles
+        only; `inv up` creates every declared one (labelled with its owner, identity.py), so a
+        disabled service's volume (redis-data with redis off) would stay behind and belong to
+        this folder after it is gone. Removed here: the declared volumes of this project."""
+        from .identity import declared_volumes
+
+        declared = set(declared_volumes(self.doc(), self.project).values())
+        listed = self.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={self.project}"], capture_output=True, text=True)
+        left = sorted(declared & set((listed.stdout or "").split())) if listed.returncode == 0 else []
+        if left:
+            self.run(["docker", "volume", "rm", *left], capture_output=True, text=True)
 
     def build(self, services: list[str]) -> None:
         """`compose build` with its output on the user's terminal (progress is not swallowed)."""

@@ -233,3 +233,84 @@ def custom_addresses(cfg: Config) -> dict[str, str]:
 def custom_published(cfg: Config) -> list[tuple[tuple, Any]]:
     """(setting, host port) of every enabled custom service that publishes a port."""
     return [(svc.setting, svc.port) for svc in custom_services(cfg) if svc.port is not None]
+
+
+# ------------------------------------------------------------------ internal ports and addresses
+
+# Ports that no setting publishes: the database's, inside the stack's network only.
+POSTGRES_PORT = 5432  # the postgres image's port (MLFLOW_BACKEND_STORE_URI, the Kubernetes Service)
+# The health service's Ray client proxy, which follows the elected head (compose.yaml).
+PROXY_SERVICE = "health"
+
+
+def container_port(service_name: str, port_name: str) -> int:
+    """The port a service listens on inside its container (model above)."""
+    return next(p.container for p in service(service_name).ports if p.name == port_name)
+
+
+def reachable_host(bind_address: str) -> str:
+    """Where this machine reaches what the stack publishes on `network.bind_address`: loopback for
+    the unspecified addresses (0.0.0.0, ::), the address itself otherwise (IPv6 in brackets, as
+    a URL needs it)."""
+    bind = str(bind_address)
+    if bind in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
+
+
+def redis_url(password: str, address: str) -> str:
+    """`REDIS_URL` of a Redis at `address` (host:port), database 0; empty without an address."""
+    from urllib.parse import quote
+
+    return f"redis://:{quote(password or '', safe='')}@{address}/0" if address else ""
+
+
+def redis_address(host: str = "redis") -> str:
+    """host:port of the Redis service inside the stack's network (or on `host`)."""
+    return f"{host}:{container_port('redis', 'redis')}"
+
+
+def head_host(head_address: str) -> str:
+    """The host of `nodes.head_address` (`host` or `host:port`)."""
+    return head_address.rsplit(":", 1)[0] if ":" in head_address else head_address
+
+
+def ray_address(cfg: Config, client_port: int | None = None) -> str:
+    """`RAY_ADDRESS` for processes that are not Ray nodes (notebook, test runner, jobs' drivers).
+
+    A plain GCS address only works for a driver on a machine that runs a raylet; everything else
+    goes through a Ray client server: normally the health service's proxy, which follows the
+    elected head; a stack that joins an external head (`nodes.head_address`) talks to that head's
+    client server directly, on `client_port` (default: the container port of Ray's client server).
+    """
+    port = RAY_CONTAINER_PORTS["client"] if client_port is None else client_port
+    explicit = cfg.get("nodes", "head_address")
+    if explicit:
+        return f"ray://{head_host(str(explicit))}:{port}"
+    return f"ray://{PROXY_SERVICE}:{container_port(PROXY_SERVICE, 'ray-client-proxy')}"
+
+
+# ------------------------------------------------------------------ secrets
+
+
+# Named volumes (without the `<project>_` prefix) whose contents were made with a secret: Postgres
+# sets the password once, at initdb, from POSTGRES_PASSWORD; Redis's volume holds the data (and
+# Ray's GCS state) of a stack whose every client was given the old REDIS_PASSWORD.
+DATA_VOLUMES = {"postgres-data": "POSTGRES_PASSWORD", "redis-data": "REDIS_PASSWORD"}
+
+
+def secret_fields() -> list:
+    """The schema's secrets (`secrets.*`, `x-secret`), each with its path and environment name."""
+    return [f for f in env_fields() if f.secret]
+
+
+def secret_env() -> tuple[str, ...]:
+    """The environment names of every secret, in schema order (what `inv init` generates)."""
+    return tuple(f.env for f in secret_fields())
+
+
+def secret_needed(cfg: Config, path: tuple) -> bool:
+    """Whether the stack needs this secret: every one, but Ray's token only under token auth."""
+    if tuple(path) == ("secrets", "ray_auth_token"):
+        return cfg.get("ray", "auth") == "token"
+    return True

@@ -1,4 +1,5 @@
-"""Validate a loaded Config: the JSON Schema first, then the rules a schema cannot express.
+"""Validate a loaded Config: the JSON Schema first, then every rule of RULES (the one list of the
+rules a schema cannot express: topology and ports, secrets, host folders, multi-host, images).
 
 Every problem is collected (never stop at the first); each names the file, line and column
 that set the value, the dotted path, what was found and what was expected.
@@ -9,12 +10,13 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import jsonschema
 import yaml
 
-from . import yamlpos
+from . import hostdirs, images, multihost, textfile, topology, yamlpos
 from .config import Config, env_fields, parse_size, schema, shorten
 from .config import display_path as config_display
 from .errors import ConfigError, ConfigSyntaxError, Location, Problem
@@ -186,11 +188,8 @@ def check_sizes(cfg: Config) -> Iterable[Problem]:
             )
 
 
-def published_ports(cfg: Config, gpu_node: bool) -> list[tuple[tuple, int]]:
-    """(config path, host port) of every port the enabled services publish (cslr/topology.py)."""
-    from . import topology
-
-    return topology.published(cfg, gpu_node)
+# (config path, host port) of every port the enabled services publish: the model's own query.
+published_ports = topology.published
 
 
 def check_ports(cfg: Config, gpu_node: bool) -> Iterable[Problem]:
@@ -258,29 +257,20 @@ def check_nodes(cfg: Config, gpu_node: bool = True) -> Iterable[Problem]:
                 )
 
 
-SECRET_RULES = {
-    "postgres_password": ("mlflow", "POSTGRES_PASSWORD"),
-    "redis_password": ("redis", "REDIS_PASSWORD"),
-    "marimo_token": ("marimo", "MARIMO_TOKEN"),
-    "ray_auth_token": (None, "RAY_AUTH_TOKEN"),
-    "control_secret": ("health", "CSLR_CONTROL_SECRET"),
-}
-
-
 def check_secrets(cfg: Config) -> Iterable[Problem]:
+    """The secrets (topology.secret_fields, from the schema) live in .env, and each needed one is set."""
     in_yaml = (cfg.yaml_data or {}).get("secrets") or {}
-    for key, (_, env) in SECRET_RULES.items():
-        path = ("secrets", key)
-        if isinstance(in_yaml, dict) and in_yaml.get(key):
+    for fld in topology.secret_fields():
+        path, env = fld.path, fld.env
+        if isinstance(in_yaml, dict) and in_yaml.get(path[-1]):
             yield Problem(
                 cfg.yaml_positions.get(path, cfg.location(path)),
                 cfg.display_name(path),
                 f"a secret is set in {cfg.config_path.name}, which git tracks; expected it in .env as {env}=... (move it there and delete it here)",
             )
-    for key, (service, env) in SECRET_RULES.items():
-        path = ("secrets", key)
-        needed = cfg.get("ray", "auth") == "token" if service is None else True
-        if needed and not cfg.get(*path):
+    for fld in topology.secret_fields():
+        path, env = fld.path, fld.env
+        if topology.secret_needed(cfg, path) and not cfg.get(*path):
             yield Problem(
                 Location(config_display(cfg.env_path or cfg.config_path.parent / ".env")),
                 cfg.display_name(path),
@@ -346,11 +336,8 @@ def check_legacy(cfg: Config) -> Iterable[Problem]:
     legacy = cfg.config_path.parent / "nodes.yaml"
     if not legacy.exists():
         return
-    from . import textfile
-    from . import yamlpos as _yp
-
     try:
-        content = _yp.load(textfile.read_text(legacy, legacy.name), legacy.name)[0] or {}
+        content = yamlpos.load(textfile.read_text(legacy, legacy.name), legacy.name)[0] or {}
     except ConfigSyntaxError:
         content = {}
     nodes = content.get("nodes", content) if isinstance(content, dict) else {}
@@ -500,39 +487,52 @@ def _custom_folder_problems(cfg: Config, path: tuple, raw: str, read_only: bool)
     return hostdirs.folder_problems(cfg, path, raw, read_only)
 
 
-# Each rule runs only on schema-valid data: it names the subtrees it reads, and it is skipped
-# while the schema refuses anything in, above or below one of them (the schema's own message
-# already says what to fix). A rule may then assume every type the schema states.
-RULES: list[tuple[tuple[tuple, ...] | Callable[[], tuple[tuple, ...]], Callable[[Config, bool], Iterable[Problem]]]] = [
-    ((("network",),), lambda cfg, gpu_node: check_network(cfg)),
-    ((("ray", "cpu"), ("ray", "gpu")), lambda cfg, gpu_node: check_sizes(cfg)),
-    ((("nodes",), ("hosts",), ("ray", "cpu", "hostname"), ("ray", "gpu", "hostname"), ("gpu",)), lambda cfg, gpu_node: check_nodes(cfg, gpu_node)),
-    ((("secrets",), ("ray", "auth")), lambda cfg, gpu_node: check_secrets(cfg)),
-    ((("ray", "gcs_fault_tolerance"), ("services", "redis", "enabled")), lambda cfg, gpu_node: check_features(cfg)),
-    ((("kubernetes",), ("images", "ray"), ("images", "ray_gpu")), lambda cfg, gpu_node: check_kubernetes(cfg)),
-    ((), lambda cfg, gpu_node: check_legacy(cfg)),
-    (lambda: tuple(f.path for f in env_fields()), lambda cfg, gpu_node: check_env_values(cfg)),
-    ((("extra_overlays",),), lambda cfg, gpu_node: check_extra_overlays(cfg)),
-    ((("data",), ("workspace",), ("services", "marimo", "notebooks")), lambda cfg, gpu_node: _hostdir_problems(cfg)),
-    ((("services",), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("hosts",)), check_ports),
-    ((("services", "custom"), ("network",)), lambda cfg, gpu_node: check_custom(cfg)),
-    (
+@dataclass(frozen=True)
+class Rule:
+    """One rule a schema cannot say: `check(cfg, gpu_node)` yields its Problems.
+
+    A rule runs only on schema-valid data: `reads` names the subtrees it reads (or returns them),
+    and it is skipped while the schema refuses anything in, above or below one of them (the
+    schema's own message already says what to fix). A rule may then assume every type the schema
+    states."""
+
+    group: str  # topology, secrets, host folders, multi-host, images, files
+    name: str
+    reads: tuple[tuple, ...] | Callable[[], tuple[tuple, ...]]
+    check: Callable[[Config, bool], Iterable[Problem]]
+
+    def paths(self) -> tuple[tuple, ...]:
+        return self.reads() if callable(self.reads) else self.reads
+
+
+def _cfg_only(check: Callable[[Config], Iterable[Problem]]) -> Callable[[Config, bool], Iterable[Problem]]:
+    return lambda cfg, gpu_node: check(cfg)
+
+
+# Every rule after the schema gate, assembled here and nowhere else: the modules that own a part
+# of the model (topology, hostdirs, multihost, images) hold their rules; this list runs them all
+# and `validate` reports every problem of every rule in one run.
+RULES: list[Rule] = [
+    Rule("topology", "network", (("network",),), _cfg_only(check_network)),
+    Rule("topology", "sizes", (("ray", "cpu"), ("ray", "gpu")), _cfg_only(check_sizes)),
+    Rule("topology", "nodes", (("nodes",), ("hosts",), ("ray", "cpu", "hostname"), ("ray", "gpu", "hostname"), ("gpu",)), check_nodes),
+    Rule("topology", "ports", (("services",), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("hosts",)), check_ports),
+    Rule("topology", "custom services", (("services", "custom"), ("network",)), _cfg_only(check_custom)),
+    Rule("topology", "features", (("ray", "gcs_fault_tolerance"), ("services", "redis", "enabled")), _cfg_only(check_features)),
+    Rule("topology", "kubernetes", (("kubernetes",), ("images", "ray"), ("images", "ray_gpu")), _cfg_only(check_kubernetes)),
+    Rule("secrets", "secrets", (("secrets",), ("ray", "auth")), _cfg_only(check_secrets)),
+    Rule("secrets", "env values", lambda: tuple(f.path for f in env_fields()), _cfg_only(check_env_values)),
+    Rule("files", "legacy nodes.yaml", (), _cfg_only(check_legacy)),
+    Rule("files", "extra overlays", (("extra_overlays",),), _cfg_only(check_extra_overlays)),
+    Rule("host folders", "host folders", (("data",), ("workspace",), ("services", "marimo", "notebooks")), _cfg_only(hostdirs.problems)),
+    Rule(
+        "multi-host",
+        "hosts",
         (("hosts",), ("services",), ("network", "bind_address"), ("nodes", "head_whitelist"), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("secrets",)),
-        lambda cfg, gpu_node: _multihost_problems(cfg),
+        _cfg_only(multihost.problems),
     ),
+    Rule("images", "images", (("images",),), _cfg_only(images.problems)),
 ]
-
-
-def _hostdir_problems(cfg: Config) -> Iterable[Problem]:
-    from . import hostdirs
-
-    return hostdirs.problems(cfg)
-
-
-def _multihost_problems(cfg: Config) -> Iterable[Problem]:
-    from . import multihost
-
-    return multihost.problems(cfg)
 
 
 def _touches(paths: Iterable[tuple], invalid: set[tuple]) -> bool:
@@ -553,9 +553,9 @@ def validate(cfg: Config, gpu_node: bool = False, extra: Iterable[Problem] = ())
     problems = list(cfg.problems)
     found, invalid = schema_check(cfg)
     problems += found
-    for reads, rule in RULES:
-        if not _touches(reads() if callable(reads) else reads, invalid):
-            problems.extend(rule(cfg, gpu_node))
+    for rule in RULES:
+        if not _touches(rule.paths(), invalid):
+            problems.extend(rule.check(cfg, gpu_node))
     problems.extend(extra)
     problems = _dedupe(problems)
     problems.sort(key=_order)

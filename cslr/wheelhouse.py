@@ -1,8 +1,10 @@
 """`inv wheelhouse`: download once every wheel the images' `pip install` layers need.
 
-One `pip download` resolves, together, the local bases' packages (ray[default], mlflow), what
-the project's Dockerfiles add (compose/*/requirements.txt) and the experiment's requirements
-(images.requirements), for the images' interpreter (CPython 3.11, glibc, this machine's
+One `pip download` per image family resolves what that family's images install: the Ray base
+(ray[default]) with what the Ray and Marimo Dockerfiles add and the experiment's requirements
+(images.requirements), and the MLflow base (mlflow) with what the MLflow Dockerfile adds. The two
+are separate Python environments, so an `images.mlflow_base` of another MLflow than the Ray
+image's client (compose/ray/requirements.txt) resolves. Wheels are for the images' interpreter (CPython 3.11, glibc, this machine's
 architecture) whatever Python runs `inv`. Builds mount the folder and install from it; with the
 `local` image source they install from it only (`pip --no-index`), which is how an air-gapped
 machine and CI build the same images a connected one does.
@@ -25,24 +27,33 @@ from .images import mlflow_version, requirements_path
 
 DEFAULT_DIR = ROOT / "wheelhouse"
 IMAGE_PYTHON = "3.11"  # rayproject/ray:*-py311-* and ghcr.io/mlflow/mlflow (python:3.11-slim)
-PROJECT_REQUIREMENTS = ("compose/ray/requirements.txt", "compose/mlflow/requirements.txt", "compose/marimo/requirements.txt")
+RAY_REQUIREMENTS = ("compose/ray/requirements.txt", "compose/marimo/requirements.txt")  # the Ray and Marimo images
+MLFLOW_REQUIREMENTS = ("compose/mlflow/requirements.txt",)  # the MLflow image
 
 
 class WheelhouseError(PlatformError):
     exit_code = 1
 
 
-def requirement_lines(cfg: Config, root: Path = ROOT) -> list[str]:
-    """Everything the images install, as pip requirement arguments (`-r FILE` or a pin)."""
-    lines = [f"ray[default]=={cfg.get('ray', 'version')}", f"mlflow=={mlflow_version(cfg.get('images', 'mlflow_base'))}"]
-    lines += [f"-r{root / rel}" for rel in PROJECT_REQUIREMENTS]
+def requirement_groups(cfg: Config, root: Path = ROOT) -> list[list[str]]:
+    """What each image family installs, as pip requirement arguments (`-r FILE` or a pin): one
+    list per separate Python environment (Ray + Marimo, MLflow), each resolved on its own."""
+    ray = [f"ray[default]=={cfg.get('ray', 'version')}"] + [f"-r{root / rel}" for rel in RAY_REQUIREMENTS]
     # redis-py needs async-timeout on Python < 3.11.3 (Debian bookworm's 3.11.2, the local bases);
     # pip evaluates that marker against "3.11" here and would leave it out.
-    lines.append("async-timeout>=4.0.3")
+    ray.append("async-timeout>=4.0.3")
     extra = requirements_path(cfg, root)
     if extra is not None:
-        lines.append(f"-r{extra}")
-    return lines
+        ray.append(f"-r{extra}")
+    mlflow = [f"mlflow=={mlflow_version(cfg.get('images', 'mlflow_base'))}"] + [f"-r{root / rel}" for rel in MLFLOW_REQUIREMENTS]
+    return [ray, mlflow]
+
+
+def requirement_lines(cfg: Config, root: Path = ROOT) -> list[str]:
+    """Everything the images install (every group), as pip requirement arguments, in the order
+    the completeness marker has always hashed them (a wheelhouse complete before stays so)."""
+    ray, mlflow = requirement_groups(cfg, root)
+    return [ray[0], mlflow[0], ray[1], *mlflow[1:], *ray[2:]]
 
 
 def machine_arch(machine: str | None = None) -> str:
@@ -58,9 +69,14 @@ def platforms(arch: str) -> list[str]:
     return tags
 
 
-def download_command(cfg: Config, dest: Path, root: Path = ROOT, python: str = sys.executable, arch: str | None = None) -> list[str]:
+def download_commands(cfg: Config, dest: Path, root: Path = ROOT, python: str = sys.executable, arch: str | None = None) -> list[list[str]]:
+    """One `pip download` per requirement group (see requirement_groups)."""
+    return [_download_command(group, dest, python, arch) for group in requirement_groups(cfg, root)]
+
+
+def _download_command(group: list[str], dest: Path, python: str, arch: str | None) -> list[str]:
     args: list[str] = []
-    for line in requirement_lines(cfg, root):
+    for line in group:
         args += ["-r", line[2:]] if line.startswith("-r") else [line]
     return [
         python,
@@ -110,10 +126,11 @@ def ensure(
         return f"wheelhouse {dest} is complete ({len(list(dest.glob('*.whl')))} wheels)"
     dest.mkdir(parents=True, exist_ok=True)
     out(f"downloading wheels into {dest} (pip download, CPython {IMAGE_PYTHON} {machine_arch()})")
-    proc = run(download_command(cfg, dest, root), stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise WheelhouseError(f"pip download into {dest} failed (exit {proc.returncode}); its output is above")
-    for old in dest.glob(".complete-*"):
-        old.unlink()
+    for cmd in download_commands(cfg, dest, root):
+        proc = run(cmd, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise WheelhouseError(f"pip download into {dest} failed (exit {proc.returncode}); its output is above")
+    # Other inputs' markers stay: a download only adds wheels, so a folder complete for an earlier
+    # config (another images.mlflow_base, say) still is, and switching back downloads nothing.
     mark.write_text("complete\n")
     return f"wheelhouse {dest}: {len(list(dest.glob('*.whl')))} wheels"

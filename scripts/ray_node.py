@@ -9,7 +9,7 @@ Caller
     Diagnostics: ``--decide`` prints the decision without starting Ray.
     The environment contract (every variable, default and meaning) is docs/runtime.md.
 
-Decision rules (docs/runtime.md, "Decision"; the design document's "Head/Worker 判定ロジック"):
+Decision rules (docs/runtime.md, "Decision"; docs/architecture.md, "The control plane"):
     * own hostname = NODE_HOSTNAME, else the container hostname;
     * not in HEAD_WHITELIST -> worker, joining HEAD_ADDRESS (env), else CFG_HEAD_ADDRESS
       (config ``nodes.head_address``), else the first whitelisted node with its head port

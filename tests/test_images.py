@@ -162,6 +162,9 @@ def test_local_bases_need_root(monkeypatch):
     monkeypatch.setattr(images, "is_root", lambda: False)
     with pytest.raises(images.ImageError, match="sudo make bases"):
         images.run_local_bases_script(["ray"], {}, {}, run=lambda *a, **k: pytest.fail("must not run"))
+    with pytest.raises(images.ImageError) as err:
+        images.run_local_bases_script(["mlflow"], {}, {"MLFLOW_VERSION": "3.9.0", "RAY_VERSION": "2.60.0"}, run=lambda *a, **k: pytest.fail("must not run"))
+    assert "sudo MLFLOW_VERSION=3.9.0 RAY_VERSION=2.60.0 bash tools/build-local-bases.sh mlflow" in str(err.value)
 
 
 def test_requirements_must_exist_inside_the_project(project, tmp_path, monkeypatch):
@@ -185,11 +188,32 @@ def test_gpu_on_without_a_gpu_warns_with_the_reason(project):
 
 
 def test_wheelhouse_download_targets_the_images_python(project):
-    cmd = wheelhouse.download_command(load(project), wheelhouse.DEFAULT_DIR, arch="x86_64")
-    assert cmd[cmd.index("--python-version") + 1] == "3.11" and "--only-binary=:all:" in cmd
-    assert "manylinux2014_x86_64" in cmd and "manylinux_2_35_x86_64" in cmd
-    assert "ray[default]==2.60.0" in cmd and "mlflow==3.17.2" in cmd
+    ray, mlflow = wheelhouse.download_commands(load(project), wheelhouse.DEFAULT_DIR, arch="x86_64")
+    for cmd in (ray, mlflow):
+        assert cmd[cmd.index("--python-version") + 1] == "3.11" and "--only-binary=:all:" in cmd
+        assert "manylinux2014_x86_64" in cmd and "manylinux_2_35_x86_64" in cmd
+    # Two environments, two resolutions: the MLflow server's version need not match the Ray
+    # image's MLflow client (compose/ray/requirements.txt pins mlflow-skinny).
+    assert "ray[default]==2.60.0" in ray and "mlflow==3.17.2" not in ray and any(a.endswith("compose/ray/requirements.txt") for a in ray)
+    assert "mlflow==3.17.2" in mlflow and "ray[default]==2.60.0" not in mlflow and any(a.endswith("compose/mlflow/requirements.txt") for a in mlflow)
+    older = wheelhouse.download_commands(load(project, "images:\n  mlflow_base: ghcr.io/mlflow/mlflow:v3.9.0\n"), wheelhouse.DEFAULT_DIR, arch="x86_64")
+    assert "mlflow==3.9.0" in older[1] and not any("mlflow==" in a for a in older[0])
     assert wheelhouse.machine_arch("arm64") == "aarch64"
+
+
+def test_wheelhouse_stays_complete_for_an_earlier_config(project, tmp_path):
+    """Switching images.mlflow_base to an older MLflow and back downloads nothing the second time."""
+    calls = []
+    run = lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0)  # noqa: E731
+    now, older = load(project), load(project, "images:\n  mlflow_base: ghcr.io/mlflow/mlflow:v3.9.0\n")
+    wheelhouse.ensure(now, tmp_path, run=run, out=lambda _: None)
+    wheelhouse.ensure(older, tmp_path, run=run, out=lambda _: None)
+    assert len(calls) == 4  # two groups each
+    assert wheelhouse.is_complete(now, tmp_path) and wheelhouse.is_complete(older, tmp_path)
+    assert "is complete" in wheelhouse.ensure(now, tmp_path, run=run, out=lambda _: None) and len(calls) == 4
+    failing = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1)  # noqa: E731
+    with pytest.raises(wheelhouse.WheelhouseError):
+        wheelhouse.ensure(load(project, "ray:\n  version: 2.59.0\n"), tmp_path, run=failing, out=lambda _: None)
 
 
 def test_present_refs_in_one_call_and_none_without_an_engine():

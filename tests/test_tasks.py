@@ -289,3 +289,36 @@ def test_host_on_a_single_host_config_is_refused_not_ignored(project, tmp_path):
     out = inv("generate", "--host", "foo", "--out", str(tmp_path / "_build"), cwd=tmp_path)
     assert out.returncode == 2 and "--host foo: this config.yaml has no `hosts:`" in out.stderr
     assert not (tmp_path / "_build" / "compose.yaml").exists()
+
+
+def test_submit_without_the_separator_says_how_to_write_it(project, tmp_path):
+    project("{}\n")
+    out = inv("submit", "python", "train.py", cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "inv submit -- python train.py" in out.stderr and "No idea" not in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-c", "other.yaml", "validate"),  # Invoke's --collection
+        ("--collection", "other.yaml", "validate"),
+        ("-e", "other.yaml", "validate"),  # Invoke's --echo: other.yaml would be a task
+        ("validate", "other.yaml"),  # validate takes no positional
+    ],
+)
+def test_no_other_spelling_of_use_this_config_reads_config_yaml_and_says_valid(project, tmp_path, args):
+    """Every spelling of "use other.yaml" either reads other.yaml or fails: never ./config.yaml and `valid`."""
+    project("{}\n")  # a valid ./config.yaml that must not be what answers
+    (tmp_path / "other.yaml").write_text("gpu: maybe\n")
+    out = inv(*args, cwd=tmp_path)
+    assert out.returncode != 0, out.stdout + out.stderr
+    assert ": valid" not in out.stdout and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args", [("validate", "-c", "other.yaml"), ("validate", "--config=other.yaml"), ("config", "-c", "other.yaml")])
+def test_the_tasks_own_config_flag_reads_that_file(project, tmp_path, args):
+    project("{}\n")
+    (tmp_path / "other.yaml").write_text("gpu: maybe\n")
+    out = inv(*args, cwd=tmp_path)
+    assert out.returncode == 2 and "maybe" in out.stdout + out.stderr

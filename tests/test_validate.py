@@ -203,3 +203,29 @@ def test_extra_overlays_must_exist(project, tmp_path):
     assert errors(project("extra_overlays: [mine.yaml]\n")) == []
     out = errors(project("extra_overlays: [mine.yaml, gone.yaml]\n"))
     assert out == ["config.yaml:1:29: $.extra_overlays[1]: found 'gone.yaml', which is not a file (relative to config.yaml); expected a Compose file"]
+
+
+def test_image_problems_join_the_other_problems_in_one_run(project):
+    """Bug (issue 19): the images' rules ran only when every other rule passed, so a user fixed one
+    batch of errors and then met another. One run reports both."""
+    from cslr.gpu import GpuState
+    from cslr.project import load_validated
+
+    path = project("network:\n  subnet: 10.0.0.0/30\nimages:\n  requirements: missing-requirements.txt\n")
+    with pytest.raises(ConfigError) as caught:
+        load_validated(path, environ={}, detect=lambda mode: GpuState("off", [], "test"))
+    paths = {p.path for p in caught.value.problems if p.severity == "error"}
+    assert "$.images.requirements" in paths and any(p.startswith("$.network.subnet") for p in paths)
+
+
+def test_every_rule_is_in_the_one_list():
+    groups = {rule.group for rule in validate.RULES}
+    assert {"topology", "secrets", "host folders", "multi-host", "images"} <= groups
+    names = [rule.name for rule in validate.RULES]
+    assert len(names) == len(set(names))
+
+
+def test_a_rule_on_a_schema_refused_subtree_does_not_run(project):
+    """The schema's message already says what is wrong with `images:`; the images rules skip it."""
+    out = errors(project("images:\n  requirements: 5\n"))
+    assert len([line for line in out if "$.images.requirements" in line]) == 1

@@ -21,10 +21,10 @@ from tests.e2e.test_research import MLFLOW, mlflow
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("dump_on_failure")]
 
 
-def seed(name: str, runs: int = 3, metrics: int = 3, steps: int = 20) -> None:
-    exp = mlflow("POST", "experiments/create", json={"name": name})["experiment_id"]
+def seed(name: str, runs: int = 3, metrics: int = 3, steps: int = 20, base: str = MLFLOW) -> None:
+    exp = mlflow("POST", "experiments/create", base=base, json={"name": name})["experiment_id"]
     for r in range(runs):
-        run = mlflow("POST", "runs/create", json={"experiment_id": exp, "run_name": f"run-{r}", "start_time": 1_700_000_000_000 + r})["run"]["info"]
+        run = mlflow("POST", "runs/create", base=base, json={"experiment_id": exp, "run_name": f"run-{r}", "start_time": 1_700_000_000_000 + r})["run"]["info"]
         run_id = run["run_id"]
         batch = {
             "run_id": run_id,
@@ -36,32 +36,34 @@ def seed(name: str, runs: int = 3, metrics: int = 3, steps: int = 20) -> None:
                 for s in range(steps)
             ],
         }
-        mlflow("POST", "runs/log-batch", json=batch)
+        mlflow("POST", "runs/log-batch", base=base, json=batch)
         # Through the server's artifact proxy (--serve-artifacts), as mlflow.log_artifact does.
         path = run["artifact_uri"].split("mlflow-artifacts:/", 1)[1]
-        resp = requests.put(f"{MLFLOW}/api/2.0/mlflow-artifacts/artifacts/{path}/model-{r}.txt", data=f"weights of run {r}\n".encode() * 50, timeout=30)
+        resp = requests.put(f"{base}/api/2.0/mlflow-artifacts/artifacts/{path}/model-{r}.txt", data=f"weights of run {r}\n".encode() * 50, timeout=30)
         resp.raise_for_status()
-        mlflow("POST", "runs/update", json={"run_id": run_id, "status": "FINISHED", "end_time": 1_700_000_100_000 + r})
+        mlflow("POST", "runs/update", base=base, json={"run_id": run_id, "status": "FINISHED", "end_time": 1_700_000_100_000 + r})
 
 
-def snapshot() -> dict:
-    """Everything a researcher reads back, keyed by experiment and run name."""
+def snapshot(base: str = MLFLOW) -> dict:
+    """Everything a researcher reads back through the MLflow at `base`, keyed by experiment and run name."""
     out = {}
-    exps = mlflow("POST", "experiments/search", json={"max_results": 1000}).get("experiments", [])
+    exps = mlflow("POST", "experiments/search", base=base, json={"max_results": 1000}).get("experiments", [])
     for exp in exps:
-        runs = mlflow("POST", "runs/search", json={"experiment_ids": [exp["experiment_id"]], "max_results": 1000}).get("runs", [])
+        runs = mlflow("POST", "runs/search", base=base, json={"experiment_ids": [exp["experiment_id"]], "max_results": 1000}).get("runs", [])
         for run in runs:
             info, data = run["info"], run["data"]
             histories = {}
             for m in data.get("metrics", []):
-                hist = mlflow("GET", "metrics/get-history", params={"run_id": info["run_id"], "metric_key": m["key"], "max_results": 25000})["metrics"]
+                hist = mlflow("GET", "metrics/get-history", base=base, params={"run_id": info["run_id"], "metric_key": m["key"], "max_results": 25000})[
+                    "metrics"
+                ]
                 histories[m["key"]] = sorted((h["step"], h["timestamp"], h["value"]) for h in hist)
             files = {}
             path = info["artifact_uri"].split("mlflow-artifacts:/", 1)[-1]
-            listing = requests.get(f"{MLFLOW}/api/2.0/mlflow-artifacts/artifacts", params={"path": path}, timeout=30).json()
+            listing = requests.get(f"{base}/api/2.0/mlflow-artifacts/artifacts", params={"path": path}, timeout=30).json()
             for f in listing.get("files", []):
                 if not f.get("is_dir"):
-                    files[f["path"]] = requests.get(f"{MLFLOW}/api/2.0/mlflow-artifacts/artifacts/{path}/{f['path']}", timeout=30).content
+                    files[f["path"]] = requests.get(f"{base}/api/2.0/mlflow-artifacts/artifacts/{path}/{f['path']}", timeout=30).content
             key = (exp["name"], info.get("run_name") or info["run_id"])
             out[key] = {
                 "run_id": info["run_id"],

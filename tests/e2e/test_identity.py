@@ -2,10 +2,11 @@
 data to the .env that created it, and `inv init --project` gives a second folder a stack of its
 own beside the first.
 
-Cheapest services only: "folder A's stack" is what phase 4 of A's `inv up` does (the product's
-own identity.create_volumes, then `compose up` of postgres and redis from A's generated project);
-every refusal is the product's own `inv` (it refuses in phase 1, before images are even looked
-at). The full stack's `inv up` is the session fixture's job (conftest.py), not this module's."""
+The refusals use the cheapest services: "folder A's stack" is what phase 4 of A's `inv up` does
+(the product's own identity.create_volumes, then `compose up` of postgres and redis from A's
+generated project); every refusal is the product's own `inv` (it refuses in phase 1, before
+images are even looked at). The last test runs two whole stacks at once with `inv up`: A's as
+root, B's as a non-root docker-group user from a clone of their own (`inv init --project`)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+import requests
 
 from cslr import config, identity, lifecycle, stack
-from tests.e2e.conftest import ROOT, clean_env, compose_cmd, remove_project
+from tests.e2e.conftest import E2E_USER, ROOT, Inv, clean_env, compose_cmd, remove_project, user_clone
 
 pytestmark = pytest.mark.e2e
 
@@ -182,3 +185,83 @@ def test_init_project_gives_a_second_folder_a_stack_beside_the_first(folders):
     states = subprocess.run(["docker", "inspect", "--format", "{{.State.Health.Status}}", *running], capture_output=True, text=True, check=True).stdout.split()
     assert len(running) == 4 and states == ["healthy"] * 4
     assert b.inv("ps").returncode == 0 and a.inv("ps").returncode == 0
+
+
+def containers(project: str) -> dict:
+    """Each container of a project: what would change if anything recreated, restarted or moved it."""
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    if not ids:
+        return {}
+    fmt = '{{index .Config.Labels "com.docker.compose.service"}}|{{.Id}}|{{.State.StartedAt}}|{{.RestartCount}}|{{index .Config.Labels "com.docker.compose.project.working_dir"}}|{{.Config.Image}}'
+    rows = subprocess.run(["docker", "inspect", "--format", fmt, *ids], capture_output=True, text=True, check=True).stdout.splitlines()
+    return {row.split("|", 1)[0]: row.split("|", 1)[1] for row in rows}
+
+
+def volumes(project: str) -> dict:
+    return {name: volume_labels(name) for name in engine_objects(project)["volumes"]}
+
+
+def healthy(project: str) -> list[str]:
+    ids = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={project}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    fmt = "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}"
+    return subprocess.run(["docker", "inspect", "--format", fmt, *ids], capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_two_clones_one_as_a_non_root_user_run_whole_stacks_at_once(tmp_path):
+    """Done-when of issue 17: two clones side by side (one as a non-root user) each run their own
+    stack at once, and neither touches the other's containers, volumes or labels."""
+    b_project = PROJECT + "-b"
+    for name in (PROJECT, b_project):
+        remove_project(name)
+    a = Folder(tmp_path / "clone-a")  # root's clone
+    clone, prefix, env = user_clone(Path(tempfile.gettempdir()))  # the non-root docker-group user's own clone and venv
+    (clone / "config.yaml").write_text(CONFIG)  # the same tracked config: the same project name, subnet and ports
+    b = Inv(clone, clone, prefix, env)
+    try:
+        assert a.inv("init").returncode == 0
+        up_a = a.inv("up", "--timeout", "900")
+        assert up_a.returncode == 0, up_a.stdout[-2000:] + up_a.stderr[-2000:]
+        before_a, vols_a = containers(PROJECT), volumes(PROJECT)
+        assert {"postgres", "redis", "mlflow", "ray-cpu", "health"} <= set(before_a)
+        assert all(row.split("|")[3] == str(a.path / "_build") for row in before_a.values())
+
+        # B: one step to a stack of its own, then `inv up` while A runs.
+        init_b = b("init", "--config", str(clone / "config.yaml"), "--project", b_project)
+        assert init_b.returncode == 0 and f"project {b_project}" in init_b.stdout
+        up_b = b("up", "--timeout", "900")
+        assert up_b.returncode == 0, up_b.stdout[-2000:] + up_b.stderr[-2000:]
+
+        # Both whole stacks run at once, each healthy.
+        after_b = containers(b_project)
+        assert set(after_b) == set(before_a) and set(healthy(PROJECT)) == {"healthy"} and set(healthy(b_project)) == {"healthy"}
+        # A's containers are the same containers, never restarted, still A's; its volumes and their labels unchanged.
+        assert containers(PROJECT) == before_a and volumes(PROJECT) == vols_a
+        # B's are B's: created from B's folder, its volumes owned by B's folder (made by the non-root user).
+        assert all(row.split("|")[3] == str(clone / "_build") for row in after_b.values())
+        vols_b = volumes(b_project)
+        assert vols_b and all(labels[identity.OWNER_LABEL] == str(clone) for labels in vols_b.values())
+        assert not set(vols_b) & set(vols_a)
+        owner = subprocess.run(["stat", "-c", "%U", str(clone / "_build" / "compose.yaml")], capture_output=True, text=True).stdout.strip()
+        assert owner == E2E_USER  # B's project was generated by the non-root user
+        # Each MLflow answers on its own host port, with its own (empty) store.
+        cfg_a = config.load(a.path / "config.yaml", a.path / ".env", environ=clean_env())
+        cfg_b = config.load(clone / "config.yaml", clone / ".env", environ=clean_env())
+        ports = [c.get("services", "mlflow", "port") for c in (cfg_a, cfg_b)]
+        assert ports[0] != ports[1] and cfg_a.get("network", "subnet") != cfg_b.get("network", "subnet")
+        for port in ports:
+            assert requests.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code == 200
+        assert a.inv("ps").returncode == 0 and b("ps").returncode == 0
+
+        # Each down is its own: A's down leaves B's stack running as it was.
+        assert a.inv("down").returncode == 0
+        assert containers(b_project) == after_b and set(healthy(b_project)) == {"healthy"} and volumes(b_project) == vols_b
+        assert volumes(PROJECT) == vols_a  # `down` without --volumes keeps A's data
+    finally:
+        b("down", "--volumes", "--yes", timeout=300)
+        for name in (PROJECT, b_project):
+            remove_project(name)
+        shutil.rmtree(clone, ignore_errors=True)

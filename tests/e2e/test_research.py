@@ -30,8 +30,8 @@ MARIMO = "http://127.0.0.1:18080"
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("dump_on_failure")]
 
 
-def mlflow(method: str, path: str, **kw) -> dict:
-    resp = requests.request(method, f"{MLFLOW}/api/2.0/mlflow/{path}", timeout=30, **kw)
+def mlflow(method: str, path: str, base: str = MLFLOW, **kw) -> dict:
+    resp = requests.request(method, f"{base}/api/2.0/mlflow/{path}", timeout=30, **kw)
     resp.raise_for_status()
     return resp.json()
 
