@@ -455,24 +455,33 @@ def _job_command(c) -> str:
 
 @cli(
     help={
-        "wait": "follow the job's logs until it ends; exit with its code (SUCCEEDED 0, FAILED 1, STOPPED 130)",
-        "name": "submission id (default: Ray picks one)",
+        "wait": "follow the job's logs until it ends (through a head failover); exit with its code (SUCCEEDED 0, FAILED 1, STOPPED 130)",
+        "name": "submission id of the first attempt, and the run's id (default: cslr-DATE-TIME-RANDOM)",
         "working_dir": "folder uploaded as the job's working dir (default: the current folder)",
-        "off_head": "run the job's driver on a worker, not the head: with GCS fault tolerance the job then survives a head failure",
+        "off_head": "insist on the driver off the head (refused when no other node is alive); the default already puts it there when it can",
+        "on_head": "leave the job's driver on the head (Ray's default): it then dies with the head",
+        "retries": "with --wait: submit again this often when the job ends because a node died (default 2; 0: never)",
     }
 )
-def submit(c, wait=False, name=None, working_dir=".", off_head=False, config=CONFIG, env_file=None):
-    """Submit a Ray job to the current head: inv submit [--wait] [--name N] [--off-head] -- python train.py ..."""
+def submit(c, wait=False, name=None, working_dir=".", off_head=False, on_head=False, retries=None, config=CONFIG, env_file=None):
+    """Submit a Ray job to the current head: inv submit [--wait] [--name N] [--retries N] [--on-head|--off-head] -- python train.py ..."""
     from cslr import jobs as jobs_mod
 
-    code = jobs_mod.submit(_loaded(config, env_file).cfg, _job_command(c), Path(working_dir), name=name, follow=wait, off_head=off_head)
+    if off_head and on_head:
+        raise Exit("inv: give one of --off-head and --on-head", code=2)
+    try:
+        count = jobs_mod.parse_retries(retries)
+    except ValueError as exc:
+        raise Exit(f"inv: {exc}", code=2) from None
+    placement = "off-head" if off_head else "head" if on_head else "auto"
+    code = jobs_mod.submit(_loaded(config, env_file).cfg, _job_command(c), Path(working_dir), name=name, follow=wait, placement=placement, retries=count)
     if code:
         raise Exit(code=code)
 
 
 @cli(help={"logs": "show this job's output", "stop": "stop this job"})
 def jobs(c, logs=None, stop=None, config=CONFIG, env_file=None, json=False):
-    """Ray jobs of the cluster: inv jobs (list) | inv jobs --logs ID | inv jobs --stop ID."""
+    """Ray jobs of the cluster: inv jobs (list, with each retry's attempt and the checkpoint it resumed from) | inv jobs --logs ID | inv jobs --stop ID."""
     from cslr import jobs as jobs_mod
 
     loaded = _loaded(config, env_file)

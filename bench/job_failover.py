@@ -55,10 +55,10 @@ from bench._markdown import replace_section  # noqa: E402
 HEADING = "## A running job when the head fails (bench/job_failover.py)"
 CASES = ("off", "off-off-head", "ft-head", "ft-off-head")
 LABEL = {
-    "off": "no GCS FT, driver on the head (default)",
+    "off": "no GCS FT, driver on the head",
     "off-off-head": "no GCS FT, driver off the head",
-    "ft-head": "GCS FT, driver on the head (default)",
-    "ft-off-head": "GCS FT, driver off the head (`--off-head`)",
+    "ft-head": "GCS FT, driver on the head (`--on-head`)",
+    "ft-off-head": "GCS FT, driver off the head (the default since issue 18)",
 }
 
 

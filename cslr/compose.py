@@ -187,7 +187,7 @@ def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[
 
     gpus = cfg.get("ray", "gpu", "gpus")
     env["RAY_GPU_NUM_GPUS"] = str(gpu.count) if gpus == "all" and gpu.count else ("" if gpus == "all" else str(gpus))
-    env["RAY_GCS_FT"] = "1" if cfg.get("ray", "gcs_fault_tolerance") else "0"
+    env["RAY_GCS_FT"] = "1" if cfg.gcs_fault_tolerance() else "0"
     env["RAY_ADDRESS"] = topology.ray_address(cfg)
     env["RAY_CLIENT_PORTS"] = ""  # single host: every node's client server is on CONTAINER_PORTS["client"]
     env["RAY_DASHBOARD_PORTS"] = ""  # single host: every node's dashboard is on CONTAINER_PORTS["dashboard"]

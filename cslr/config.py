@@ -216,6 +216,8 @@ def convert_env_value(raw: str, fld: EnvField) -> Any:
             return True
         if low in _FALSE:
             return False
+        if "string" in types:
+            return raw.strip()  # a boolean-or-word setting (`auto`): the schema's enum judges it
         raise ValueError("expected a boolean (true/false, 1/0, yes/no)")
     if "integer" in types:
         try:
@@ -256,6 +258,14 @@ class Config:
             else:
                 return default
         return node
+
+    def gcs_fault_tolerance(self) -> bool:
+        """Whether Ray's GCS keeps its state in the stack's Redis: `ray.gcs_fault_tolerance`, whose
+        `auto` (the default) means "whenever Redis runs" - the one place that resolves it."""
+        value = self.get("ray", "gcs_fault_tolerance")
+        if value == "auto":
+            return bool(self.get("services", "redis", "enabled"))
+        return value is True
 
     def location(self, path: tuple) -> Location:
         """Best location for `path`: its own source, else the nearest ancestor's."""

@@ -274,10 +274,20 @@ class Client:
         return True
 
     def submit(
-        self, entrypoint: str, working_dir: str | None = None, submission_id: str | None = None, metadata: dict | None = None, off_head: bool = False
+        self,
+        entrypoint: str,
+        working_dir: str | None = None,
+        submission_id: str | None = None,
+        metadata: dict | None = None,
+        off_head: bool = False,
+        env_vars: dict | None = None,
     ) -> str:
-        """Submit; `off_head` keeps the job's driver off the current head (see `off_head_selector`)."""
-        body: dict = {"entrypoint": entrypoint, "runtime_env": {"working_dir": working_dir} if working_dir else {}, "metadata": metadata or {}}
+        """Submit; `off_head` keeps the job's driver off the current head (see `off_head_selector`);
+        `env_vars` go into the job's runtime_env (its driver, tasks and actors)."""
+        runtime_env: dict = {"working_dir": working_dir} if working_dir else {}
+        if env_vars:
+            runtime_env["env_vars"] = env_vars
+        body: dict = {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": metadata or {}}
         if submission_id:
             body["submission_id"] = submission_id
         if off_head:
@@ -346,7 +356,8 @@ def wait(client: Client, job_id: str, out: Callable[[str], None] = print, poll: 
 LOST_NOTE = (
     "* its driver's Ray node is gone (the head failed and the driver ran there): the job is lost although Ray "
     "still says RUNNING; Ray marks it FAILED once a job request reaches the head's job agent "
-    "(`inv jobs --stop ID` does). Submit with --off-head to keep a driver off the head (docs/multi-host.md)."
+    "(`inv jobs --stop ID` does). `inv submit` keeps the driver off the head whenever another node is alive "
+    "(unless --on-head), and with --wait submits a lost job again (--retries; docs/runtime.md)."
 )
 
 
@@ -362,18 +373,46 @@ def lost_drivers(jobs: list[dict], nodes: list[dict]) -> set[str]:
     }
 
 
-def format_jobs(jobs: list[dict], lost: Iterable[str] = ()) -> str:
-    lost = set(lost)
-    lines = [f"{'SUBMISSION ID':<28} {'STATUS':<10} {'START (UTC)':<20} ENTRYPOINT"]
+def attempt_of(job: dict) -> int | None:
+    """The attempt number `inv submit` recorded in a job's metadata (None: not submitted by it). Pure."""
+    value = (job.get("metadata") or {}).get("cslr_attempt", "")
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def format_jobs(jobs: list[dict], lost: Iterable[str] = (), resumed: dict[str, str] | None = None) -> str:
+    """The table of `inv jobs`: one row per submission; ATTEMPT is its number within its run
+    (`inv submit` retries: RUN, RUN-retry1, ...), RESUMED FROM the checkpoint a retry started from
+    (`resumed`: submission id -> what its logs said; "-" when it started afresh). Pure."""
+    lost, resumed = set(lost), resumed or {}
+    width = max([28, *(len(j.get("submission_id") or j.get("job_id") or "-") for j in jobs)])
+    lines = [f"{'SUBMISSION ID':<{width}} {'STATUS':<10} {'START (UTC)':<20} {'ATTEMPT':<8} {'RESUMED FROM':<24} ENTRYPOINT"]
     for job in sorted(jobs, key=lambda j: j.get("start_time") or 0):
         start = job.get("start_time")
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start / 1000)) if start else "-"
         ident = job.get("submission_id") or job.get("job_id") or "-"
         status = job.get("status", "") + ("*" if ident in lost else "")
-        lines.append(f"{ident:<28} {status:<10} {when:<20} {job.get('entrypoint', '')}")
+        number = attempt_of(job)
+        origin = resumed.get(ident) or "-"
+        origin = origin.split(" (MLflow")[0]  # "epoch 3/6 at /workspace/checkpoints/RUN"
+        origin = origin if len(origin) <= 24 else origin[:21] + "..."
+        lines.append(f"{ident:<{width}} {status:<10} {when:<20} {number or '-'!s:<8} {origin:<24} {job.get('entrypoint', '')}")
     if lost & {line.split()[0] for line in lines[1:]}:
         lines.append(LOST_NOTE)
     return "\n".join(lines)
+
+
+def resumed_checkpoints(client: Client, jobs: list[dict]) -> dict[str, str]:
+    """Submission id -> the checkpoint each retry (attempt > 1) resumed from, read from its logs."""
+    found = {}
+    for job in jobs:
+        ident = job.get("submission_id") or ""
+        if ident and (attempt_of(job) or 1) > 1:
+            try:
+                where = resumed_from(client.logs(ident))
+            except JobError:
+                where = None
+            found[ident] = where or "(none)"
+    return found
 
 
 def _listed(client: Client) -> tuple[list[dict], set[str]]:
@@ -387,18 +426,227 @@ def _listed(client: Client) -> tuple[list[dict], set[str]]:
 
 
 def list_jobs(client: Client) -> str:
-    """`inv jobs`: the table, with jobs lost at a head failure marked (when the node table can be read)."""
-    return format_jobs(*_listed(client))
+    """`inv jobs`: the table, with jobs lost at a head failure marked (when the node table can
+    be read) and each retry's attempt and the checkpoint it resumed from."""
+    listed, lost = _listed(client)
+    return format_jobs(listed, lost, resumed_checkpoints(client, listed))
 
 
 def list_json(client: Client) -> list[dict]:
-    """`inv jobs --json`: Ray's job records, each with `driver_lost` (as the table's RUNNING*)."""
+    """`inv jobs --json`: Ray's job records, each with `driver_lost` (as the table's RUNNING*),
+    `attempt` and `resumed_from` (for retries)."""
     listed, lost = _listed(client)
-    return [{**job, "driver_lost": (job.get("submission_id") or job.get("job_id") or "") in lost} for job in listed]
+    resumed = resumed_checkpoints(client, listed)
+    return [
+        {
+            **job,
+            "driver_lost": (job.get("submission_id") or job.get("job_id") or "") in lost,
+            "attempt": attempt_of(job),
+            "resumed_from": resumed.get(job.get("submission_id") or ""),
+        }
+        for job in listed
+    ]
 
 
 def client_for(cfg: Config) -> Client:
     return Client(dashboard_url(cfg), cfg.get("secrets", "ray_auth_token") if cfg.get("ray", "auth") == "token" else None)
+
+
+# --------------------------------------------------------------------------- survival
+
+
+DEFAULT_RETRIES = 2  # `inv submit --retries`: re-submissions after a node loss (0 turns them off)
+MAX_RETRIES = 100
+RETRY_EXIT = 75  # a job that exits with this (EX_TEMPFAIL) says "a node I used died": retry me
+RUN_ENV = "CSLR_RUN_ID"  # every attempt of one run carries the run's id (the first submission id)
+ATTEMPT_ENV = "CSLR_ATTEMPT"
+UNREACHABLE_S = 300.0  # how long `inv submit --wait` keeps asking a dashboard that does not answer (a failover)
+RESUMED_MARK = "resumed from checkpoint "  # the line a resuming job prints (examples/cslr/train.py)
+
+# What Ray 2.60 says when a job ended because a node died rather than because its code failed:
+# the supervisor actor (on the driver's node) is gone, or the node itself was reported dead.
+NODE_LOSS_MESSAGES = (
+    "failed to get job supervisor",
+    "job supervisor actor died",
+    "job supervisor actor could not be scheduled",
+    "the actor died unexpectedly",
+    "node died",
+    "raylet died",
+    "node has been marked dead",
+    "unexpected error occurred",
+)
+
+
+def parse_retries(text: str | int | None) -> int:
+    """`--retries N`: a whole number 0..MAX_RETRIES (None: DEFAULT_RETRIES). Pure; ValueError
+    with what was found and what is expected."""
+    if text is None:
+        return DEFAULT_RETRIES
+    value = str(text).strip()
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_RETRIES:
+        raise ValueError(f"--retries: found {str(text)!r}, expected a whole number from 0 to {MAX_RETRIES}")
+    return int(value)
+
+
+def retry_reason(status: str, message: str = "", lost: bool = False) -> str | None:
+    """Why a job that ended with `status` (and Ray's `message`) should run again - a node it
+    needed died - or None: it succeeded, was stopped, or its own code failed (a bug, bad input:
+    running it again would fail again). `lost`: the job vanished or Ray lists it RUNNING with its
+    driver's node gone (a head failure). Pure."""
+    if lost:
+        return "its driver's node is gone"
+    if status != "FAILED":
+        return None
+    text = (message or "").lower()
+    code = _entrypoint_exit(text)
+    if code is not None:
+        if code == RETRY_EXIT:
+            return f"it exited {RETRY_EXIT}: a Ray node it used died"
+        if code in (-9, 137):
+            return "its driver was killed (SIGKILL): its node died"
+        return None
+    hit = next((m for m in NODE_LOSS_MESSAGES if m in text), None)
+    return f"Ray: {hit}" if hit else None
+
+
+def _entrypoint_exit(text: str) -> int | None:
+    import re
+
+    found = re.search(r"entrypoint command failed with exit code (-?\d+)", text)
+    return int(found.group(1)) if found else None
+
+
+def should_retry(reason: str | None, attempt: int, retries: int) -> bool:
+    """Whether attempt number `attempt` (1 = the first submission) that ended for `reason` is
+    followed by another: only a node loss, and at most `retries` times in all. Pure."""
+    return reason is not None and attempt <= retries
+
+
+def attempt_id(run_id: str, attempt: int) -> str:
+    """The submission id of attempt `attempt` of run `run_id`: the run's own id first, then
+    RUN-retry1, RUN-retry2, ... (Ray refuses a submission id twice). Pure."""
+    return run_id if attempt == 1 else f"{run_id}-retry{attempt - 1}"
+
+
+def new_run_id(clock: Callable[[], float] = time.time) -> str:
+    return "cslr-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime(clock())) + "-" + os.urandom(3).hex()
+
+
+def choose_driver(placement: str, nodes: list[dict] | None) -> tuple[bool, str]:
+    """(off_head, why) for `placement`: "auto" (the default) keeps the driver off the head
+    whenever another node is alive (a driver on the head dies with it, even with GCS fault
+    tolerance: docs/runtime.md); "off-head" insists (JobError when no worker is alive); "head"
+    leaves it where Ray puts it. `nodes`: the node table (None: unreadable). Pure."""
+    if placement == "head":
+        return False, "driver on the head (--on-head)"
+    alive = [n for n in (nodes or []) if n.get("state") == "ALIVE"]
+    workers = [n for n in alive if not n.get("is_head_node")]
+    if placement == "off-head":
+        return True, "driver off the head (--off-head)"
+    if nodes is None:
+        return False, "driver where Ray puts it (the node table was unreadable)"
+    if not workers:
+        return False, "driver on the head: it is the only live node"
+    return True, "driver off the head, on one of the other live nodes (--on-head: Ray's default)"
+
+
+def survival_line(cfg: Config, driver_why: str, retries: int, follow: bool) -> str:
+    """What `inv submit` chose for surviving a node's death, and how to turn each off. Pure."""
+    ft = "on" if cfg.gcs_fault_tolerance() else "off"
+    how = "off: ray.gcs_fault_tolerance: false" if ft == "on" else "on: ray.gcs_fault_tolerance auto or true, with Redis"
+    if not follow:
+        again = "no retries (nothing follows the job; --wait does)"
+    elif retries:
+        again = f"up to {retries} retr{'y' if retries == 1 else 'ies'} after a node loss (--retries 0: none)"
+    else:
+        again = "no retries (--retries 0)"
+    return f"survival: GCS fault tolerance {ft} ({how}); {driver_why}; {again}"
+
+
+@dataclass
+class Attempt:
+    """One submission of a run: its id, how it ended, why it was retried, where it resumed."""
+
+    job_id: str
+    status: str = ""
+    reason: str | None = None
+    resumed: str | None = None
+
+
+def resumed_from(logs: str) -> str | None:
+    """The checkpoint a job's logs say it resumed from (the RESUMED_MARK line), or None. Pure."""
+    for line in logs.splitlines():
+        at = line.find(RESUMED_MARK)
+        if at >= 0:
+            return line[at + len(RESUMED_MARK) :].strip()
+    return None
+
+
+def follow_job(
+    client: Client,
+    job_id: str,
+    out: Callable[[str], None] = print,
+    poll: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    unreachable_s: float = UNREACHABLE_S,
+) -> tuple[str, str, bool]:
+    """Follow a job's logs until it ends, through a head failover: (status, message, lost).
+    A dashboard that does not answer is asked again for `unreachable_s`; a job the (new) head
+    does not know, or lists RUNNING while its driver's node is gone, is `lost` (the latter is
+    stopped first, so Ray marks it FAILED)."""
+    shown, since = 0, None
+    while True:
+        try:
+            info = client.request("GET", f"/api/jobs/{job_id}", ok404=True)
+            if info is None:
+                return "", "the cluster no longer knows the job", True
+            status = info.get("status", "")
+            logs = client.logs(job_id)
+            since = None
+        except JobError as exc:
+            since = since if since is not None else clock()
+            if clock() - since > unreachable_s:
+                raise JobError(f"{exc} for {unreachable_s:.0f} s while following {job_id}") from None
+            sleep(poll)
+            continue
+        if len(logs) > shown:
+            out(logs[shown:].rstrip("\n"))
+            shown = len(logs)
+        if status in TERMINAL:
+            return status, info.get("message") or "", False
+        if status == "RUNNING" and info.get("driver_node_id"):
+            try:
+                gone = bool(lost_drivers([{**info, "submission_id": job_id}], client.nodes()))
+            except JobError:
+                gone = False
+            if gone:
+                try:
+                    client.stop(job_id)
+                except JobError:
+                    pass
+                return "FAILED", "its driver's node is gone", True
+        sleep(poll)
+
+
+def _submit_attempt(client: Client, pkg: str, data: bytes, number: int, sleep, clock) -> Callable[..., str]:
+    """`client.submit`, for a retry (attempt > 1) asked again while a failover makes the dashboard
+    refuse for up to UNREACHABLE_S, with the package uploaded again first (a cluster that re-formed
+    without GCS fault tolerance no longer has it)."""
+
+    def go(*args, **kw) -> str:
+        since = clock()
+        while True:
+            try:
+                if number > 1:
+                    client.upload(pkg, data)
+                return client.submit(*args, **kw)
+            except JobError:
+                if number == 1 or clock() - since > UNREACHABLE_S:
+                    raise
+                sleep(5.0)
+
+    return go
 
 
 def submit(
@@ -410,14 +658,23 @@ def submit(
     out: Callable[[str], None] = print,
     run=subprocess.run,
     off_head: bool = False,
+    placement: str = "auto",
+    retries: int = DEFAULT_RETRIES,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """`inv submit`: package and upload the working dir, submit, optionally follow. Exit code.
     `command` is the job's entrypoint, a shell command line (as `ray job submit -- …` gives).
-    `off_head`: run the job's driver on a node other than the current head (`off_head_selector`)."""
+    `placement` ("auto", "off-head", "head"; `off_head` = "off-head"): where the driver runs
+    (`choose_driver`). Following, a job that ends for a node loss (`retry_reason`) is submitted
+    again, up to `retries` times, as RUN-retryN with the same working dir and entrypoint; every
+    attempt gets the run's id in CSLR_RUN_ID, which the example keys its checkpoints by, so a
+    retry resumes where the last checkpoint left off."""
     if not command.strip():
         raise JobError("nothing to run: give the command after `--`, e.g. inv submit -- python train.py")
     if not working_dir.is_dir():
         raise JobError(f"the working dir {working_dir} is not a folder")
+    placement = "off-head" if off_head else placement
     files = package_files(working_dir, run)
     secrets = secret_values(cfg)
     hits = find_secrets(working_dir.resolve(), files, secrets)
@@ -430,13 +687,43 @@ def submit(
         raise JobError(f"the working dir {working_dir} packs to {len(data) / 2**20:.0f} MiB, over Ray's limit; add a .rayignore")
     uploaded = client.upload(pkg, data)
     out(f"working dir {working_dir}: {len(files)} file(s), {len(data) / 1024:.0f} KiB -> gcs://{pkg} ({'uploaded' if uploaded else 'already on the cluster'})")
-    job_id = client.submit(command.strip(), f"gcs://{pkg}", submission_id=name, off_head=off_head)
-    out(f"submitted {job_id} to {client.base}" + (" (driver off the head)" if off_head else ""))
-    if not follow:
-        out(f"follow it: inv jobs --logs {job_id}   stop it: inv jobs --stop {job_id}")
-        return 0
-    status = wait(client, job_id, out)
-    info = client.info(job_id)
-    message = (info.get("message") or "").split(", last available logs")[0].strip()  # the logs were shown already
-    out(f"job {job_id} {status}" + (f": {message}" if message and status != "SUCCEEDED" else ""))
-    return exit_code(status)
+    run_id = name or new_run_id()
+    attempts: list[Attempt] = []
+    while True:
+        number = len(attempts) + 1
+        nodes = None
+        if placement != "head":
+            try:
+                nodes = client.nodes()
+            except JobError:
+                nodes = None
+        off, why = choose_driver(placement, nodes)
+        if number == 1:
+            out(survival_line(cfg, why, retries, follow))
+        meta = {"cslr_run": run_id, "cslr_attempt": str(number)}
+        if attempts:
+            meta["cslr_retry_of"] = attempts[-1].job_id
+            meta["cslr_retry_reason"] = attempts[-1].reason or ""
+        job_id = _submit_attempt(client, pkg, data, number, sleep, clock)(
+            command.strip(),
+            f"gcs://{pkg}",
+            submission_id=attempt_id(run_id, number),
+            metadata=meta,
+            off_head=off,
+            env_vars={RUN_ENV: run_id, ATTEMPT_ENV: str(number)},
+        )
+        attempts.append(Attempt(job_id))
+        out(f"submitted {job_id} to {client.base}" + (f" (attempt {number} of run {run_id})" if number > 1 else "") + (" (driver off the head)" if off else ""))
+        if not follow:
+            out(f"follow it: inv jobs --logs {job_id}   stop it: inv jobs --stop {job_id}")
+            return 0
+        status, message, lost = follow_job(client, job_id, out, sleep=sleep, clock=clock)
+        message = message.split(", last available logs")[0].strip()  # the logs were shown already
+        attempts[-1].status, attempts[-1].reason = status or "LOST", retry_reason(status, message, lost)
+        out(f"job {job_id} {status or 'LOST'}" + (f": {message}" if message and status != "SUCCEEDED" else ""))
+        if not should_retry(attempts[-1].reason, number, retries):
+            if attempts[-1].reason and retries:
+                out(f"not retried: {number - 1} retr{'y' if number == 2 else 'ies'} used of {retries} (--retries)")
+            return exit_code(status) if status else 1
+        out(f"retrying ({number} of {retries}): {attempts[-1].reason}")
+        sleep(5.0)

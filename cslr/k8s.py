@@ -508,7 +508,7 @@ def raycluster(cfg: Config, env: dict[str, str], secret_keys: list[str]) -> dict
         )
     if native_auth(cfg):
         spec["authOptions"] = {"mode": "token", "secretName": secret_name(cfg)}
-    if cfg.get("ray", "gcs_fault_tolerance"):
+    if cfg.gcs_fault_tolerance():
         spec["gcsFaultToleranceOptions"] = {
             "redisAddress": env["RAY_REDIS_ADDRESS"],
             "redisPassword": {"valueFrom": {"secretKeyRef": {"name": secret_name(cfg), "key": "REDIS_PASSWORD"}}},

@@ -23,7 +23,7 @@ def _fmt_default(node: dict) -> str:
 def _type(node: dict) -> str:
     t = node.get("type")
     if "enum" in node:
-        return " \\| ".join(f"`{v}`" for v in node["enum"])
+        return " \\| ".join(f"`{v if isinstance(v, str) else json.dumps(v)}`" for v in node["enum"])
     if isinstance(t, list):
         return " \\| ".join(t)
     if t == "array" and "items" in node:

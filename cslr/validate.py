@@ -295,7 +295,7 @@ def check_env_values(cfg: Config) -> Iterable[Problem]:
 
 
 def check_features(cfg: Config) -> Iterable[Problem]:
-    if cfg.get("ray", "gcs_fault_tolerance") and not cfg.get("services", "redis", "enabled"):
+    if cfg.get("ray", "gcs_fault_tolerance") is True and not cfg.get("services", "redis", "enabled"):
         yield _p(
             cfg, ("ray", "gcs_fault_tolerance"), "found true with services.redis.enabled false; expected Redis on (GCS fault tolerance keeps its state there)"
         )

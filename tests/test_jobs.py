@@ -78,7 +78,7 @@ def test_zip_holds_the_files_at_their_relative_paths_and_the_name_follows_the_co
 def test_exit_codes_and_job_table():
     assert [jobs.exit_code(s) for s in ("SUCCEEDED", "FAILED", "STOPPED")] == [0, 1, 130]
     table = jobs.format_jobs([{"submission_id": "raysubmit_1", "status": "RUNNING", "start_time": 1795934143000, "entrypoint": "python train.py"}])
-    assert table.splitlines()[1].split() == ["raysubmit_1", "RUNNING", "2026-11-29", "06:35:43", "python", "train.py"]
+    assert table.splitlines()[1].split() == ["raysubmit_1", "RUNNING", "2026-11-29", "06:35:43", "-", "-", "python", "train.py"]
 
 
 # --------------------------------------------------------------------------- head failure
@@ -186,7 +186,7 @@ def test_the_job_table_marks_a_running_job_whose_driver_node_is_gone(dashboard):
     text = jobs.list_jobs(client)
     rows = {line.split()[0]: line.split()[1] for line in text.splitlines()[1:3]}
     assert rows == {"lost": "RUNNING*", "fine": "RUNNING"}
-    assert text.splitlines()[-1] == jobs.LOST_NOTE and "--off-head" in jobs.LOST_NOTE
+    assert text.splitlines()[-1] == jobs.LOST_NOTE and "--on-head" in jobs.LOST_NOTE and "--retries" in jobs.LOST_NOTE
     assert jobs.lost_drivers([{"submission_id": "p", "status": "PENDING", "driver_node_id": None}], NODES) == set()
     assert jobs.lost_drivers([{"submission_id": "s", "status": "SUCCEEDED", "driver_node_id": OLD}], NODES) == set()
     assert jobs.LOST_NOTE not in jobs.format_jobs([{"submission_id": "fine", "status": "RUNNING"}], lost={"elsewhere"})
@@ -213,3 +213,180 @@ def test_list_json_marks_jobs_whose_driver_node_is_gone():
 
     got = {j["submission_id"]: j["driver_lost"] for j in jobs.list_json(FakeClient())}
     assert got == {"raysubmit_a": True, "raysubmit_b": False, "raysubmit_c": False}
+
+
+# --------------------------------------------------------------------------- survival: retries
+
+
+@pytest.mark.parametrize(
+    "status,message,lost,retried",
+    [
+        ("SUCCEEDED", "Job finished successfully.", False, False),
+        ("STOPPED", "Job was intentionally stopped.", False, False),
+        ("FAILED", "Job entrypoint command failed with exit code 1, last available logs ...", False, False),  # the code's own failure
+        ("FAILED", "Job entrypoint command failed with exit code 2", False, False),  # bad input
+        ("FAILED", f"Job entrypoint command failed with exit code {jobs.RETRY_EXIT}, last available logs", False, True),
+        ("FAILED", "Job entrypoint command failed with exit code -9", False, True),
+        ("FAILED", "Unexpected error occurred: failed to get job supervisor.", False, True),
+        ("FAILED", "Job supervisor actor died: node died", False, True),
+        ("FAILED", "", False, False),
+        ("RUNNING", "", True, True),  # RUNNING* at a head failure
+        ("", "", True, True),  # the new head does not know it
+    ],
+)
+def test_retry_reason_retries_node_losses_not_the_codes_own_failures(status, message, lost, retried):
+    assert (jobs.retry_reason(status, message, lost) is not None) is retried
+
+
+@given(st.integers(1, 20), st.integers(0, 20), st.booleans())
+def test_should_retry_at_most_retries_times_and_only_for_a_reason(attempt, retries, node_loss):
+    reason = "node died" if node_loss else None
+    assert jobs.should_retry(reason, attempt, retries) is (node_loss and attempt <= retries)
+
+
+def test_a_run_has_at_most_retries_plus_one_attempts():
+    attempts = 1
+    while jobs.should_retry("node died", attempts, 3):
+        attempts += 1
+    assert attempts == 4 and [jobs.attempt_id("r", n) for n in (1, 2, 4)] == ["r", "r-retry1", "r-retry3"]
+
+
+@given(st.text(max_size=12))
+def test_parse_retries_takes_whole_numbers_up_to_the_limit_and_says_what_it_found(text):
+    value = text.strip()
+    if value.isascii() and value.isdigit() and int(value) <= jobs.MAX_RETRIES:
+        assert jobs.parse_retries(text) == int(value)
+    else:
+        with pytest.raises(ValueError, match=r"--retries: found .*expected a whole number from 0 to 100"):
+            jobs.parse_retries(text)
+
+
+def test_parse_retries_default():
+    assert jobs.parse_retries(None) == jobs.DEFAULT_RETRIES >= 1 and jobs.parse_retries(0) == 0
+
+
+def test_driver_placement_auto_keeps_it_off_the_head_only_when_another_node_lives():
+    assert jobs.choose_driver("auto", NODES)[0] is True
+    off, why = jobs.choose_driver("auto", NODES[:2])  # the head alone
+    assert off is False and "only live node" in why
+    assert jobs.choose_driver("auto", None)[0] is False  # node table unreadable: Ray's default
+    assert jobs.choose_driver("head", NODES)[0] is False and "--on-head" in jobs.choose_driver("head", NODES)[1]
+    assert jobs.choose_driver("off-head", NODES[:2])[0] is True  # insists: off_head_selector refuses it later
+
+
+def test_survival_line_says_what_was_chosen_and_how_to_turn_it_off(project):
+    on = config.load(project("{}\n"), environ={})
+    off = config.load(project("ray:\n  gcs_fault_tolerance: false\n"), environ={})
+    line = jobs.survival_line(on, "driver off the head (--on-head: Ray's default)", 2, True)
+    assert "GCS fault tolerance on (off: ray.gcs_fault_tolerance: false)" in line and "up to 2 retries" in line and "--retries 0" in line
+    assert "GCS fault tolerance off" in jobs.survival_line(off, "x", 1, True) and "up to 1 retry " in jobs.survival_line(off, "x", 1, True)
+    assert "no retries (nothing follows" in jobs.survival_line(on, "x", 2, False)
+
+
+def test_resumed_from_reads_the_examples_line():
+    logs = "epoch 1\nresumed from checkpoint /workspace/checkpoints/r/epoch-3 (epoch 3 of 6)\nepoch 4\n"
+    assert jobs.resumed_from(logs) == "/workspace/checkpoints/r/epoch-3 (epoch 3 of 6)"
+    assert jobs.resumed_from("epoch 1\n") is None
+
+
+def test_the_job_table_shows_attempts_and_where_each_retry_resumed():
+    listed = [
+        {"submission_id": "run", "status": "FAILED", "start_time": 1, "metadata": {"cslr_attempt": "1"}, "entrypoint": "python train.py"},
+        {"submission_id": "run-retry1", "status": "SUCCEEDED", "start_time": 2, "metadata": {"cslr_attempt": "2"}, "entrypoint": "python train.py"},
+        {"submission_id": "other", "status": "SUCCEEDED", "start_time": 3, "entrypoint": "python x.py"},
+    ]
+    rows = jobs.format_jobs(listed, resumed={"run-retry1": "epoch 4"}).splitlines()
+    assert rows[0].split()[:7] == ["SUBMISSION", "ID", "STATUS", "START", "(UTC)", "ATTEMPT", "RESUMED"]
+    assert [r.split()[:2] + r.split()[4:7] for r in rows[1:]] == [
+        ["run", "FAILED", "1", "-", "python"],
+        ["run-retry1", "SUCCEEDED", "2", "epoch", "4"],
+        ["other", "SUCCEEDED", "-", "-", "python"],
+    ]
+
+
+class _Flaky:
+    """A Jobs API stand-in that follows a script of answers per job id (lists are consumed)."""
+
+    def __init__(self, script: dict, nodes=NODES):
+        self.script, self.node_table, self.posts, self.stops, self.uploads = script, nodes, [], [], 0
+        self.base = "http://stand-in"
+
+    def request(self, method, path, body=None, ok404=False):
+        job = path.rsplit("/", 1)[-1]
+        answers = self.script[job]
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def logs(self, job_id):
+        return f"log of {job_id}\n"
+
+    def nodes(self):
+        return self.node_table
+
+    def stop(self, job_id):
+        self.stops.append(job_id)
+        return True
+
+    def upload(self, name, data):
+        self.uploads += 1
+        return True
+
+    def submit(self, entrypoint, working_dir=None, submission_id=None, metadata=None, off_head=False, env_vars=None):
+        self.posts.append({"id": submission_id, "metadata": metadata, "off_head": off_head, "env": env_vars})
+        return submission_id
+
+
+def _run_submit(project, tmp_path, monkeypatch, client, retries=2):
+    (tmp_path / "job").mkdir(exist_ok=True)
+    (tmp_path / "job" / "train.py").write_text("print(1)\n")
+    monkeypatch.setattr(jobs, "client_for", lambda cfg: client)
+    cfg = config.load(project("{}\n"), environ={})
+    out: list[str] = []
+    ticks = iter(range(0, 10**6, 3))
+    code = jobs.submit(
+        cfg, "python train.py", tmp_path / "job", name="r", follow=True, out=out.append, retries=retries, sleep=lambda s: None, clock=lambda: next(ticks)
+    )
+    return code, "\n".join(out)
+
+
+def test_submit_retries_a_job_lost_at_a_head_failure_and_keeps_the_runs_id(project, tmp_path, monkeypatch):
+    client = _Flaky(
+        {
+            # the first attempt: running, then the dashboard is away (the failover), then unknown to the new head
+            "r": [{"status": "RUNNING"}, jobs.JobError("does not answer"), jobs.JobError("does not answer"), None],
+            "r-retry1": [{"status": "RUNNING"}, {"status": "SUCCEEDED", "message": "Job finished successfully."}],
+        }
+    )
+    code, out = _run_submit(project, tmp_path, monkeypatch, client)
+    assert code == 0, out
+    assert [p["id"] for p in client.posts] == ["r", "r-retry1"]
+    assert [p["env"] for p in client.posts] == [{"CSLR_RUN_ID": "r", "CSLR_ATTEMPT": "1"}, {"CSLR_RUN_ID": "r", "CSLR_ATTEMPT": "2"}]
+    assert client.posts[1]["metadata"] == {"cslr_run": "r", "cslr_attempt": "2", "cslr_retry_of": "r", "cslr_retry_reason": "its driver's node is gone"}
+    assert all(p["off_head"] for p in client.posts)  # two live nodes: the driver off the head by default
+    assert client.uploads == 2  # the package again for the retry (a re-formed cluster lacks it)
+    assert out.splitlines()[1].startswith("survival: GCS fault tolerance on") and "retrying (1 of 2)" in out and "job r-retry1 SUCCEEDED" in out
+
+
+def test_submit_does_not_retry_the_codes_own_failure_nor_past_the_limit(project, tmp_path, monkeypatch):
+    failed = {"status": "FAILED", "message": "Job entrypoint command failed with exit code 1"}
+    client = _Flaky({"r": [failed]})
+    code, out = _run_submit(project, tmp_path, monkeypatch, client)
+    assert code == 1 and [p["id"] for p in client.posts] == ["r"] and "retrying" not in out
+    lost = {"status": "FAILED", "message": "Unexpected error occurred: failed to get job supervisor."}
+    client = _Flaky({"r": [lost], "r-retry1": [lost]})
+    code, out = _run_submit(project, tmp_path, monkeypatch, client, retries=1)
+    assert code == 1 and [p["id"] for p in client.posts] == ["r", "r-retry1"] and "not retried: 1 retry used of 1" in out
+
+
+def test_submit_stops_and_retries_a_job_whose_driver_node_is_gone(project, tmp_path, monkeypatch):
+    client = _Flaky({"r": [{"status": "RUNNING", "driver_node_id": OLD}], "r-retry1": [{"status": "SUCCEEDED"}]})
+    code, out = _run_submit(project, tmp_path, monkeypatch, client)
+    assert code == 0 and client.stops == ["r"] and [p["id"] for p in client.posts] == ["r", "r-retry1"], out
+
+
+def test_following_gives_up_on_a_dashboard_that_never_answers(project, tmp_path, monkeypatch):
+    client = _Flaky({"r": [jobs.JobError("the Ray dashboard does not answer")]})
+    with pytest.raises(jobs.JobError, match="for 300 s while following r"):
+        _run_submit(project, tmp_path, monkeypatch, client)

@@ -251,6 +251,21 @@ def test_numeric_flags_are_checked_with_a_message(project, tmp_path, args):
     assert "expected a whole number >= 0" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--retries", "x"), "inv: --retries: found 'x', expected a whole number from 0 to 100"),
+        (("--retries", "-1"), "inv: --retries: found '-1', expected a whole number from 0 to 100"),
+        (("--retries", "101"), "inv: --retries: found '101', expected a whole number from 0 to 100"),
+        (("--on-head", "--off-head"), "inv: give one of --off-head and --on-head"),
+    ],
+)
+def test_submit_refuses_bad_survival_flags_before_touching_the_cluster(project, tmp_path, args, message):
+    project("{}\n")
+    out = inv("submit", *args, "--", "python", "train.py", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == message and "Traceback" not in out.stderr, out.stdout + out.stderr
+
+
 def test_doctor_json_lists_every_check_and_its_exit_code_follows_failures(project, tmp_path):
     project("gpu: maybe\n")
     out = inv("doctor", "--json", "--out", str(tmp_path / "_build"), cwd=tmp_path)

@@ -188,6 +188,29 @@ def test_gcs_fault_tolerance_needs_redis(project):
     assert len(out) == 1 and "GCS fault tolerance" in out[0]
 
 
+@pytest.mark.parametrize(
+    "text,env,on",
+    [
+        ("{}\n", {}, True),  # the default, auto: on with the default Redis
+        ("services:\n  redis:\n    enabled: false\n", {}, False),  # auto follows Redis, no error
+        ("ray:\n  gcs_fault_tolerance: false\n", {}, False),
+        ("ray:\n  gcs_fault_tolerance: true\n", {}, True),
+        ("{}\n", {"RAY_GCS_FT": "0"}, False),
+        ("{}\n", {"RAY_GCS_FT": "auto"}, True),
+    ],
+)
+def test_gcs_fault_tolerance_is_auto_on_with_redis_by_default(project, text, env, on):
+    path = project(text)
+    assert errors(path, environ=env) == []
+    cfg = config.load(path, environ=env)
+    assert cfg.gcs_fault_tolerance() is on
+
+
+def test_gcs_fault_tolerance_refuses_other_words(project):
+    out = errors(project("ray:\n  gcs_fault_tolerance: maybe\n"))
+    assert len(out) == 1 and "gcs_fault_tolerance" in out[0] and "auto" in out[0], out
+
+
 def test_bind_address_must_be_an_ip(project):
     assert len(errors(project("network:\n  bind_address: localhost\n"))) == 1
     assert errors(project("network:\n  bind_address: 0.0.0.0\n")) == []

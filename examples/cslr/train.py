@@ -26,8 +26,15 @@ GPU share from Ray (cslr_backend.gpu_shares), Ray sets its CUDA_VISIBLE_DEVICES,
 uses `cuda:0` when torch.cuda.is_available(), else the CPU, and says why
 (cslr_backend.choose_device). Each worker's backend and device are logged as MLflow params
 `worker<i>_backend`, `worker<i>_device` (and `worker<i>_device_reason`, `worker<i>_gpu_ids`).
+Checkpoints (cslr_checkpoint): every --checkpoint-every epochs to --checkpoint-dir (default
+/workspace/checkpoints/$CSLR_RUN_ID, the run id `inv submit` gives every attempt); a retry
+(CSLR_ATTEMPT >= 2) or a start with --checkpoint-dir resumes from the last one and continues the
+same MLflow run. Ray restarts a worker actor
+whose node died (max_restarts); when it cannot, the job exits 75 so that `inv submit --retries`
+runs it again (docs/runtime.md, "Runs that survive a node's death").
 Exit code 0 when training finished (whatever the WER), 1 on failure, 2 when the requested backend
-cannot run here or the data set is malformed (one line naming the file and line, no traceback).
+cannot run here, the data set is malformed or the checkpoint was made with other settings (one
+line naming the file and line, no traceback), 75 when a Ray node the job used died.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ import sys
 import time
 from pathlib import Path
 
+import cslr_checkpoint as ckpt
 import ray
+import ray.exceptions
 from cslr_backend import BACKENDS, BackendError, choose_backend, choose_device, gpu_shares, torch_import_error
 from cslr_core import Adam, Model, Sample, add_into, ctc_feasible, make_dataset, wer
 from cslr_data import NORMALIZE, SPLITS, DataError, DataSet, load_frames, load_index, parse_points
@@ -141,13 +150,25 @@ class Shard:
         return [self.model.decode(f) for f in self.eval[split]]
 
 
-ShardWorker = ray.remote(num_cpus=1)(Shard)
+# A worker whose node dies is started again by Ray (on a live node: the node affinity is soft) and
+# its pending calls are sent again: Ray's own actor fault tolerance, which covers the loss of a
+# node the driver does not run on. Its shard is generated (or read) again from the same seed.
+ACTOR_RESTARTS = 3
+ShardWorker = ray.remote(num_cpus=1, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(Shard)
+RETRY_EXIT = 75  # "a Ray node this job used died": `inv submit --retries` runs the job again (cslr.jobs.RETRY_EXIT)
 
 
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
+    return value
+
+
+def at_least_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {text!r}")
     return value
 
 
@@ -170,6 +191,13 @@ def parse(argv):
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="gradient backend: torch when it imports (auto), or force one")
     p.add_argument("--experiment", default="cslr-example")
     p.add_argument("--run-name", default=None)
+    p.add_argument("--checkpoint-every", type=at_least_zero, default=1, help="write a checkpoint every N epochs (and after the last); 0: none")
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="where this run's checkpoint lives; a job started again resumes from it (default: /workspace/checkpoints/$CSLR_RUN_ID under inv submit)",
+    )
     return p.parse_args(argv)
 
 
@@ -183,7 +211,9 @@ def worker_params(info: dict, share: float) -> dict:
     }
 
 
-def start_mlflow(args, params: dict):
+def start_mlflow(args, params: dict, resume_id: str | None = None):
+    """A new MLflow run with `params`, or with `resume_id` the run a checkpoint names, continued
+    (its params stay as the first attempt logged them; the attempt number is a tag)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         print("MLFLOW_TRACKING_URI is not set: nothing is logged to MLflow")
@@ -193,9 +223,13 @@ def start_mlflow(args, params: dict):
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(args.experiment)
-    run = mlflow.start_run(run_name=args.run_name)
-    mlflow.log_params(params)
-    print(f"MLflow: experiment {args.experiment!r}, run {run.info.run_id} at {uri}")
+    if resume_id:
+        run = mlflow.start_run(run_id=resume_id)
+    else:
+        run = mlflow.start_run(run_name=args.run_name)
+        mlflow.log_params(params)
+    mlflow.set_tags({"cslr.run_id": os.environ.get("CSLR_RUN_ID", ""), "cslr.attempt": os.environ.get("CSLR_ATTEMPT", "1")})
+    print(f"MLflow: experiment {args.experiment!r}, run {run.info.run_id} at {uri}" + (" (continued)" if resume_id else ""))
     return mlflow
 
 
@@ -210,13 +244,17 @@ def pick_backend(requested: str) -> tuple[str, str]:
     return choose_backend(requested, error, version)
 
 
-def fit(model: Model, opt: Adam, grads, steps: int, epochs: int, score, report) -> tuple[int, float, list[list[float]]]:
+def fit(
+    model: Model, opt: Adam, grads, steps: int, epochs: int, score, report, start: int = 0, best=None, after_epoch=None
+) -> tuple[int, float, list[list[float]]]:
     """Synchronous data-parallel training. Each step `grads(weights, epoch, step)` returns every
     worker's (summed gradient, summed loss, sentences); their mean takes one Adam step. After each
-    epoch, `score(weights)` (a WER) and `report(epoch, train_loss, wer, seconds)`. Returns the best
-    epoch (1-based; the lowest score, the earliest of equal ones), its score and its weights."""
-    best: tuple[int, float, list[list[float]]] = (0, math.inf, [row[:] for row in model.weights])
-    for epoch in range(epochs):
+    epoch, `score(weights)` (a WER), `report(epoch, train_loss, wer, seconds)` and
+    `after_epoch(epoch, best)` (the checkpoint). Returns the best epoch (1-based; the lowest score,
+    the earliest of equal ones), its score and its weights. Resuming: `start` epochs were done
+    (the model and optimizer hold their state) and `best` is what they found."""
+    best = best or (0, math.inf, [row[:] for row in model.weights])
+    for epoch in range(start, epochs):
         t0 = time.monotonic()
         loss_sum, seen = 0.0, 0
         for step in range(steps):
@@ -232,6 +270,8 @@ def fit(model: Model, opt: Adam, grads, steps: int, epochs: int, score, report) 
         report(epoch + 1, loss_sum / seen, value, time.monotonic() - t0)
         if value < best[1]:
             best = (epoch + 1, value, [row[:] for row in model.weights])
+        if after_epoch:
+            after_epoch(epoch + 1, best)
     return best
 
 
@@ -288,6 +328,13 @@ def main(argv=None) -> int:
     except (BackendError, DataError) as exc:
         print(f"train.py: {exc}", file=sys.stderr)
         return 2
+    folder = ckpt.default_folder(args.checkpoint_dir, dict(os.environ)) if args.checkpoint_every else None
+    fingerprint = ckpt.fingerprint({k: v for k, v in vars(args).items()})
+    try:
+        saved = ckpt.read(folder, fingerprint) if folder and ckpt.resumes(dict(os.environ), args.checkpoint_dir is not None) else None
+    except ckpt.CheckpointError as exc:
+        print(f"train.py: {exc}", file=sys.stderr)
+        return 2
     print(f"backend: {backend} ({backend_reason})")
     data_params: dict = {}
     if opened:
@@ -299,6 +346,8 @@ def main(argv=None) -> int:
     count = args.workers or len(nodes)
     if opened:
         count = min(count, len(opened["set"].split("train")))
+    if saved:
+        count = saved["workers"]  # the same shards as before, on the nodes alive now
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     vocab = len(opened["set"].vocabulary) if opened else args.vocab
@@ -336,6 +385,8 @@ def main(argv=None) -> int:
 
     model = Model.create(vocab, dim, args.context, seed=args.seed)
     opt = Adam((model.classes, model.inputs), lr=args.lr)
+    if saved:
+        restore(saved, model, opt)
     per_worker = max(1, args.batch // count)
     steps = max(1, (min(p["sentences"] for p in placed) if opened else per_shard) // per_worker)
     skip = ("experiment", "run_name", "backend") + (("train", "test", "vocab", "keypoints") if opened else ("data", "points", "frame_step", "normalize"))
@@ -353,23 +404,38 @@ def main(argv=None) -> int:
         "train_sentences_left_out": dropped,
         "model": "linear-window-ctc",
     }
-    mlflow = start_mlflow(args, params)
+    mlflow = start_mlflow(args, params, saved.get("mlflow_run_id") if saved else None)
+    run_id = mlflow.active_run().info.run_id if mlflow else None
+    if saved:
+        print(f"{RESUMED_MARK}epoch {saved['epoch']}/{args.epochs} at {folder} (MLflow run {saved.get('mlflow_run_id') or 'none'})", flush=True)
+    elif folder:
+        print(f"checkpoints: every {args.checkpoint_every} epoch(s) to {folder}; a job run again resumes from there")
 
     def grads(weights, epoch, step):
         ref = ray.put(weights)
-        return ray.get([w.grad.remote(ref, epoch, step, per_worker) for w in workers])
+        return patiently(lambda: ray.get([w.grad.remote(ref, epoch, step, per_worker) for w in workers]))
 
     def evaluate(weights, split: str) -> list[list[int]]:
         """Every `split` sentence's decode, in the data set's order (worker i holds i, i+count, ...)."""
         ref = ray.put(weights)
-        parts = ray.get([w.decode.remote(ref, split) for w in workers])
+        parts = patiently(lambda: ray.get([w.decode.remote(ref, split) for w in workers]))
         hyps: list = [None] * sum(len(p) for p in parts)
         for i, part in enumerate(parts):
             hyps[i::count] = part
         return hyps
 
     metric = "dev_wer" if opened else "test_wer"
-    history = []
+    history = list(saved["history"]) if saved else []
+    start, best = (saved["epoch"], ckpt.best_of(saved)) if saved else (0, None)
+
+    def checkpoint(epoch: int, best: tuple) -> None:
+        if folder and (epoch == 0 or ckpt.due(epoch, args.checkpoint_every, args.epochs)):
+            state = ckpt.state(epoch, model.weights, {"t": opt.t, "m": opt.m, "v": opt.v}, best, history, count, run_id, fingerprint)
+            path = ckpt.write(folder, state)
+            print(f"checkpoint: epoch {epoch} -> {path}", flush=True)
+
+    if not saved:
+        checkpoint(0, (0, math.inf, [row[:] for row in model.weights]))  # the MLflow run id, before any work
 
     def report(epoch: int, loss: float, value: float, seconds: float) -> None:
         history.append(value)
@@ -377,13 +443,14 @@ def main(argv=None) -> int:
         if mlflow:
             mlflow.log_metrics({"train_loss": loss, metric: value, "epoch_seconds": seconds}, step=epoch)
 
+    resume = {"start": start, "best": best, "after_epoch": checkpoint}
     try:
         if opened:
-            finish_data(args, opened, model, opt, grads, evaluate, steps, report, mlflow, started)
+            finish_data(args, opened, model, opt, grads, evaluate, steps, report, mlflow, started, resume)
             return 0
         test = make_dataset(args.test, seed=10**6 + args.seed, vocab=args.vocab, keypoints=args.keypoints)
         refs = [s.glosses for s in test]
-        fit(model, opt, grads, steps, args.epochs, lambda w: wer(refs, [model.decode(s.frames) for s in test]), report)
+        fit(model, opt, grads, steps, args.epochs, lambda w: wer(refs, [model.decode(s.frames) for s in test]), report, **resume)
         examples = [{"reference": r, "hypothesis": model.decode(s.frames)} for r, s in zip(refs[:10], test[:10])]
         wall = time.monotonic() - started
         print(f"final test WER {history[-1]:.3f} after {args.epochs} epochs; wall time {wall:.1f} s")
@@ -394,6 +461,16 @@ def main(argv=None) -> int:
             mlflow.end_run()
         else:
             print(json.dumps(examples[:3]))
+    except NODE_LOSS as exc:
+        # Ray could not keep a worker (its node died past ACTOR_RESTARTS, or the cluster re-formed):
+        # a retry of the whole job resumes from the last checkpoint.
+        print(
+            f"train.py: a Ray node this job used died ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); exit {RETRY_EXIT}: `inv submit --retries` runs it again from the last checkpoint",
+            file=sys.stderr,
+        )
+        if mlflow:
+            mlflow.end_run(status="FAILED")
+        return RETRY_EXIT
     except BaseException:
         if mlflow:
             mlflow.end_run(status="FAILED")
@@ -401,13 +478,52 @@ def main(argv=None) -> int:
     return 0
 
 
-def finish_data(args, opened: dict, model: Model, opt: Adam, grads, evaluate, steps: int, report, mlflow, started: float) -> dict:
+RESUMED_MARK = "resumed from checkpoint "  # what `inv jobs` reads from a retry's logs (cslr.jobs.RESUMED_MARK)
+NODE_LOSS = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.LocalRayletDiedError,
+    ray.exceptions.RaySystemError,
+    ray.exceptions.ActorUnschedulableError,
+)
+
+
+UNAVAILABLE_WAIT_S = 90.0  # how long a call to a worker that Ray reports unavailable is sent again
+
+
+def patiently(call, wait_s: float = UNAVAILABLE_WAIT_S, sleep=time.sleep, clock=time.monotonic):
+    """`call()`, sent again while Ray says a worker is only *unavailable* (ActorUnavailableError:
+    its node is restarting, or the GCS is, as during a head's restart with GCS fault tolerance),
+    for up to `wait_s`; the calls are pure (the same weights give the same gradients), so sending
+    one twice is safe. A worker that is dead past its restarts raises at once (NODE_LOSS)."""
+    since = clock()
+    while True:
+        try:
+            return call()
+        except ray.exceptions.ActorUnavailableError:
+            if clock() - since > wait_s:
+                raise
+            sleep(2.0)
+
+
+def restore(saved: dict, model: Model, opt: Adam) -> None:
+    """Put a checkpoint's weights and Adam state into `model` and `opt`."""
+    model.weights = [list(row) for row in saved["weights"]]
+    opt.t = saved["adam"]["t"]
+    opt.m = [list(row) for row in saved["adam"]["m"]]
+    opt.v = [list(row) for row in saved["adam"]["v"]]
+
+
+def finish_data(args, opened: dict, model: Model, opt: Adam, grads, evaluate, steps: int, report, mlflow, started: float, resume: dict | None = None) -> dict:
     """Train on a data set: dev WER after every epoch selects the checkpoint, whose test WER is
-    computed once at the end. Returns the results (also printed and logged)."""
+    computed once at the end. Returns the results (also printed and logged). `resume`: fit's
+    start, best and after_epoch."""
     data: DataSet = opened["set"]
     vocab = data.vocabulary
     dev_refs = [vocab.encode(s.glosses) for s in data.split("dev")]
-    best_epoch, best_dev, weights = fit(model, opt, grads, steps, args.epochs, lambda w: wer(dev_refs, evaluate(w, "dev")), report)
+    best_epoch, best_dev, weights = fit(model, opt, grads, steps, args.epochs, lambda w: wer(dev_refs, evaluate(w, "dev")), report, **(resume or {}))
     model.weights = weights
     test = data.split("test")
     results = {"best_epoch": best_epoch, "best_dev_wer": best_dev}
