@@ -360,7 +360,7 @@ def logs(c, service, follow=False, tail=200, since=None, config=CONFIG, env_file
 
 @cli()
 def status(c, config=CONFIG, env_file=None, out=OUT, json=False):
-    """Ray nodes (hostname, IP, role, CPUs, GPUs, alive), the head, MLflow and Redis reachability."""
+    """Ray nodes (hostname, IP, role, CPUs, GPUs, alive), the head, MLflow and Redis reachability, the custom services' state."""
     report = _stack(config, env_file, out).status()
     if json:
         _print_json({**report, "services": {k: {"state": v.get("State"), "health": v.get("Health") or None} for k, v in report["services"].items()}})

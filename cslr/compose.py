@@ -30,6 +30,8 @@ OVERLAY_FILES = {
 HOSTS_TEMPLATE = Path("overlays/multihost-hosts.yaml.j2")
 HOSTS_OVERLAY = "multihost-hosts.yaml"  # generated into the build directory
 TELEMETRY_OVERLAY = "telemetry.yaml"  # generated into the build directory: topology.telemetry_env for every service
+CUSTOM_OVERLAY = "custom-services.yaml"  # generated into the build directory: services.custom
+CUSTOM_PREFIX = "CSLR_CUSTOM_"  # _build/.env names of the custom services' environment values
 TEST_SERVICE = "test-cluster"  # the runner of overlays/test-cluster.yaml
 OPTIONAL_SERVICES = topology.OPTIONAL_SERVICES  # each is a Compose profile of the same name
 TEST_PROFILE = "test"
@@ -207,7 +209,114 @@ def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[
     # they write into the notebooks folder and the workspace is that user's (docs/security.md).
     env.update(zip(hostdirs.USER_VARS, map(str, hostdirs.host_user())))
     env.update(images.image_env(cfg, image_source))
+    env.update(custom_env(cfg))
     return env
+
+
+# ------------------------------------------------------------------------------ custom services
+
+
+def custom_env_name(service: str, variable: str) -> str:
+    """The _build/.env variable that carries one environment value of a custom service."""
+    return f"{CUSTOM_PREFIX}{service.upper().replace('-', '_')}__{variable}"
+
+
+def resolve_value(cfg: Config, raw: str) -> str:
+    """A custom service's environment value with its `${NAME}` references filled in from `.env`
+    or the environment (validation has refused unknown names and stray `$`)."""
+    from .config import split_references
+
+    out = []
+    for kind, text in split_references(raw):
+        out.append(cfg.variables[text][0] if kind == "ref" else text)
+    return "".join(out)
+
+
+def custom_env(cfg: Config) -> dict[str, str]:
+    """Every environment value of the enabled custom services, resolved, by its _build/.env
+    name: the generated overlay names only these variables, so no value (a secret from .env)
+    lands in a world-readable file."""
+    return {custom_env_name(svc.name, name): resolve_value(cfg, raw) for svc in topology.custom_services(cfg) for name, raw in svc.environment}
+
+
+def _literal(text: str) -> str:
+    return text.replace("$", "$$")  # Compose interpolates every file it reads
+
+
+def custom_healthcheck(svc: topology.CustomService) -> dict | None:
+    """A custom service's healthcheck in Compose form (the Kubernetes export reads the same)."""
+    import shlex
+
+    check = svc.healthcheck
+    if not check:
+        return None
+    if "command" in check:
+        test = ["CMD", *check["command"]]
+    else:
+        url = shlex.quote(f"http://127.0.0.1:{svc.container_port}{check['http']}")
+        # Whichever client the image has; a shell is needed (distroless images: use `command`).
+        test = [
+            "CMD-SHELL",
+            f"curl -fsS -o /dev/null {url} || wget -q -O /dev/null {url} || "
+            f"python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=4)' {url}",
+        ]
+    return {
+        "test": test,
+        "interval": f"{check['interval_seconds']}s",
+        "timeout": f"{min(check['interval_seconds'], 10)}s",
+        "retries": check["retries"],
+        "start_period": f"{check['start_period_seconds']}s",
+    }
+
+
+def custom_overlay(cfg: Config, services: Sequence[topology.CustomService]) -> str | None:
+    """The generated overlay of the custom services (services.custom), or None when there are
+    none: each on ray-network at its address, published on network.bind_address, hardened with
+    compose.yaml's own `x-restart` and `x-hardening` settings, its memory limit set. Pure but for
+    reading compose/compose.yaml."""
+    import json
+
+    import yaml
+
+    if not services:
+        return None
+    base = yaml.safe_load((ROOT / BASE_FILE).read_text())
+    addresses = topology.custom_addresses(cfg)
+    out: dict[str, dict] = {}
+    for svc in services:
+        hardening = json.loads(json.dumps({**base["x-restart"], **base["x-hardening"]}))  # a copy each: no YAML aliases
+        entry: dict = {**hardening, "image": _literal(svc.image), "mem_limit": parse_size(svc.memory)}
+        if svc.command is not None:
+            entry["command"] = [_literal(c) for c in svc.command]
+        if svc.environment:
+            entry["environment"] = {name: f"${{{custom_env_name(svc.name, name)}}}" for name, _ in svc.environment}
+        if svc.volumes:
+            entry["volumes"] = [
+                {"type": "bind", "source": _literal(src), "target": _literal(dst), "read_only": ro, "bind": {"create_host_path": False}}
+                for src, dst, ro in svc.volumes
+            ]
+        if svc.port is not None:
+            entry["ports"] = [f"${{CSLR_BIND_ADDRESS:-127.0.0.1}}:{svc.port}:{svc.container_port}"]
+        check = custom_healthcheck(svc)
+        if check is not None:
+            entry["healthcheck"] = {**check, "test": [_literal(str(x)) for x in check["test"]]}
+        entry["networks"] = {"ray-network": {"ipv4_address": addresses[svc.name]}}
+        out[svc.name] = entry
+    header = (
+        "# Generated by `inv generate` from config.yaml's services.custom (docs/custom-services.md): the lab's\n"
+        "# own services, hardened as compose/compose.yaml's x-hardening says. Environment values are in _build/.env.\n"
+    )
+    return header + yaml.safe_dump({"services": out}, sort_keys=False, default_flow_style=False, width=4096)
+
+
+def custom_on_host(cfg: Config, host: dict | None) -> list[topology.CustomService]:
+    """The custom services a host runs: all of them on one host; with `hosts:`, the first host
+    runs them (as it runs the supporting services unless hosts say otherwise)."""
+    services = topology.custom_services(cfg)
+    if host is None:
+        return services
+    hosts = cfg.get("hosts") or []
+    return services if hosts and hosts[0]["name"] == host["name"] else []
 
 
 @dataclass(frozen=True)
@@ -253,10 +362,10 @@ def _overlay_services(path: Path) -> list[str]:
     return [name for name in services if isinstance(name, str)] if isinstance(services, dict) else []
 
 
-def defined_services(gpu_node: bool, test_cluster: bool, extra: Sequence[Path] = ()) -> list[str]:
+def defined_services(gpu_node: bool, test_cluster: bool, extra: Sequence[Path] = (), custom: Sequence[str] = ()) -> list[str]:
     """Every service of the merged project: the model's (ray-gpu with the GPU node), the
-    test-cluster runner, and any service a user overlay (`extra_overlays`) adds."""
-    names = [s.name for s in topology.SERVICES if gpu_node or not s.gpu_node] + ([TEST_SERVICE] if test_cluster else [])
+    test-cluster runner, the custom services, and any service a user overlay (`extra_overlays`) adds."""
+    names = [s.name for s in topology.SERVICES if gpu_node or not s.gpu_node] + ([TEST_SERVICE] if test_cluster else []) + list(custom)
     for path in extra:
         names += [name for name in _overlay_services(path) if name not in names]
     return names
@@ -289,24 +398,33 @@ def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None
             raise UsageError(
                 f"--host {host}: this config.yaml has no `hosts:` (one host, this machine); drop --host, or describe the hosts (docs/multi-host.md)"
             )
-        files = [BASE_FILE] + choose_overlays(gpu.node_enabled, test_cluster=test_cluster) + [BUILD_DIR / TELEMETRY_OVERLAY]
+        custom = custom_on_host(cfg, None)
+        custom_text = custom_overlay(cfg, custom)
+        files = [BASE_FILE] + choose_overlays(gpu.node_enabled, test_cluster=test_cluster) + ([BUILD_DIR / CUSTOM_OVERLAY] if custom_text else [])
+        files += [BUILD_DIR / TELEMETRY_OVERLAY]
         mounts_text = hostdirs.render_overlay(cfg, gpu.node_enabled)
         files += ([BUILD_DIR / hostdirs.OVERLAY] if mounts_text else []) + extra_overlays(cfg)
-        telemetry_text = telemetry_overlay(cfg, defined_services(gpu.node_enabled, test_cluster, extra_overlays(cfg)))
+        telemetry_text = telemetry_overlay(cfg, defined_services(gpu.node_enabled, test_cluster, extra_overlays(cfg), [s.name for s in custom]))
         return Plan(
             files,
             render_profiles(test_cluster),
             cfg.get("project", "name"),
             compose_env(cfg, gpu, image_source),
             gpu,
-            {TELEMETRY_OVERLAY: telemetry_text, **({hostdirs.OVERLAY: mounts_text} if mounts_text else {})},
+            {
+                **({CUSTOM_OVERLAY: custom_text} if custom_text else {}),
+                TELEMETRY_OVERLAY: telemetry_text,
+                **({hostdirs.OVERLAY: mounts_text} if mounts_text else {}),
+            },
         )
 
     entry = multihost.this_host(cfg, host)
     gpu_node = bool(entry.get("gpu"))
-    files = [BASE_FILE] + choose_overlays(gpu_node, multihost=True, test_cluster=test_cluster)
+    custom = custom_on_host(cfg, entry)
+    custom_text = custom_overlay(cfg, custom)
+    files = [BASE_FILE] + choose_overlays(gpu_node, multihost=True, test_cluster=test_cluster) + ([BUILD_DIR / CUSTOM_OVERLAY] if custom_text else [])
     files += [BUILD_DIR / HOSTS_OVERLAY, BUILD_DIR / TELEMETRY_OVERLAY]
-    telemetry_text = telemetry_overlay(cfg, defined_services(gpu_node, test_cluster, extra_overlays(cfg)))
+    telemetry_text = telemetry_overlay(cfg, defined_services(gpu_node, test_cluster, extra_overlays(cfg), [s.name for s in custom]))
     mounts_text = hostdirs.render_overlay(cfg, gpu_node)
     files += ([BUILD_DIR / hostdirs.OVERLAY] if mounts_text else []) + extra_overlays(cfg)
     profiles = multihost.host_profiles(cfg, entry)
@@ -314,7 +432,11 @@ def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None
     env.update(multihost.host_env(cfg, entry))
     env["COMPOSE_PROFILES"] = ",".join(profiles)
     services = (
-        ["health", "ray-cpu"] + (["ray-gpu"] if gpu_node else []) + [s for s in ("marimo",) if s in profiles] + (["test-cluster"] if test_cluster else [])
+        ["health", "ray-cpu"]
+        + (["ray-gpu"] if gpu_node else [])
+        + [s for s in ("marimo",) if s in profiles]
+        + (["test-cluster"] if test_cluster else [])
+        + [s.name for s in custom]
     )
     import jinja2
 
@@ -326,7 +448,12 @@ def plan(cfg: Config, gpu: GpuState, test_cluster: bool = True, host: str | None
         cfg.get("project", "name"),
         env,
         GpuState("on", gpu.gpus, gpu.detail) if gpu_node else gpu,
-        {HOSTS_OVERLAY: hosts_text, TELEMETRY_OVERLAY: telemetry_text, **({hostdirs.OVERLAY: mounts_text} if mounts_text else {})},
+        {
+            **({CUSTOM_OVERLAY: custom_text} if custom_text else {}),
+            HOSTS_OVERLAY: hosts_text,
+            TELEMETRY_OVERLAY: telemetry_text,
+            **({hostdirs.OVERLAY: mounts_text} if mounts_text else {}),
+        },
         entry["name"],
     )
 
@@ -350,7 +477,7 @@ def subprocess_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
         *hostdirs.USER_VARS,
     }
     names |= {image.env for image in images.PROJECT_IMAGES} | set(images.BASE_KEYS) | {"PIP_NO_INDEX", "EXPERIMENT_REQUIREMENTS"}
-    return {k: v for k, v in (os.environ if base is None else base).items() if k not in names}
+    return {k: v for k, v in (os.environ if base is None else base).items() if k not in names and not k.startswith(CUSTOM_PREFIX)}
 
 
 def _resolve(p: Plan, root: Path, build_dir: Path, generated_dir: Path) -> list[Path]:

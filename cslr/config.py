@@ -244,6 +244,9 @@ class Config:
     yaml_positions: dict[tuple, Location] = field(default_factory=dict)
     yaml_data: dict = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    # `.env` entries and the environment variables that custom services name as `${NAME}`
+    # (services.custom.*.environment): name -> (value, where it was set). Never printed.
+    variables: dict[str, tuple[str, Location]] = field(default_factory=dict)
 
     def get(self, *path: Any, default: Any = None) -> Any:
         node: Any = self.data
@@ -400,6 +403,10 @@ def load(
             for i in range(len(value)):
                 sources[(*fld.path, i)] = loc
 
+    variables = dict(dotenv)
+    for name in referenced_variables(data):
+        if name in environ:
+            variables[name] = (environ[name], Location(f"environment ${name}"))
     return Config(
         data=data,
         sources=sources,
@@ -408,7 +415,44 @@ def load(
         yaml_positions=positions,
         yaml_data=yaml_data,
         problems=problems,
+        variables=variables,
     )
+
+
+# `${NAME}` in a custom service's environment value names a variable of `.env` or the
+# environment; `$$` is a literal dollar; any other `$` is refused by validation.
+REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$")
+
+
+def split_references(text: str) -> list[tuple[str, str]]:
+    """A value as (kind, text) parts: ("literal", text), ("ref", NAME) or ("bad", "$...")."""
+    parts: list[tuple[str, str]] = []
+    pos = 0
+    for match in REFERENCE.finditer(text):
+        if match.start() > pos:
+            parts.append(("literal", text[pos : match.start()]))
+        if match.group(0) == "$$":
+            parts.append(("literal", "$"))
+        elif match.group(1):
+            parts.append(("ref", match.group(1)))
+        else:
+            parts.append(("bad", text[match.start() : match.start() + 12]))
+        pos = match.end()
+    if pos < len(text):
+        parts.append(("literal", text[pos:]))
+    return parts
+
+
+def referenced_variables(data: dict) -> list[str]:
+    """Every NAME a custom service's environment names as `${NAME}`."""
+    names: list[str] = []
+    custom = ((data.get("services") or {}) if isinstance(data.get("services"), dict) else {}).get("custom")
+    for svc in (custom or {}).values() if isinstance(custom, dict) else ():
+        env = svc.get("environment") if isinstance(svc, dict) else None
+        for value in (env or {}).values() if isinstance(env, dict) else ():
+            if isinstance(value, str):
+                names += [name for kind, name in split_references(value) if kind == "ref" and name not in names]
+    return names
 
 
 def shorten(value: Any, limit: int = 60) -> str:

@@ -132,6 +132,14 @@ def _folder_problem(cfg: Config, path: tuple, raw: str, access: int, need: str) 
         yield Problem(where, name, f"found {raw!r}, which this user cannot {'read' if access == os.R_OK | os.X_OK else 'write'}; expected a {need} directory")
 
 
+def folder_problems(cfg: Config, path: tuple, raw: str, read_only: bool) -> Iterable[Problem]:
+    """A host folder mounted elsewhere (a custom service's volume): checked as `data:` is when
+    read-only, as the workspace is when writable."""
+    if read_only:
+        return _folder_problem(cfg, path, raw, os.R_OK | os.X_OK, "readable")
+    return _folder_problem(cfg, path, raw, os.W_OK | os.X_OK, "writable")
+
+
 def problems(cfg: Config) -> Iterable[Problem]:
     """data.NAME: absolute, existing, readable directories; workspace: the same, writable;
     services.marimo.notebooks: a directory or absent (`inv up` creates it)."""

@@ -82,6 +82,26 @@ def ensure_images(stack: Stack, build: bool = False, docker: images.Docker | Non
     )
 
 
+def custom_image_findings(stack: Stack, docker: images.Docker) -> list[str]:
+    """Phase 2 for the custom services (`up` itself pulls nothing): each image present, or pulled
+    now unless images.source is local (no registry: the lab builds or loads it itself)."""
+    source = stack.env().get("CSLR_IMAGE_SOURCE", "pull")
+    defined = set(stack.doc().get("services") or {})
+    findings = []
+    for svc in topology.custom_services(stack.cfg):
+        if svc.name not in defined or docker.present(svc.image):
+            continue
+        where = f"services.custom.{svc.name}.image {svc.image}"
+        if source == "local":
+            findings.append(f"{where} is not on this engine and images.source local pulls nothing; build or load it first (docker build -t / docker load)")
+            continue
+        stack.out(f"pulling {svc.image} (services.custom.{svc.name})")
+        proc = docker.pull(svc.image)
+        if proc.returncode != 0:
+            findings.append(f"{where}: `docker pull` failed (exit {proc.returncode}); check the name, or build or load the image first")
+    return findings
+
+
 def ray_image_findings(stack: Stack, run=subprocess.run) -> list[str]:
     """Phase 3: the project's Ray images (and the notebook's) carry ray.version."""
     env, services = stack.env(), stack.expected_services()
@@ -136,6 +156,7 @@ def phase_images(stack: Stack, options: UpOptions) -> None:
     fail(base_ray_findings(stack, stack.run))
     for line in ensure_images(stack, build=options.build):
         stack.out(line)
+    fail(custom_image_findings(stack, images.Docker(stack.run)))
 
 
 def phase_versions(stack: Stack, options: UpOptions) -> None:

@@ -240,6 +240,8 @@ def problems(cfg: Config) -> Iterable[Problem]:
     used: dict[int, str] = {}
     for setting, port in topology.published(cfg, gpu_node=False):
         if setting[0] == "services":  # the Ray nodes' own ports follow
+            if tuple(setting[:2]) == topology.CUSTOM and port in used:  # the first host runs the custom services
+                yield p(setting, f"found host port {port}, already used by {used[port]} on the same host; expected a unique port")
             used.setdefault(port, ".".join(setting))
     kinds = ["cpu"] + (["gpu"] if any(h.get("gpu") for h in hosts) else [])
     for kind in kinds:
@@ -299,7 +301,8 @@ def firewall_plan(cfg: Config, host_name: str | None) -> FirewallPlan:
     for path, port in topology.published(cfg, gpu_node="gpu" in mine):
         if path[0] != "services":
             continue
-        if path[1] == "health" or (services_host(cfg, path[1]) or {}).get("name") == host["name"]:
+        custom_here = path[1] == "custom" and cfg.get("hosts")[0]["name"] == host["name"]  # compose.custom_on_host
+        if path[1] == "health" or custom_here or (services_host(cfg, path[1]) or {}).get("name") == host["name"]:
             published.append((".".join(path), port))
     host_network = [(n.name, n.tcp_ports() + [str(n.dashboard)]) for n in nodes(cfg) if n.host == host["name"]]
     return FirewallPlan(host, peers, cfg.get("network", "subnet"), published, host_network)

@@ -54,7 +54,19 @@ def service_urls(cfg: Config, show_secrets: bool = False) -> dict[str, str]:
         "marimo": f"http://{host}:{cfg.get('services', 'marimo', 'port')}/?access_token={shown}{where}",
         "redis": f"redis://{host}:{cfg.get('services', 'redis', 'port')}/0",
         "postgres": "(internal only)",
+        **custom_urls(cfg, host),
     }
+
+
+def custom_urls(cfg: Config, host: str) -> dict[str, str]:
+    """Where each custom service answers: its published port, else its name on ray-network."""
+    from . import topology
+
+    out = {}
+    for svc in topology.custom_services(cfg):
+        inside = f"{svc.name}:{svc.container_port}" if svc.container_port else svc.name
+        out[svc.name] = f"{host}:{svc.port} (custom; in the stack: {inside})" if svc.port else f"(custom; in the stack only: {inside})"
+    return out
 
 
 def table(rows: Iterable[dict], cfg: Config, show_secrets: bool = False) -> str:
@@ -93,4 +105,21 @@ def format_status(report: dict) -> str:
     for name in ("mlflow", "redis"):
         value = report[name]
         lines.append(f"{name}: {'switched off' if value is None else ('reachable' if value else 'NOT reachable')}")
+    for name, state in sorted((report.get("custom") or {}).items()):
+        lines.append(f"custom {name}: {state}")
     return "\n".join(lines)
+
+
+def custom_states(cfg: Config, rows: dict[str, dict]) -> dict[str, str]:
+    """Each enabled custom service's state as `status` prints it: healthy, running (no
+    healthcheck), or what Compose says instead (NOT running when it has no container)."""
+    from . import topology
+
+    out = {}
+    for svc in topology.custom_services(cfg):
+        row = rows.get(svc.name)
+        if row is None or row.get("State") != "running":
+            out[svc.name] = f"NOT running ({row.get('State')})" if row else "NOT running (no container)"
+        else:
+            out[svc.name] = row.get("Health") or "running"
+    return out

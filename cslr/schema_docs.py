@@ -52,6 +52,9 @@ def render(sch: dict | None = None) -> str:
             lines.append(f"| `{path}` | {_type(node)} | {_fmt_default(node)} | {env} | {desc} |")
         for key, sub in node.get("properties", {}).items():
             walk(sub, f"{path}.{key}" if path else key)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict) and extra.get("properties"):  # a mapping by name (services.custom.NAME)
+            walk(extra, f"{path}.NAME")
         if node.get("type") == "array" and node.get("items", {}).get("type") == "object":
             for key, sub in node["items"].get("properties", {}).items():
                 walk(sub, f"{path}[].{key}")

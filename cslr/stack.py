@@ -159,6 +159,7 @@ class Stack:
         if "redis" in rows:
             proc = self.compose(["exec", "-T", "redis", "redis-cli", "ping"])
             result["redis"] = proc.returncode == 0 and "PONG" in proc.stdout
+        result["custom"] = report.custom_states(self.cfg, rows)
         return result
 
     def test_cluster(self) -> int:

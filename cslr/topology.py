@@ -103,18 +103,136 @@ def runs(svc: Service, cfg: Config, gpu_node: bool) -> bool:
 
 
 def published(cfg: Config, gpu_node: bool) -> list[tuple[tuple, Any]]:
-    """(setting, host port) of every port the running services publish on one host."""
-    return [(port.setting, cfg.get(*port.setting)) for svc in SERVICES if runs(svc, cfg, gpu_node) for port in svc.ports]
+    """(setting, host port) of every port the running services publish on one host, the custom
+    services' (services.custom.NAME.port) last."""
+    return [(port.setting, cfg.get(*port.setting)) for svc in SERVICES if runs(svc, cfg, gpu_node) for port in svc.ports] + custom_published(cfg)
 
 
 def owner(setting: tuple) -> str:
     """The service that publishes the port of this setting."""
+    if tuple(setting[: len(CUSTOM)]) == CUSTOM:
+        return setting[len(CUSTOM)]
     return next(svc.name for svc in SERVICES for port in svc.ports if port.setting == tuple(setting))
 
 
 def running(cfg: Config, gpu_node: bool) -> list[str]:
     """The services this config runs on one host, in model order."""
     return [svc.name for svc in SERVICES if runs(svc, cfg, gpu_node)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom services (`services.custom.NAME` in config.yaml): the lab's own containers beside the
+# stack's. Their settings have no environment names (a mapping of the lab's choosing); the
+# schema's defaults of one entry are applied here, since the loader fills in fixed keys only.
+
+CUSTOM = ("services", "custom")
+# The stack's own service names (and the test runner's, compose.TEST_SERVICE): no custom
+# service may take one, nor one that reads the same with `_` as `-` (Kubernetes names).
+RESERVED_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES) + ("test-cluster",)
+CUSTOM_FIRST_HOST = 100  # automatic addresses: the subnet's host number 100 upwards, then 2 to 99
+
+
+@dataclass(frozen=True)
+class CustomService:
+    name: str
+    image: str
+    port: int | None  # host port (published on network.bind_address), None: not published
+    container_port: int | None
+    address: str | None  # given, or None until `custom_addresses` assigns one
+    command: tuple[str, ...] | None
+    environment: tuple[tuple[str, str], ...]  # (name, raw value with ${NAME} references)
+    volumes: tuple[tuple[str, str, bool], ...]  # (host source, container target, read_only)
+    healthcheck: dict | None  # {"command": [...]} or {"http": "/path"}, with interval_seconds, retries, start_period_seconds
+    memory: str | int
+
+    @property
+    def setting(self) -> tuple:
+        """Config path of its host port (a Port's `setting`)."""
+        return (*CUSTOM, self.name, "port")
+
+    @property
+    def k8s_name(self) -> str:
+        return self.name.replace("_", "-")
+
+
+def _custom_defaults() -> dict:
+    from .config import schema
+
+    item = schema()["properties"]["services"]["properties"]["custom"]["additionalProperties"]
+    out = {key: sub.get("default") for key, sub in item["properties"].items() if key != "image"}
+    out["healthcheck_defaults"] = {k: v["default"] for k, v in item["properties"]["healthcheck"]["properties"].items() if "default" in v}
+    return out
+
+
+def custom_services(cfg: Config, enabled_only: bool = True) -> list[CustomService]:
+    """The custom services of a (schema-valid) config, in name order, defaults applied."""
+    defaults = _custom_defaults()
+    out = []
+    for name, raw in sorted((cfg.get(*CUSTOM) or {}).items()):
+        if not isinstance(raw, dict):
+            continue
+        entry = {**defaults, **raw}
+        if enabled_only and not entry["enabled"]:
+            continue
+        health = entry.get("healthcheck")
+        if isinstance(health, dict):
+            health = {**defaults["healthcheck_defaults"], **health}
+        out.append(
+            CustomService(
+                name=name,
+                image=entry["image"],
+                port=entry.get("port"),
+                container_port=entry.get("container_port") or entry.get("port"),
+                address=entry.get("address"),
+                command=tuple(str(c) for c in entry["command"]) if entry.get("command") is not None else None,
+                environment=tuple((str(k), _env_text(v)) for k, v in (entry.get("environment") or {}).items()),
+                volumes=tuple((v["source"], v["target"], bool(v.get("read_only", True))) for v in entry.get("volumes") or []),
+                healthcheck=health,
+                memory=entry["memory"],
+            )
+        )
+    return out
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def custom_addresses(cfg: Config) -> dict[str, str]:
+    """Service name -> its address on ray-network: the given one, or the first free host address
+    from number CUSTOM_FIRST_HOST upwards (not the gateway, not a stack service's, not another
+    custom service's), in name order. Deterministic: the same config, the same addresses."""
+    import ipaddress
+
+    net = ipaddress.IPv4Network(str(cfg.get("network", "subnet")), strict=False)
+    taken = {str(v) for v in (cfg.get("network", "addresses") or {}).values()}
+    taken.add(str(net.network_address + 1))  # Docker's bridge gateway
+    services = custom_services(cfg, enabled_only=False)
+    taken |= {s.address for s in services if s.address}
+    out: dict[str, str] = {}
+    last = net.num_addresses - 2  # the broadcast address is no host's
+    first = min(CUSTOM_FIRST_HOST, last)
+    order = iter([*range(first, last + 1), *range(2, first)])  # a small subnet: wrap to its low addresses
+    for svc in services:
+        if svc.address:
+            out[svc.name] = svc.address
+            continue
+        for number in order:
+            addr = str(net.network_address + number)
+            if addr not in taken:
+                taken.add(addr)
+                out[svc.name] = addr
+                break
+        else:
+            raise ValueError(f"network.subnet {net} has no free address left for services.custom.{svc.name}")
+    return out
+
+
+def custom_published(cfg: Config) -> list[tuple[tuple, Any]]:
+    """(setting, host port) of every enabled custom service that publishes a port."""
+    return [(svc.setting, svc.port) for svc in custom_services(cfg) if svc.port is not None]
 
 
 # ------------------------------------------------------------------ internal ports and addresses

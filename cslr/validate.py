@@ -64,6 +64,8 @@ def _describe_schema_error(err: jsonschema.ValidationError, shown: Callable[[tup
         return [(path, f"found {found} ({_type_name(value)}), expected {_expected_types(err.validator_value)}", False)]
     if v == "enum":
         return [(path, f"found {found}, expected one of: {', '.join(map(str, err.validator_value))}", False)]
+    if v == "pattern" and "propertyNames" in err.schema_path and isinstance(value, str):  # a mapping's key (data.NAME, services.custom.NAME)
+        return [((*path, value), f"found the name {shorten(value)}, expected a name matching {err.validator_value}", True)]
     if v == "pattern":
         return [(path, f"found {found}, expected a value matching {err.validator_value}", False)]
     if v == "format":
@@ -354,6 +356,137 @@ def check_extra_overlays(cfg: Config) -> Iterable[Problem]:
             yield _p(cfg, ("extra_overlays", i), f"found {rel!r}, which is not a file (relative to {cfg.config_path.name}); expected a Compose file")
 
 
+# Docker's image reference grammar (distribution/reference): [host[:port]/]path[:tag][@digest].
+# A first component is a registry host only with a dot, a port, or as `localhost` (Docker's rule).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = rf"(?:localhost(?::[0-9]{{1,5}})?|{_LABEL}(?:\.{_LABEL})+(?::[0-9]{{1,5}})?|{_LABEL}:[0-9]{{1,5}})"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(
+    rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$"
+)
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY", re.IGNORECASE)
+
+
+def check_custom(cfg: Config) -> Iterable[Problem]:
+    """services.custom: names, images, ports, addresses, environment references, volumes,
+    healthchecks (the host-port collisions are check_ports', with every other service's)."""
+    import unicodedata
+
+    from . import topology
+    from .config import split_references
+
+    base = topology.CUSTOM
+    services = topology.custom_services(cfg, enabled_only=False)
+    reserved = {n.replace("_", "-") for n in topology.RESERVED_NAMES}
+    seen: dict[str, str] = {}
+    for svc in services:
+        here = (*base, svc.name)
+        k8s_name = svc.k8s_name
+        if k8s_name in reserved:
+            yield Problem(
+                cfg.key_location(here),
+                cfg.display_name(here),
+                f"found the name {svc.name!r}, which is the stack's own service {k8s_name!r}; expected another name (not one of: {', '.join(topology.RESERVED_NAMES)})",
+            )
+        elif k8s_name in seen:
+            yield Problem(
+                cfg.key_location(here),
+                cfg.display_name(here),
+                f"found the name {svc.name!r}, which reads as services.custom.{seen[k8s_name]} with '_' as '-' (Kubernetes names); expected distinct names",
+            )
+        seen.setdefault(k8s_name, svc.name)
+        if not IMAGE_REFERENCE.match(svc.image):
+            yield _p(
+                cfg,
+                (*here, "image"),
+                f"found {shorten(svc.image)}, expected an image reference such as my-org/my-service:latest or registry.lab.example:5000/tools/api:1.2 "
+                "(lower-case repository path, optional registry host[:port]/, :tag and/or @sha256:digest)",
+            )
+        if svc.healthcheck is not None:
+            given = [k for k in ("command", "http") if k in svc.healthcheck]
+            if len(given) != 1:
+                yield _p(cfg, (*here, "healthcheck"), f"found {'both command and http' if given else 'neither command nor http'}, expected exactly one of them")
+            elif given == ["http"] and svc.container_port is None:
+                yield _p(
+                    cfg,
+                    (*here, "healthcheck", "http"),
+                    "found an HTTP healthcheck without a port, expected container_port (or port) to say where the service listens",
+                )
+        try:
+            parse_size(svc.memory)
+        except ValueError:
+            yield _p(cfg, (*here, "memory"), f"found {svc.memory!r}, expected a size such as 512m, 16g or 1.5g")
+        for name, value in svc.environment:
+            path = (*here, "environment", name)
+            bad = next((c for c in value if unicodedata.category(c) == "Cc" and c != "\t"), None)
+            if bad is not None:
+                yield _p(cfg, path, f"found the control character U+{ord(bad):04X} in the value, expected printable text on one line")
+                continue
+            parts = split_references(value)
+            wrong = next((text for kind, text in parts if kind == "bad"), None)
+            if wrong is not None:
+                yield _p(
+                    cfg,
+                    path,
+                    f"found {wrong!r}: a '$' that is no ${{NAME}} reference; expected ${{NAME}} (a variable of .env or the environment) or $$ for a literal dollar",
+                )
+                continue
+            for kind, ref in parts:
+                if kind == "ref" and ref not in cfg.variables:
+                    where = config_display(cfg.env_path) if cfg.env_path else ".env"
+                    yield _p(cfg, path, f"found ${{{ref}}}, which is set neither in {where} nor in the environment; expected {ref}=... in .env")
+            literal = "".join(text for kind, text in parts if kind == "literal")
+            if SECRET_NAME.search(name) and literal.strip() and not any(kind == "ref" for kind, _ in parts):
+                yield _p(
+                    cfg,
+                    path,
+                    f"a literal value for {name} in {cfg.config_path.name}, which git tracks; expected a secret in .env, named here as ${{VARIABLE}} (e.g. {name}: ${{{name}}})",
+                )
+        targets: set[str] = set()
+        for i, (source, target, read_only) in enumerate(svc.volumes):
+            vpath = (*here, "volumes", i)
+            yield from _custom_folder_problems(cfg, (*vpath, "source"), source, read_only)
+            if target.rstrip("/") == "" or target in targets:
+                yield _p(cfg, (*vpath, "target"), f"found {target!r}, expected a distinct absolute folder inside the container other than '/'")
+            targets.add(target)
+    yield from _custom_address_problems(cfg, services)
+
+
+def _custom_address_problems(cfg: Config, services: list) -> Iterable[Problem]:
+    from . import topology
+
+    try:
+        net = ipaddress.IPv4Network(str(cfg.get("network", "subnet")), strict=True)
+    except ValueError:
+        return  # check_network says why
+    stack = {str(v): k for k, v in (cfg.get("network", "addresses") or {}).items()}
+    given: dict[str, str] = {}
+    for svc in services:
+        if not svc.address:
+            continue
+        path = (*topology.CUSTOM, svc.name, "address")
+        addr = ipaddress.IPv4Address(svc.address)
+        if addr not in net:
+            yield _p(cfg, path, f"found {svc.address}, expected an address inside network.subnet {net}")
+        elif addr in (net.network_address, net.broadcast_address, net.network_address + 1):
+            yield _p(cfg, path, f"found {svc.address}, which is the network, broadcast or bridge gateway address of {net}; expected another host address")
+        elif svc.address in stack:
+            yield _p(cfg, path, f"found {svc.address}, already used by network.addresses.{stack[svc.address]}; expected a free address (or null: assigned)")
+        elif svc.address in given:
+            yield _p(cfg, path, f"found {svc.address}, already used by services.custom.{given[svc.address]}.address; expected a unique address")
+        given.setdefault(svc.address, svc.name)
+    try:
+        topology.custom_addresses(cfg)
+    except ValueError as exc:
+        yield _p(cfg, ("network", "subnet"), f"{exc}; expected a larger subnet or explicit services.custom.*.address values")
+
+
+def _custom_folder_problems(cfg: Config, path: tuple, raw: str, read_only: bool) -> Iterable[Problem]:
+    from . import hostdirs
+
+    return hostdirs.folder_problems(cfg, path, raw, read_only)
+
+
 @dataclass(frozen=True)
 class Rule:
     """One rule a schema cannot say: `check(cfg, gpu_node)` yields its Problems.
@@ -384,6 +517,7 @@ RULES: list[Rule] = [
     Rule("topology", "sizes", (("ray", "cpu"), ("ray", "gpu")), _cfg_only(check_sizes)),
     Rule("topology", "nodes", (("nodes",), ("hosts",), ("ray", "cpu", "hostname"), ("ray", "gpu", "hostname"), ("gpu",)), check_nodes),
     Rule("topology", "ports", (("services",), ("ray", "cpu", "ports"), ("ray", "gpu", "ports"), ("hosts",)), check_ports),
+    Rule("topology", "custom services", (("services", "custom"), ("network",)), _cfg_only(check_custom)),
     Rule("topology", "features", (("ray", "gcs_fault_tolerance"), ("services", "redis", "enabled")), _cfg_only(check_features)),
     Rule("topology", "kubernetes", (("kubernetes",), ("images", "ray"), ("images", "ray_gpu")), _cfg_only(check_kubernetes)),
     Rule("secrets", "secrets", (("secrets",), ("ray", "auth")), _cfg_only(check_secrets)),

@@ -75,11 +75,33 @@ CASES = {
           cpu_workers: {{replicas: 1, min_replicas: 1, max_replicas: 8}}
           gpu_workers: {{replicas: 0, min_replicas: 0, max_replicas: 2}}
     """,
+    # Paths that exist on every Linux machine: validation checks the host folders.
+    "data-workspace-custom": f"""
+        gpu: off
+        data: {{corpus: /usr/share, Raw_Images.v2: /usr}}
+        workspace: /tmp
+        services:
+          custom:
+            my_service:
+              image: my-org/my-service:latest
+              port: 9000
+              command: [serve, --port, "9000"]
+              environment: {{API_KEY: "${{MY_API_KEY}}", URL: "http://x/?k=${{MY_API_KEY}}&p=$$(not-expanded)", MODE: fast}}
+              healthcheck: {{http: /health}}
+              memory: 1g
+            batch_worker:
+              image: registry.lab.example:5000/tools/worker:2
+              healthcheck: {{command: [worker, --check]}}
+              volumes: [{{source: /tmp, target: /scratch, read_only: false}}]
+        kubernetes:
+          registry: {REGISTRY}
+    """,
 }
+ENV = {**SECRETS, "MY_API_KEY": "custom-api-secret"}
 
 
 def loaded(project, text):
-    return load_validated(project(text), environ={}, detect=lambda mode: k8s.GpuState(mode))
+    return load_validated(project(text, ENV), environ={}, detect=lambda mode: k8s.GpuState(mode))
 
 
 def export(project, tmp_path, text):
@@ -195,6 +217,18 @@ def test_the_raycluster_schema_refuses_invented_fields_and_wrong_types():
     bad = copy.deepcopy(sample)
     del bad["spec"]["headGroupSpec"]
     assert not validator.is_valid(bad)
+    for options in ({"mode": "tokens"}, {"mode": "token", "secret": "x"}, {"secretName": 1}):
+        bad = copy.deepcopy(sample)
+        bad["spec"]["authOptions"] = options
+        assert not validator.is_valid(bad), options
+
+
+def test_the_raycluster_schema_has_kuberay_1_6_auth_options():
+    """KubeRay 1.6.0's AuthOptions (mode, secretName, enableK8sTokenAuth) on a vendored sample."""
+    sample = next(d for d in yaml.safe_load_all((FIXTURES / "ray-cluster.sample.yaml").read_text()) if d)
+    sample["spec"]["authOptions"] = {"mode": "token", "secretName": "ray-cluster-token", "enableK8sTokenAuth": False}
+    sample["spec"]["upgradeStrategy"] = {"type": "Recreate"}
+    jsonschema.Draft202012Validator(RAYCLUSTER_SCHEMA).validate(sample)
 
 
 # ------------------------------------------------------------------------- what the objects say
@@ -235,9 +269,10 @@ def test_no_gpu_group_without_gpu_workers(project, tmp_path):
 
 
 def test_token_auth_and_gcs_ft_come_from_the_secret(project, tmp_path):
-    cfg, out, _ = export(project, tmp_path, CASES["gcs-ft-autoscaling"])
+    cfg, out, _ = export(project, tmp_path, CASES["gcs-ft-autoscaling"].replace("storage_class:", "native_auth: false\n          storage_class:"))
     (rc,) = objects(out)["raycluster.yaml"]
     spec = rc["spec"]
+    assert "authOptions" not in spec  # native_auth false: the environment path (KubeRay < 1.6.0)
     ref = {"secretKeyRef": {"name": "cslr-secrets", "key": "REDIS_PASSWORD"}}
     assert spec["gcsFaultToleranceOptions"] == {"redisAddress": "redis:6379", "redisPassword": {"valueFrom": ref}, "externalStorageNamespace": "cslr"}
     assert spec["enableInTreeAutoscaling"] is True and spec["autoscalerOptions"]["idleTimeoutSeconds"] == 300
@@ -254,6 +289,80 @@ def test_token_auth_and_gcs_ft_come_from_the_secret(project, tmp_path):
         "mlflow-data": ("fast-ssd", "20Gi"),
         "redis-data": ("fast-ssd", "1Gi"),
     }
+
+
+def test_native_token_auth_is_kuberays_auth_options_with_the_exports_secret(project, tmp_path):
+    cfg, out, _ = export(project, tmp_path, CASES["gcs-ft-autoscaling"])
+    (rc,) = objects(out)["raycluster.yaml"]
+    assert rc["spec"]["authOptions"] == {"mode": "token", "secretName": "cslr-secrets"}
+    for template in _ray_pod_templates(rc):
+        names = {e["name"] for e in template["spec"]["containers"][0]["env"]}
+        assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}  # KubeRay sets them from the Secret
+    assert not {e["name"] for e in rc["spec"]["autoscalerOptions"]["env"]} & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
+    (secret,) = objects(out)["secret.yaml"]
+    assert base64.b64decode(secret["data"]["auth_token"]).decode() == SECRETS["RAY_AUTH_TOKEN"]
+    (rc_disabled,) = objects(export(project, tmp_path / "d", "ray: {auth: disabled}\nkubernetes: {registry: r.example}\n")[1])["raycluster.yaml"]
+    assert "authOptions" not in rc_disabled["spec"]
+
+
+def test_native_auth_with_a_ray_older_than_2_52_is_refused_at_export(project, tmp_path):
+    cfg = loaded(project, f"ray: {{version: 2.51.1}}\nkubernetes: {{registry: {REGISTRY}}}\n").cfg
+    with pytest.raises(ConfigError) as err:
+        k8s.export(cfg, tmp_path / "out")
+    assert "$.ray.version" in str(err.value) and "needs Ray 2.52.0 or newer" in str(err.value)
+    cfg = loaded(project, f"ray: {{version: 2.51.1}}\nkubernetes: {{registry: {REGISTRY}, native_auth: false}}\n").cfg
+    assert k8s.export(cfg, tmp_path / "ok")
+
+
+def test_data_sets_and_the_workspace_are_claims_mounted_in_every_ray_pod_and_the_notebook(project, tmp_path):
+    _cfg, out, _ = export(project, tmp_path, CASES["data-workspace-custom"])
+    claims = {d["metadata"]["name"]: d["spec"]["accessModes"] for d in objects(out)["storage.yaml"]}
+    assert claims == {"data-corpus": ["ReadOnlyMany"], "data-raw-images-v2": ["ReadOnlyMany"], "workspace": ["ReadWriteMany"]}
+    want = {("data-corpus", "/data/corpus", True), ("data-raw-images-v2", "/data/Raw_Images.v2", True), ("workspace", "/workspace", False)}
+    (rc,) = objects(out)["raycluster.yaml"]
+    marimo = next(d for d in objects(out)["marimo.yaml"] if d["kind"] == "Deployment")["spec"]["template"]
+    for template in [*_ray_pod_templates(rc), marimo]:
+        spec = template["spec"]
+        mounts = {(m["name"], m["mountPath"], bool(m.get("readOnly"))) for m in spec["containers"][0]["volumeMounts"]}
+        assert want <= mounts
+        volumes = {v["name"]: v.get("persistentVolumeClaim") for v in spec["volumes"]}
+        assert volumes["data-corpus"] == {"claimName": "data-corpus", "readOnly": True} and volumes["workspace"] == {"claimName": "workspace"}
+    kust = yaml.safe_load((out / "kustomization.yaml").read_text())
+    assert "storage.yaml" in kust["resources"] and "custom-services.yaml" in kust["resources"]
+
+
+def test_custom_services_are_a_deployment_and_a_service_with_secrets_from_the_secret(project, tmp_path):
+    cfg, out, written = export(project, tmp_path, CASES["data-workspace-custom"])
+    docs = objects(out)["custom-services.yaml"]
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    assert kinds == [("Deployment", "batch-worker"), ("Deployment", "my-service"), ("Service", "my-service")]
+    mine = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "my-service")["spec"]["template"]["spec"]["containers"][0]
+    assert mine["image"] == "my-org/my-service:latest" and mine["args"] == ["serve", "--port", "9000"] and "command" not in mine
+    assert mine["ports"] == [{"name": "main", "containerPort": 9000}]
+    assert mine["readinessProbe"]["httpGet"] == {"path": "/health", "port": "main"}
+    assert mine["resources"]["limits"]["memory"] == "1Gi" and mine["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    env = {e["name"]: e for e in mine["env"]}
+    ref = {"secretKeyRef": {"name": "cslr-secrets", "key": "MY_API_KEY"}}
+    assert env["API_KEY"] == {"name": "API_KEY", "valueFrom": ref}
+    assert env["CSLR_REF_MY_API_KEY"]["valueFrom"] == ref
+    assert env["URL"]["value"] == "http://x/?k=$(CSLR_REF_MY_API_KEY)&p=$$(not-expanded)"
+    assert [e["name"] for e in mine["env"]].index("CSLR_REF_MY_API_KEY") < [e["name"] for e in mine["env"]].index("URL")
+    assert env["MODE"] == {"name": "MODE", "value": "fast"}
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["spec"]["ports"] == [{"name": "main", "port": 9000, "targetPort": "main", "protocol": "TCP"}]
+    worker = next(d for d in docs if d["metadata"]["name"] == "batch-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert worker["readinessProbe"]["exec"] == {"command": ["worker", "--check"]} and "ports" not in worker
+    (secret,) = objects(out)["secret.yaml"]
+    assert base64.b64decode(secret["data"]["MY_API_KEY"]).decode() == "custom-api-secret"
+    text = (out / "custom-services.yaml").read_text()
+    assert "custom-api-secret" not in text and "NOT EXPORTED: the host folders (volumes) of batch_worker" in text
+
+
+def test_a_custom_service_named_like_an_exported_object_is_refused(project, tmp_path):
+    cfg = loaded(project, f"services:\n  custom:\n    cslr-head-svc: {{image: 'x:1'}}\nkubernetes: {{registry: {REGISTRY}}}\n").cfg
+    with pytest.raises(ConfigError) as err:
+        k8s.export(cfg, tmp_path / "out")
+    assert "$.services.custom.cslr-head-svc: found the name 'cslr-head-svc', which the export gives to KubeRay's" in str(err.value)
 
 
 def test_readiness_probes_are_the_compose_healthchecks(project, tmp_path):
