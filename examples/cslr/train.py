@@ -193,7 +193,8 @@ def start_mlflow(args, params: dict):
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(args.experiment)
-    run = mlflow.start_run(run_name=args.run_name)
+    # System metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) every 10 s into the run.
+    run = mlflow.start_run(run_name=args.run_name, log_system_metrics=os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true") != "false")
     mlflow.log_params(params)
     print(f"MLflow: experiment {args.experiment!r}, run {run.info.run_id} at {uri}")
     return mlflow
