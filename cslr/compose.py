@@ -220,7 +220,27 @@ def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[
     # they write into the notebooks folder and the workspace is that user's (docs/security.md).
     env.update(zip(hostdirs.USER_VARS, map(str, hostdirs.host_user())))
     env.update(images.image_env(cfg, image_source))
+    env.update(monitoring_env(cfg, image_source))
+    if env["GRAFANA_ENABLED"] == "true":
+        env["COMPOSE_PROFILES"] = ",".join([*profiles, *topology.PULL_ONLY_PROFILES])
     return env
+
+
+def monitoring_env(cfg: Config, image_source: str) -> dict[str, str]:
+    """services.monitoring: whether Grafana runs (official images only: no local source of it
+    exists), the metrics port of the Ray nodes, and how the Ray dashboard reaches Prometheus and
+    Grafana (its Metrics tab; the iframe host is the browser's view: Grafana's published port)."""
+    on = bool(cfg.get("services", "monitoring", "enabled"))
+    grafana = on and image_source == "pull"
+    bind = str(cfg.get("network", "bind_address"))
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::") else (f"[{bind}]" if ":" in bind else bind)
+    return {
+        "GRAFANA_ENABLED": "true" if grafana else "false",
+        "RAY_METRICS_EXPORT_PORT": str(topology.RAY_METRICS_EXPORT_PORT),
+        "RAY_PROMETHEUS_HOST": "http://prometheus:9090",  # unreachable while off: the Metrics tab says so
+        "RAY_GRAFANA_HOST": "http://grafana:3000" if grafana else "DISABLED",  # Ray's value for "no Grafana"
+        "RAY_GRAFANA_IFRAME_HOST": f"http://{host}:{cfg.get('services', 'monitoring', 'grafana_port')}" if grafana else "",
+    }
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,30 @@ SERVICES: tuple[Service, ...] = (
     Service("mlflow", "mlflow", ("services", "mlflow", "enabled"), (Port("http", ("services", "mlflow", "port"), 5000),), ("services", "mlflow", "memory")),
     Service("postgres", "mlflow", ("services", "mlflow", "enabled"), (), ("services", "postgres", "memory")),
     Service("marimo", "marimo", ("services", "marimo", "enabled"), (Port("http", ("services", "marimo", "port"), 8080),), ("services", "marimo", "memory")),
+    # services.monitoring (docs/monitoring.md). Grafana's profile is switched on by cslr/compose.py
+    # only with official images (no local source of Grafana exists).
+    Service(
+        "prometheus",
+        "monitoring",
+        ("services", "monitoring", "enabled"),
+        (Port("http", ("services", "monitoring", "port"), 9090),),
+        ("services", "monitoring", "memory"),
+    ),
+    Service(
+        "grafana",
+        "grafana",
+        ("services", "monitoring", "enabled"),
+        (Port("http", ("services", "monitoring", "grafana_port"), 3000),),
+        ("services", "monitoring", "grafana_memory"),
+    ),
 )
+
+# The port of every Ray node's metrics agent inside a bridge-networked container (compose.yaml
+# passes it as RAY_METRICS_EXPORT_PORT; overlays/multihost*.yaml pin their own): what Ray's
+# service-discovery list names, so what Prometheus scrapes.
+RAY_METRICS_EXPORT_PORT = 8090
+# Profiles of the services that run only with official images (cslr/compose.py).
+PULL_ONLY_PROFILES = ("grafana",)
 
 # The optional services, each a Compose profile of the same name, in the order above.
 OPTIONAL_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(s.profile for s in SERVICES if s.profile))
@@ -79,6 +102,13 @@ TELEMETRY: tuple[tuple[str, str, str | None], ...] = (
     ("RAY_USAGE_STATS_ENABLED", "0", "1"),
     # marimo's update check (marimo.io/api/oss/latest-version) at start and in each session.
     ("MARIMO_SKIP_UPDATE_CHECK", "1", None),
+    # Grafana (services.monitoring): usage stats (stats.grafana.org), its update and plugin update
+    # checks (grafana.com), the news feed, feedback links.
+    ("GF_ANALYTICS_REPORTING_ENABLED", "false", None),
+    ("GF_ANALYTICS_CHECK_FOR_UPDATES", "false", None),
+    ("GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES", "false", None),
+    ("GF_ANALYTICS_FEEDBACK_LINKS_ENABLED", "false", None),
+    ("GF_NEWS_NEWS_FEED_ENABLED", "false", None),
 )
 
 
