@@ -342,7 +342,7 @@ def logs(c, service, follow=False, tail=200, since=None, config=CONFIG, env_file
     names = [] if service == "all" else [s.strip() for s in service.split(",") if s.strip()]
     args = ["logs", "--no-color", "--timestamps", "--tail", str(tail)] + (["--since", logs_mod.check_since(since)] if since else [])
     if follow:
-        code = st.compose(args + ["--follow", *names], capture=False).returncode
+        code = logs_mod.follow(st.command(args + ["--follow", *names]), compose.subprocess_env())
     else:
         proc = st.compose(args + names)
         print("\n".join(logs_mod.merge(proc.stdout)))
