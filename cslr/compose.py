@@ -6,6 +6,7 @@ the variables they interpolate (`_build/.env`) and runs the real `docker compose
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -226,6 +227,30 @@ def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[
     return env
 
 
+MONITORING_ADDRESSES = (("prometheus", "PROMETHEUS_IP", 60), ("grafana", "GRAFANA_IP", 61))
+
+
+def monitoring_addresses(cfg: Config) -> dict[str, str]:
+    """network.addresses.prometheus / grafana, or when not given (the default) the 60th / 61st
+    address of network.subnet - so a config written before monitoring existed, with a subnet and
+    addresses of its own, stays valid (a subnet too small for them: its last host addresses)."""
+    try:
+        net = ipaddress.IPv4Network(str(cfg.get("network", "subnet")))
+    except ValueError:
+        net = ipaddress.IPv4Network("172.28.0.0/16")
+    out = {}
+    for i, (key, var, offset) in enumerate(MONITORING_ADDRESSES):
+        given = cfg.get("network", "addresses", key)
+        if given:
+            out[var] = str(given)
+            continue
+        addr = net.network_address + offset
+        if addr >= net.broadcast_address:
+            addr = net.broadcast_address - (len(MONITORING_ADDRESSES) - i)
+        out[var] = str(addr)
+    return out
+
+
 def monitoring_env(cfg: Config, image_source: str) -> dict[str, str]:
     """services.monitoring: whether Grafana runs (official images only: no local source of it
     exists), the metrics port of the Ray nodes, and how the Ray dashboard reaches Prometheus and
@@ -235,6 +260,7 @@ def monitoring_env(cfg: Config, image_source: str) -> dict[str, str]:
     bind = str(cfg.get("network", "bind_address"))
     host = "127.0.0.1" if bind in ("0.0.0.0", "::") else (f"[{bind}]" if ":" in bind else bind)
     return {
+        **monitoring_addresses(cfg),
         "GRAFANA_ENABLED": "true" if grafana else "false",
         "RAY_METRICS_EXPORT_PORT": str(topology.RAY_METRICS_EXPORT_PORT),
         "RAY_PROMETHEUS_HOST": "http://prometheus:9090",  # unreachable while off: the Metrics tab says so

@@ -203,3 +203,18 @@ def test_monitoring_profiles_and_the_ray_dashboards_wiring(project, text, source
 def test_grafana_iframe_host_is_the_browsers_view_of_the_published_port(project):
     cfg = config.load(project("services:\n  monitoring: {enabled: true, grafana_port: 3300}\nnetwork:\n  bind_address: 0.0.0.0\n"), environ={})
     assert compose.compose_env(cfg, NO_GPU, "pull")["RAY_GRAFANA_IFRAME_HOST"] == "http://127.0.0.1:3300"
+
+
+@pytest.mark.parametrize(
+    "network, prometheus, grafana",
+    [
+        ("{}", "172.28.0.60", "172.28.0.61"),
+        ("{subnet: 10.9.0.0/24}", "10.9.0.60", "10.9.0.61"),  # a config of its own, written before monitoring
+        ("{subnet: 10.9.0.0/28}", "10.9.0.13", "10.9.0.14"),  # too small for .60: its last host addresses
+        ("{addresses: {prometheus: 172.28.5.5}}", "172.28.5.5", "172.28.0.61"),
+    ],
+)
+def test_monitoring_addresses_default_inside_the_subnet(project, network, prometheus, grafana):
+    cfg = config.load(project(f"network: {network}\n"), environ={})
+    env = compose.compose_env(cfg, NO_GPU)
+    assert (env["PROMETHEUS_IP"], env["GRAFANA_IP"]) == (prometheus, grafana)

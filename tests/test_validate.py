@@ -55,7 +55,7 @@ def test_subnet_must_be_an_ipv4_cidr(project, subnet):
 
 
 def test_good_subnet_with_addresses_inside(project):
-    text = "network:\n  subnet: 10.9.0.0/24\n  addresses: {health: 10.9.0.2, ray_cpu: 10.9.0.10, ray_gpu: 10.9.0.11, redis: 10.9.0.20, mlflow: 10.9.0.30, postgres: 10.9.0.31, marimo: 10.9.0.40, prometheus: 10.9.0.60, grafana: 10.9.0.61}\n"
+    text = "network:\n  subnet: 10.9.0.0/24\n  addresses: {health: 10.9.0.2, ray_cpu: 10.9.0.10, ray_gpu: 10.9.0.11, redis: 10.9.0.20, mlflow: 10.9.0.30, postgres: 10.9.0.31, marimo: 10.9.0.40}\n"
     assert errors(project(text)) == []
 
 
