@@ -110,11 +110,12 @@ def targets(job: str) -> dict:
 
 
 def nodes_up(*ips: str):
-    """The ray job's targets when every node's metrics agent (port 8090) among them is up, the
-    listed nodes are exactly those, and every other target (the head's dashboard) is up too."""
+    """The ray job's targets when the nodes' metrics agents (port 8090) listed are exactly those
+    of ``ips`` and every one is up (the head's dashboard target is listed too; its health is not
+    the nodes')."""
     got = targets("ray")
-    agents = {addr.rsplit(":", 1)[0] for addr in got if addr.endswith(":8090")}
-    return got if agents == set(ips) and all(h == "up" for h in got.values()) else None
+    agents = {addr: health for addr, health in got.items() if addr.endswith(":8090")}
+    return got if {a.rsplit(":", 1)[0] for a in agents} == set(ips) and set(agents.values()) == {"up"} else None
 
 
 def known_head() -> str:
