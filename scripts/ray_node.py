@@ -1118,8 +1118,8 @@ class NodeRunner:
                 self.launcher.stop(min(LOST_HEAD_STOP_S, cfg.stop_timeout) if why == "lost" else None)
                 self.sleep(0.5 + self.rng.random() * 0.5)
         finally:
+            export_prometheus_targets(cfg.temp_dir, False)  # first: a stop that runs out of time still removes it
             self.launcher.stop()
-            export_prometheus_targets(cfg.temp_dir, False)
             if self.agent is not None:
                 self.agent.close()
         return 0

@@ -89,7 +89,18 @@ def mon():
             shutil.rmtree(repo, ignore_errors=True)
 
 
-def wait_until(predicate, seconds: float, what: str):
+def seen_by_prometheus(build: Path) -> str:
+    """What Prometheus sees: its targets, and the service-discovery files in the nodes' volumes."""
+    files = subprocess.run(
+        compose_cmd(build) + ["exec", "-T", "prometheus", "sh", "-c", "ls -la /ray/ray-cpu /ray/ray-gpu; head -c 600 /ray/*/cslr-prometheus-sd.json"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+    )
+    return f"targets: {targets('ray')}\n{files.stdout}{files.stderr}"
+
+
+def wait_until(predicate, seconds: float, what: str, explain=None):
     deadline = time.monotonic() + seconds
     last = None
     while time.monotonic() < deadline:
@@ -97,7 +108,7 @@ def wait_until(predicate, seconds: float, what: str):
         if last:
             return last
         time.sleep(2)
-    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what} (last: {last!r})")
+    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what} (last: {last!r})" + (f"\n{explain()}" if explain else ""))
 
 
 def targets(job: str) -> dict:
@@ -170,16 +181,18 @@ def test_health_metrics_count_a_refused_forged_post(mon):
 
 def test_prometheus_follows_a_head_failover(mon):
     compose = compose_cmd(mon.workdir / "_build")
-    wait_until(lambda: nodes_up(CPU, GPU), 240, "both Ray nodes' metrics targets up")
+    wait_until(lambda: nodes_up(CPU, GPU), 240, "both Ray nodes' metrics targets up", lambda: seen_by_prometheus(mon.workdir / "_build"))
     assert known_head().startswith("ray-cpu:")
     subprocess.run(compose + ["stop", "ray-cpu"], check=True, capture_output=True, env=clean_env())
     wait_until(lambda: known_head().startswith("ray-gpu:"), 180, "ray-gpu to become head")
     # The new head's list is read, the stopped ex-head's is gone: ray-gpu alone, up, with its dashboard.
-    got = wait_until(lambda: nodes_up(GPU), 240, "Prometheus to follow the new head")
+    got = wait_until(lambda: nodes_up(GPU), 240, "Prometheus to follow the new head", lambda: seen_by_prometheus(mon.workdir / "_build"))
     assert f"{GPU}:44227" in got
     changes = metric(requests.get(f"{HEALTH}/metrics", timeout=5).text, "cslr_health_head_changes_total")
     assert changes >= 2  # the first election, then the failover
     # The old head comes back as a worker: the new head lists it, and every target is up again.
     subprocess.run(compose + ["start", "ray-cpu"], check=True, capture_output=True, env=clean_env())
-    got = wait_until(lambda: nodes_up(CPU, GPU), 300, "ray-cpu's metrics target up again, listed by ray-gpu")
+    got = wait_until(
+        lambda: nodes_up(CPU, GPU), 300, "ray-cpu's metrics target up again, listed by ray-gpu", lambda: seen_by_prometheus(mon.workdir / "_build")
+    )
     assert f"{CPU}:44227" not in got and known_head().startswith("ray-gpu:")
