@@ -341,6 +341,7 @@ def ps(c, config=CONFIG, env_file=None, out=OUT, show_secrets=False, json=False)
 )
 def logs(c, service, follow=False, tail=200, since=None, config=CONFIG, env_file=None, out=OUT):
     """The logs of one service (`inv logs ray-cpu`), several (`ray-cpu,health`) or all (`inv logs all`), in time order with timestamps."""
+    from cslr import compose
     from cslr import logs as logs_mod
 
     st = _stack(config, env_file, out)
@@ -348,7 +349,7 @@ def logs(c, service, follow=False, tail=200, since=None, config=CONFIG, env_file
     names = [] if service == "all" else [s.strip() for s in service.split(",") if s.strip()]
     args = ["logs", "--no-color", "--timestamps", "--tail", str(tail)] + (["--since", logs_mod.check_since(since)] if since else [])
     if follow:
-        code = st.compose(args + ["--follow", *names], capture=False).returncode
+        code = logs_mod.follow(st.command(args + ["--follow", *names]), compose.subprocess_env())
     else:
         proc = st.compose(args + names)
         print("\n".join(logs_mod.merge(proc.stdout)))

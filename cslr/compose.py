@@ -210,7 +210,27 @@ def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[
     env.update(zip(hostdirs.USER_VARS, map(str, hostdirs.host_user())))
     env.update(images.image_env(cfg, image_source))
     env.update(custom_env(cfg))
+    env.update(monitoring_env(cfg, image_source))
+    if env["GRAFANA_ENABLED"] == "true":
+        env["COMPOSE_PROFILES"] = ",".join([*profiles, *topology.PULL_ONLY_PROFILES])
     return env
+
+
+def monitoring_env(cfg: Config, image_source: str) -> dict[str, str]:
+    """services.monitoring: whether Grafana runs (official images only: no local source of it
+    exists), the metrics port of the Ray nodes, and how the Ray dashboard reaches Prometheus and
+    Grafana (its Metrics tab; the iframe host is the browser's view: Grafana's published port)."""
+    on = bool(cfg.get("services", "monitoring", "enabled"))
+    grafana = on and image_source == "pull"
+    host = topology.reachable_host(cfg.get("network", "bind_address"))
+    return {
+        **topology.monitoring_addresses(cfg),
+        "GRAFANA_ENABLED": "true" if grafana else "false",
+        "RAY_METRICS_EXPORT_PORT": str(topology.RAY_METRICS_EXPORT_PORT),
+        "RAY_PROMETHEUS_HOST": "http://prometheus:9090",  # unreachable while off: the Metrics tab says so
+        "RAY_GRAFANA_HOST": "http://grafana:3000" if grafana else "DISABLED",  # Ray's value for "no Grafana"
+        "RAY_GRAFANA_IFRAME_HOST": f"http://{host}:{cfg.get('services', 'monitoring', 'grafana_port')}" if grafana else "",
+    }
 
 
 # ------------------------------------------------------------------------------ custom services

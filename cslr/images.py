@@ -35,11 +35,20 @@ BASE_KEYS = {
     "MLFLOW_BASE_IMAGE": "mlflow_base",
     "POSTGRES_IMAGE": "postgres",
     "REDIS_IMAGE": "redis",
+    "PROMETHEUS_IMAGE": "prometheus",
 }
 # The local stand-in of each base (tools/build-local-bases.sh names them so).
-LOCAL_BUILD_NAME = {"RAY_BASE_IMAGE": "ray", "RAY_GPU_BASE_IMAGE": "ray", "MLFLOW_BASE_IMAGE": "mlflow", "POSTGRES_IMAGE": "postgres", "REDIS_IMAGE": "redis"}
+LOCAL_BUILD_NAME = {
+    "RAY_BASE_IMAGE": "ray",
+    "RAY_GPU_BASE_IMAGE": "ray",
+    "MLFLOW_BASE_IMAGE": "mlflow",
+    "POSTGRES_IMAGE": "postgres",
+    "REDIS_IMAGE": "redis",
+    "PROMETHEUS_IMAGE": "prometheus",
+}
 LOCAL_POSTGRES_MAJOR = "15"  # Debian bookworm's PostgreSQL
 LOCAL_REDIS_MAJOR = "7"  # Debian bookworm's redis-server
+LOCAL_PROMETHEUS_MAJOR = "2"  # Debian bookworm's Prometheus (2.42)
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ SERVICE_BASES = {
     "mlflow": ("MLFLOW_BASE_IMAGE",),
     "postgres": ("POSTGRES_IMAGE",),
     "redis": ("REDIS_IMAGE",),
+    "prometheus": ("PROMETHEUS_IMAGE",),
 }
 
 
@@ -93,6 +103,8 @@ def local_ref(env: str, cfg: Config) -> str:
         return f"cslr-local/mlflow:{mlflow_version(cfg.get('images', 'mlflow_base'))}"
     if env == "POSTGRES_IMAGE":
         return f"cslr-local/postgres:{LOCAL_POSTGRES_MAJOR}"
+    if env == "PROMETHEUS_IMAGE":
+        return f"cslr-local/prometheus:{LOCAL_PROMETHEUS_MAJOR}"
     return f"cslr-local/redis:{LOCAL_REDIS_MAJOR}"
 
 

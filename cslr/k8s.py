@@ -155,7 +155,7 @@ def cluster_name(cfg: Config) -> str:
 
 def secret_values(cfg: Config, env: dict[str, str]) -> dict[str, str]:
     """Secret key -> value: what the enabled services and Ray read (never printed)."""
-    on = {name: topology.runs(topology.service(name), cfg, False) for name in topology.OPTIONAL_SERVICES}
+    on = {s.profile: topology.runs(s, cfg, False) for s in topology.SERVICES if s.profile}
     values = {"POSTGRES_PASSWORD": env["POSTGRES_PASSWORD"], "MLFLOW_BACKEND_STORE_URI": env["MLFLOW_BACKEND_STORE_URI"]} if on["mlflow"] else {}
     values["REDIS_PASSWORD"] = env["REDIS_PASSWORD"]  # Ray's GCS FT and experiments, also without the Redis service
     if on["redis"]:

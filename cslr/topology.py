@@ -59,7 +59,30 @@ SERVICES: tuple[Service, ...] = (
     Service("mlflow", "mlflow", ("services", "mlflow", "enabled"), (Port("http", ("services", "mlflow", "port"), 5000),), ("services", "mlflow", "memory")),
     Service("postgres", "mlflow", ("services", "mlflow", "enabled"), (), ("services", "postgres", "memory")),
     Service("marimo", "marimo", ("services", "marimo", "enabled"), (Port("http", ("services", "marimo", "port"), 8080),), ("services", "marimo", "memory")),
+    # services.monitoring (docs/monitoring.md). Grafana's profile is switched on by cslr/compose.py
+    # only with official images (no local source of Grafana exists).
+    Service(
+        "prometheus",
+        "monitoring",
+        ("services", "monitoring", "enabled"),
+        (Port("http", ("services", "monitoring", "port"), 9090),),
+        ("services", "monitoring", "memory"),
+    ),
+    Service(
+        "grafana",
+        "grafana",
+        ("services", "monitoring", "enabled"),
+        (Port("http", ("services", "monitoring", "grafana_port"), 3000),),
+        ("services", "monitoring", "grafana_memory"),
+    ),
 )
+
+# The port of every Ray node's metrics agent inside a bridge-networked container (compose.yaml
+# passes it as RAY_METRICS_EXPORT_PORT; overlays/multihost*.yaml pin their own): what Ray's
+# service-discovery list names, so what Prometheus scrapes.
+RAY_METRICS_EXPORT_PORT = 8090
+# Profiles of the services that run only with official images (cslr/compose.py).
+PULL_ONLY_PROFILES = ("grafana",)
 
 # The optional services, each a Compose profile of the same name, in the order above.
 OPTIONAL_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(s.profile for s in SERVICES if s.profile))
@@ -79,6 +102,13 @@ TELEMETRY: tuple[tuple[str, str, str | None], ...] = (
     ("RAY_USAGE_STATS_ENABLED", "0", "1"),
     # marimo's update check (marimo.io/api/oss/latest-version) at start and in each session.
     ("MARIMO_SKIP_UPDATE_CHECK", "1", None),
+    # Grafana (services.monitoring): usage stats (stats.grafana.org), its update and plugin update
+    # checks (grafana.com), the news feed, feedback links.
+    ("GF_ANALYTICS_REPORTING_ENABLED", "false", None),
+    ("GF_ANALYTICS_CHECK_FOR_UPDATES", "false", None),
+    ("GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES", "false", None),
+    ("GF_ANALYTICS_FEEDBACK_LINKS_ENABLED", "false", None),
+    ("GF_NEWS_NEWS_FEED_ENABLED", "false", None),
 )
 
 
@@ -200,6 +230,41 @@ def _env_text(value: Any) -> str:
     return str(value)
 
 
+MONITORING_ADDRESSES = (("prometheus", "PROMETHEUS_IP", 60), ("grafana", "GRAFANA_IP", 61))
+
+
+def monitoring_addresses(cfg: Config) -> dict[str, str]:
+    """network.addresses.prometheus / grafana, or when not given (the default) the 60th / 61st
+    address of network.subnet - so a config written before monitoring existed, with a subnet and
+    addresses of its own, stays valid (a subnet too small for them: its last host addresses)."""
+    import ipaddress
+
+    try:
+        net = ipaddress.IPv4Network(str(cfg.get("network", "subnet")))
+    except ValueError:
+        net = ipaddress.IPv4Network("172.28.0.0/16")
+    out = {}
+    for i, (key, var, offset) in enumerate(MONITORING_ADDRESSES):
+        given = cfg.get("network", "addresses", key)
+        if given:
+            out[var] = str(given)
+            continue
+        addr = net.network_address + offset
+        if addr >= net.broadcast_address:
+            addr = net.broadcast_address - (len(MONITORING_ADDRESSES) - i)
+        out[var] = str(addr)
+    return out
+
+
+def stack_addresses(cfg: Config) -> dict[str, str]:
+    """Every address the stack's own services use on ray-network, by network.addresses key:
+    the given ones, and Prometheus' and Grafana's derived ones where not given."""
+    out = {k: str(v) for k, v in (cfg.get("network", "addresses") or {}).items() if v}
+    for (key, _var, _), addr in zip(MONITORING_ADDRESSES, monitoring_addresses(cfg).values()):
+        out.setdefault(key, addr)
+    return out
+
+
 def custom_addresses(cfg: Config) -> dict[str, str]:
     """Service name -> its address on ray-network: the given one, or the first free host address
     from number CUSTOM_FIRST_HOST upwards (not the gateway, not a stack service's, not another
@@ -207,7 +272,7 @@ def custom_addresses(cfg: Config) -> dict[str, str]:
     import ipaddress
 
     net = ipaddress.IPv4Network(str(cfg.get("network", "subnet")), strict=False)
-    taken = {str(v) for v in (cfg.get("network", "addresses") or {}).values()}
+    taken = set(stack_addresses(cfg).values())
     taken.add(str(net.network_address + 1))  # Docker's bridge gateway
     services = custom_services(cfg, enabled_only=False)
     taken |= {s.address for s in services if s.address}

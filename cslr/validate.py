@@ -133,7 +133,7 @@ def check_network(cfg: Config) -> Iterable[Problem]:
         return
     gateway = net.network_address + 1
     seen: dict[ipaddress.IPv4Address, str] = {}
-    for name, value in (cfg.get("network", "addresses") or {}).items():
+    for name, value in topology.stack_addresses(cfg).items():
         path = ("network", "addresses", name)
         try:
             addr = ipaddress.IPv4Address(str(value))
@@ -147,7 +147,13 @@ def check_network(cfg: Config) -> Iterable[Problem]:
             yield _p(cfg, path, f"found {value}, which is the broadcast address of {net}; expected a host address")
         elif addr == gateway:
             yield _p(cfg, path, f"found {value}, which Docker gives the bridge gateway of {net}; expected another host address")
-        if addr in seen:
+        if addr in seen and not (cfg.get("network", "addresses") or {}).get(name):
+            yield _p(
+                cfg,
+                path,
+                f"derived {value} (not set: the subnet's default address of {name}), already used by network.addresses.{seen[addr]}; expected a unique address: set network.addresses.{name}",
+            )
+        elif addr in seen:
             yield _p(cfg, path, f"found {value}, already used by network.addresses.{seen[addr]}; expected a unique address")
         seen.setdefault(addr, name)
     bind = cfg.get("network", "bind_address")
@@ -459,7 +465,7 @@ def _custom_address_problems(cfg: Config, services: list) -> Iterable[Problem]:
         net = ipaddress.IPv4Network(str(cfg.get("network", "subnet")), strict=True)
     except ValueError:
         return  # check_network says why
-    stack = {str(v): k for k, v in (cfg.get("network", "addresses") or {}).items()}
+    stack = {v: k for k, v in topology.stack_addresses(cfg).items()}
     given: dict[str, str] = {}
     for svc in services:
         if not svc.address:

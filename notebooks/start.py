@@ -94,7 +94,7 @@ def _(mo, nodes, os, results):
 
         mlflow.set_tracking_uri(tracking)
         mlflow.set_experiment("starter-notebook")
-        with mlflow.start_run(run_name="start.py") as run:
+        with mlflow.start_run(run_name="start.py", log_system_metrics=True) as run:  # CPU, memory (GPU with nvidia-ml-py)
             mlflow.log_param("nodes", len(nodes))
             mlflow.log_metric("tasks_ran", len(results))
         run_note = mo.md(

@@ -18,6 +18,11 @@ HTTP interface (all bodies are JSON, ``Content-Type: application/json``)
                            "nodes_alive", "refused": {reason: count}, "time"}
     GET  /nodes       200 {"nodes": [{"hostname", "address", "role", "head_address",
                                        "last_heartbeat", "age_s", "alive", ...}]}
+    GET  /metrics     200 Prometheus text format 0.0.4 (``text/plain; version=0.0.4``): the
+                      election state (cslr_health_head_elected, cslr_health_head_info), head
+                      changes, nodes alive, relay connections (open, accepted, refused over the
+                      cap) and refusals by reason - what GET / already tells anyone who can
+                      reach this port, nothing more (docs/monitoring.md, docs/security.md).
     POST /register    body {"hostname", "address", "role", ["head_address", "port", "state"]}
                       -> 200 {"ok": true}; 503 when the table is full (MAX_NODES in total,
                       MAX_NODES_PER_SOURCE per source address)
@@ -170,6 +175,98 @@ def pick_known_head(
     return f"{heads[0][1]}:{heads[0][2]}"
 
 
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The refusal reasons this service counts (cslr_control), each shown from 0 so rate() works at once.
+HEALTH_REFUSALS = (cc.MISSING, cc.BAD_MAC, cc.STALE, cc.REPLAY, cc.EVICTED, cc.DEADLINE, cc.TOO_LARGE)
+
+# One metric: (name, type, help, [(labels, value)]).
+Metric = Tuple[str, str, str, List[Tuple[Mapping[str, str], float]]]
+
+
+def escape_label(value: str) -> str:
+    """A label value as the text format writes it: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_help(text: str) -> str:
+    """A HELP text as the text format writes it: backslash and newline escaped."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(float(value))
+
+
+def exposition(metrics: List[Metric]) -> str:
+    """The Prometheus text format (0.0.4) of ``metrics``; label names must match [a-zA-Z_][a-zA-Z0-9_]*."""
+    out = []
+    for name, kind, help_text, samples in metrics:
+        out.append(f"# HELP {name} {escape_help(help_text)}")
+        out.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            text = ",".join(f'{k}="{escape_label(str(v))}"' for k, v in sorted(labels.items()))
+            out.append(f"{name}{{{text}}} {format_value(value)}" if text else f"{name} {format_value(value)}")
+    return "\n".join(out) + "\n"
+
+
+def health_metrics(status: Mapping[str, object], head_changes: int, relays: Mapping[str, Mapping[str, int]]) -> List[Metric]:
+    """The health service's metrics from GET /'s ``status``, the head change count and, per relay
+    ("client", "dashboard"), its counters {"open", "accepted", "refused_over_cap"}."""
+    head = status.get("known_head")
+    host, _, port = str(head).rpartition(":") if head else ("", "", "")
+    refused = {reason: 0 for reason in HEALTH_REFUSALS}
+    refused.update(status.get("refused") or {})  # type: ignore[call-overload]
+    return [
+        ("cslr_health_up", "gauge", "1 while the health service answers.", [({}, 1)]),
+        ("cslr_health_uptime_seconds", "gauge", "Seconds since the health service started.", [({}, float(status.get("uptime_s") or 0))]),  # type: ignore[arg-type]
+        ("cslr_health_head_elected", "gauge", "1 while a whitelisted node's election agent says it is head, else 0.", [({}, 1 if head else 0)]),
+        ("cslr_health_head_info", "gauge", "The elected head (host, GCS port); no sample while none is.", [({"host": host, "port": port}, 1)] if head else []),
+        (
+            "cslr_health_head_changes_total",
+            "counter",
+            "Times the relays turned to a head other than the one before (first election, failover, a head again after none).",
+            [({}, head_changes)],
+        ),
+        (
+            "cslr_health_nodes_alive",
+            "gauge",
+            "Registered Ray nodes whose last heartbeat is younger than HEALTH_NODE_TTL.",
+            [({}, int(status.get("nodes_alive") or 0))],
+        ),  # type: ignore[call-overload]
+        (
+            "cslr_health_relay_connections",
+            "gauge",
+            "Relay connections open now, per relay (client: ray://, dashboard).",
+            [({"relay": r}, c.get("open", 0)) for r, c in sorted(relays.items())],
+        ),
+        (
+            "cslr_health_relay_accepted_total",
+            "counter",
+            "Relay connections accepted, per relay.",
+            [({"relay": r}, c.get("accepted", 0)) for r, c in sorted(relays.items())],
+        ),
+        (
+            "cslr_health_relay_refused_total",
+            "counter",
+            "Relay connections closed at once because the relay was at its cap.",
+            [({"relay": r}, c.get("refused_over_cap", 0)) for r, c in sorted(relays.items())],
+        ),
+        (
+            "cslr_health_refused_total",
+            "counter",
+            "Refused requests and connections by reason (forged or unsigned POSTs, stale times, replays, evictions, oversized heads).",
+            [({"reason": k}, v) for k, v in sorted(refused.items())],
+        ),
+    ]
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -194,9 +291,22 @@ class Registry:
         self.clock = clock
         self.wall = wall
         self.started = clock()
-        self.elected: Optional[Tuple[str, int, int]] = None  # (host, GCS port, client port) per the agents
+        self._elected: Optional[Tuple[str, int, int]] = None  # (host, GCS port, client port) per the agents
+        self.head_changes = 0  # times `elected` became a head other than the one before (None included)
         self._nodes: Dict[str, dict] = {}
         self._lock = threading.Lock()
+
+    @property
+    def elected(self) -> Optional[Tuple[str, int, int]]:
+        return self._elected
+
+    @elected.setter
+    def elected(self, value: Optional[Tuple[str, int, int]]) -> None:
+        # One writer (watch_election); a change to a head (the first election, a failover, a head
+        # again after none) is counted for /metrics.
+        if value is not None and (self._elected is None or self._elected[0] != value[0]):
+            self.head_changes += 1
+        self._elected = value
 
     def _prune(self, now: float) -> None:
         # Dead entries are kept for a while so GET /nodes can show them, but the
@@ -336,10 +446,13 @@ class HealthHandler(BaseHTTPRequestHandler):
         self.rfile = BoundedReader(self.rfile, MAX_HEAD, lambda: self.refusals.refuse(source, cc.TOO_LARGE, "request head"))
 
     def _send(self, code: int, payload: dict) -> None:
-        body = (json.dumps(payload, sort_keys=True) + "\n").encode()
+        self._send_text(code, json.dumps(payload, sort_keys=True) + "\n", "application/json")
+
+    def _send_text(self, code: int, text: str, content_type: str) -> None:
+        body = text.encode()
         try:
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             # One request per connection: the whole exchange fits one deadline (HTTP_DEADLINE_S).
             self.send_header("Connection", "close")
@@ -365,6 +478,10 @@ class HealthHandler(BaseHTTPRequestHandler):
                 self._send(200, self.registry.status(self.refusals.snapshot()))
             elif path == "/nodes":
                 self._send(200, {"nodes": self.registry.nodes()})
+            elif path == "/metrics":
+                relays = {name: proxy.counters() for name, proxy in getattr(self.server, "proxies", {}).items()}
+                text = exposition(health_metrics(self.registry.status(self.refusals.snapshot()), self.registry.head_changes, relays))
+                self._send_text(200, text, METRICS_CONTENT_TYPE)
             else:
                 self._send(404, {"error": "not found"})
         except Exception as exc:  # never let one request kill the service
@@ -475,6 +592,7 @@ def make_server(bind: str, port: int, registry: Registry, secret: str, clock: Ca
         server.max_connections, MAX_HTTP_PER_SOURCE, HTTP_DEADLINE_S, lambda src, why: refusals.refuse(src, why, "HTTP connection")
     )
     server.refusals = refusals
+    server.proxies = {}  # relay name -> ClientProxy, for /metrics (main adds them)
     try:
         server.server_bind()
         server.server_activate()
@@ -605,11 +723,23 @@ class ClientProxy:
         self.listener, self.target, self.idle = listener, target, idle
         self.slots = threading.BoundedSemaphore(max_connections)
         self.refused_over_cap = 0
+        self.accepted = 0  # relays started (for /metrics)
+        self.open = 0  # relays running now
+        self._count = threading.Lock()
+
+    def counters(self) -> Dict[str, int]:
+        with self._count:
+            return {"open": self.open, "accepted": self.accepted, "refused_over_cap": self.refused_over_cap}
 
     def _one(self, client: socket.socket, target: Optional[Tuple[str, int]]) -> None:
+        with self._count:
+            self.open += 1
+            self.accepted += 1
         try:
             forward_connection(client, target, idle=self.idle)
         finally:
+            with self._count:
+                self.open -= 1
             self.slots.release()
 
     def loop(self, stop: threading.Event) -> None:
@@ -700,6 +830,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         ("Ray client", "RAY_CLIENT_PROXY_PORT", cfg.proxy_port, registry.head_client),
         ("Ray dashboard", "RAY_DASHBOARD_PROXY_PORT", cfg.dashboard_proxy_port, registry.head_dashboard),
     ]
+    metric_name = {"Ray client": "client", "Ray dashboard": "dashboard"}
     listeners = []
     for label, var, port, target in relays:
         if not port:
@@ -714,6 +845,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
             return 2
     for label, listener, target in listeners:
         proxy = ClientProxy(listener, target, cfg.proxy_max, cfg.proxy_idle)
+        server.proxies[metric_name[label]] = proxy
         threading.Thread(target=proxy.loop, args=(stop,), daemon=True).start()
         print(f"health: {label} proxy on {bind}:{listener.getsockname()[1]} -> the elected head", file=sys.stderr, flush=True)
     print(f"health: listening on {bind}:{server.server_address[1]}", file=sys.stderr, flush=True)

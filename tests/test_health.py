@@ -460,3 +460,105 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------- /metrics
+
+
+def _unescape_label(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\":
+            out.append({"\\": "\\", '"': '"', "n": "\n"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _parse_exposition(text: str) -> dict:
+    """An independent reading of the text format: {(name, ((label, value), ...)): value}; HELP/TYPE checked."""
+    import re
+
+    label = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\["\\n])*)"')
+    samples, typed = {}, set()
+    assert text.endswith("\n")
+    for line in text[:-1].split("\n"):
+        if line.startswith("# HELP "):
+            assert "\n" not in line
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in ("gauge", "counter") and name not in typed
+            typed.add(name)
+            continue
+        m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        assert m, line
+        name, labels_text, value = m.groups()
+        assert name in typed, f"{name} has no TYPE line before it"
+        labels = []
+        rest = labels_text or ""
+        while rest:
+            lm = label.match(rest)
+            assert lm, rest
+            labels.append((lm.group(1), _unescape_label(lm.group(2))))
+            rest = rest[lm.end() :]
+            if rest:
+                assert rest[0] == ",", rest
+                rest = rest[1:]
+        samples[(name, tuple(labels))] = float(value)
+    return samples
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(st.text(max_size=20), min_size=1, max_size=5, unique=True), help_text=st.text(max_size=40))
+def test_exposition_round_trips_any_label_value_and_help_text(values, help_text):
+    text = hs.exposition([("cslr_x_total", "counter", help_text, [({"reason": v}, i) for i, v in enumerate(values)])])
+    assert text.count("\n") == 2 + len(values)  # no value or help text can add a line
+    assert _parse_exposition(text) == {("cslr_x_total", (("reason", v),)): float(i) for i, v in enumerate(values)}
+
+
+def test_format_value():
+    assert [hs.format_value(v) for v in (3, 2.5, float("inf"), float("nan"), 0.0)] == ["3", "2.5", "+Inf", "NaN", "0"]
+
+
+def test_head_changes_count_new_heads_only():
+    reg = hs.Registry()
+    for value in [None, ("a", 1, 2), ("a", 1, 2), ("a", 1, 3), None, ("a", 1, 2), ("b", 1, 2), None]:
+        reg.elected = value
+    assert reg.head_changes == 3 and reg.elected is None  # a (first), a again after none, b
+
+
+def _metrics(srv) -> tuple:
+    raw = _raw(srv, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"200" and b"text/plain; version=0.0.4" in head
+    return _parse_exposition(body.decode())
+
+
+def test_metrics_count_a_forged_post_and_show_the_elected_head(server):
+    before = _metrics(server)
+    assert before[("cslr_health_refused_total", (("reason", "bad_mac"),))] == 0
+    assert before[("cslr_health_head_elected", ())] == 0 and before[("cslr_health_head_changes_total", ())] == 0
+    assert not any(name == "cslr_health_head_info" for name, _ in before)
+    # A POST signed with the wrong secret is refused (403) and counted under its reason.
+    assert _req(server, "POST", "/register", {"hostname": "evil", "address": "10.0.0.9", "role": "head"}, secret="y" * 32)[0] == 403
+    server.RequestHandlerClass.registry.elected = ("ray-cpu", 6379, 10001)
+    after = _metrics(server)
+    assert after[("cslr_health_refused_total", (("reason", "bad_mac"),))] == 1
+    assert after[("cslr_health_refused_total", (("reason", "missing"),))] == 0
+    assert after[("cslr_health_head_elected", ())] == 1 and after[("cslr_health_head_changes_total", ())] == 1
+    assert after[("cslr_health_head_info", (("host", "ray-cpu"), ("port", "6379")))] == 1
+    assert after[("cslr_health_up", ())] == 1 and after[("cslr_health_nodes_alive", ())] == 0
+
+
+def test_metrics_show_relay_connections():
+    class FakeProxy:
+        def counters(self):
+            return {"open": 2, "accepted": 5, "refused_over_cap": 1}
+
+    samples = _parse_exposition(hs.exposition(hs.health_metrics({"known_head": None, "refused": {}}, 0, {"client": FakeProxy().counters()})))
+    assert samples[("cslr_health_relay_connections", (("relay", "client"),))] == 2
+    assert samples[("cslr_health_relay_accepted_total", (("relay", "client"),))] == 5
+    assert samples[("cslr_health_relay_refused_total", (("relay", "client"),))] == 1

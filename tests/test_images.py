@@ -29,6 +29,7 @@ def test_base_refs_for_each_source(project):
         "MLFLOW_BASE_IMAGE": "ghcr.io/mlflow/mlflow:v3.17.2",
         "POSTGRES_IMAGE": "postgres:15",
         "REDIS_IMAGE": "redis:7.4",
+        "PROMETHEUS_IMAGE": "prom/prometheus:v2.53.4",
     }
     assert images.base_refs(cfg, "local") == {
         "RAY_BASE_IMAGE": "cslr-local/ray:2.60.0",
@@ -36,6 +37,7 @@ def test_base_refs_for_each_source(project):
         "MLFLOW_BASE_IMAGE": "cslr-local/mlflow:3.17.2",
         "POSTGRES_IMAGE": "cslr-local/postgres:15",
         "REDIS_IMAGE": "cslr-local/redis:7",
+        "PROMETHEUS_IMAGE": "cslr-local/prometheus:2",
     }
 
 

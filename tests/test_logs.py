@@ -38,3 +38,45 @@ def test_since_accepts_what_compose_takes(ok):
 def test_since_refuses_the_rest_with_the_expected_forms(bad):
     with pytest.raises(UsageError, match="expected a duration such as 10m"):
         logs.check_since(bad)
+
+
+def test_follow_order_lets_lines_out_in_time_order_within_the_window():
+    order = logs.FollowOrder(window=1.0)
+    order.push("ray-cpu-1  | 2026-12-06T00:00:02Z second", now=0.0)
+    order.push("health-1   | 2026-12-06T00:00:01Z first (arrived later, happened earlier)", now=0.4)
+    order.push("ray-cpu-1  |   its continuation", now=0.5)
+    assert order.release(now=0.9) == []  # nothing is a window old yet
+    got = order.release(now=1.0)
+    assert [line.split()[-1] for line in got] == ["earlier)", "second", "continuation"]
+    order.push("health-1   | 2026-12-06T00:00:03Z third", now=1.1)
+    assert order.release(now=1.5) == [] and order.flush() == ["health-1   | 2026-12-06T00:00:03Z third"]
+
+
+def test_follow_order_never_lets_a_late_line_jump_before_what_was_printed():
+    order = logs.FollowOrder(window=0.5)
+    order.push("a-1 | 2026-12-06T00:00:05Z printed", now=0.0)
+    assert order.release(now=0.5) == ["a-1 | 2026-12-06T00:00:05Z printed"]
+    order.push("b-1 | 2026-12-06T00:00:04Z too late for the window", now=0.6)  # printed next, not lost
+    assert order.release(now=1.1) == ["b-1 | 2026-12-06T00:00:04Z too late for the window"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a-1 | ", "b-1 | ", "c-1 | "]), st.integers(0, 59), st.booleans()), max_size=40))
+def test_follow_order_keeps_every_line_once(items):
+    order, out = logs.FollowOrder(window=0.3), []
+    for i, (prefix, second, stamped) in enumerate(items):
+        order.push(f"{prefix}2026-12-06T00:00:{second:02d}Z line {i}" if stamped else f"{prefix}  cont {i}", now=i * 0.1)
+        out += order.release(now=i * 0.1)
+    out += order.flush()
+    assert sorted(out) == sorted(
+        f"{prefix}2026-12-06T00:00:{second:02d}Z line {i}" if stamped else f"{prefix}  cont {i}" for i, (prefix, second, stamped) in enumerate(items)
+    )
+
+
+def test_follow_prints_a_followed_process_in_order_and_returns_its_status(tmp_path):
+    import io
+    import sys
+
+    script = "import sys, time\nprint('b-1 | 2026-12-06T00:00:02Z b', flush=True)\nprint('a-1 | 2026-12-06T00:00:01Z a', flush=True)\nsys.exit(3)\n"
+    out = io.StringIO()
+    assert logs.follow([sys.executable, "-c", script], {}, out=out, window=5.0) == 3
+    assert out.getvalue() == "a-1 | 2026-12-06T00:00:01Z a\nb-1 | 2026-12-06T00:00:02Z b\n"

@@ -758,3 +758,20 @@ def test_worker_stops_its_ray_quickly_after_head_loss():
     runner.write_state = lambda: None
     assert runner.run() == 0
     assert calls == [rn.LOST_HEAD_STOP_S, None]
+
+
+def test_export_prometheus_targets_copies_rays_list_while_head_only(tmp_path):
+    session = tmp_path / "session_1"
+    session.mkdir()
+    (session / rn.PROM_SD_FILE).write_text('[{"labels": {"job": "ray"}, "targets": ["172.28.0.10:8090"]}]')
+    (tmp_path / rn.PROM_SD_FILE).symlink_to(session / rn.PROM_SD_FILE)  # as Ray links it
+    out = tmp_path / rn.PROM_SD_EXPORT
+    assert rn.export_prometheus_targets(str(tmp_path), True) is True
+    assert out.read_text() == (session / rn.PROM_SD_FILE).read_text() and not out.is_symlink()
+    assert out.stat().st_mode & 0o777 == 0o644
+    assert rn.export_prometheus_targets(str(tmp_path), True) is False  # unchanged: not rewritten
+    (session / rn.PROM_SD_FILE).write_text('[{"targets": ["172.28.0.1')  # Ray mid-write: the last good list stays
+    assert rn.export_prometheus_targets(str(tmp_path), True) is False and "172.28.0.10:8090" in out.read_text()
+    assert rn.export_prometheus_targets(str(tmp_path), False) is True and not out.exists()
+    assert rn.export_prometheus_targets(str(tmp_path), False) is False  # nothing to remove
+    assert rn.export_prometheus_targets(str(tmp_path / "missing"), True) is False

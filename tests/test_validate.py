@@ -6,6 +6,7 @@ import pytest
 
 from cslr import config, validate
 from cslr.errors import ConfigError
+from tests.conftest import ROOT
 
 
 def problems(cfg_path, environ=None, gpu_node=False):
@@ -252,3 +253,16 @@ def test_a_rule_on_a_schema_refused_subtree_does_not_run(project):
     """The schema's message already says what is wrong with `images:`; the images rules skip it."""
     out = errors(project("images:\n  requirements: 5\n"))
     assert len([line for line in out if "$.images.requirements" in line]) == 1
+
+
+def test_an_address_that_takes_the_derived_monitoring_address_is_refused_with_the_fix(tmp_path):
+    # Prometheus' address defaults to the subnet's 60th host when network.addresses.prometheus is
+    # empty: a stack service given that address would share it with Prometheus.
+    text = (ROOT / "config.yaml").read_text().replace("    redis: 172.28.0.20 ", "    redis: 172.28.0.60 ")
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        validate.validate(config.load(tmp_path / "config.yaml", None))
+    problems = [str(p) for p in err.value.problems]
+    assert any(
+        "network.addresses.prometheus" in p and "already used by network.addresses.redis" in p and "set network.addresses.prometheus" in p for p in problems
+    ), problems

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tools/build-local-bases.sh [--force] [IMAGE...]      IMAGE: ray mlflow postgres redis (default: all)
+# tools/build-local-bases.sh [--force] [IMAGE...]      IMAGE: ray mlflow postgres redis prometheus (default: all but prometheus)
 #
 # The `local` image source (config.yaml images.source: local, or auto without a registry): builds,
 # from Debian packages and PyPI wheels only, base images that reproduce the documented contract
@@ -8,6 +8,8 @@
 #   cslr-local/mlflow:$MLFLOW_VERSION  stands for ghcr.io/mlflow/mlflow:v$MLFLOW_VERSION
 #   cslr-local/postgres:15             stands for postgres:15 (Debian's PostgreSQL 15)
 #   cslr-local/redis:7                 stands for redis:7 (Debian's redis-server 7)
+#   cslr-local/prometheus:2            stands for prom/prometheus:v2 (Debian's Prometheus 2.42;
+#                                      only for services.monitoring, never built by default)
 # The project's own images (compose/*/Dockerfile) are then built FROM these exactly as FROM the
 # official ones. Called by `inv up` (cslr/images.py) and `make bases`; needs root (debootstrap,
 # chroot) and a running engine. Python wheels come from the wheelhouse (`inv wheelhouse`,
@@ -39,8 +41,8 @@ WANT=()
 for a in "$@"; do
   case "$a" in
     --force) FORCE=1 ;;
-    -h|--help) sed -n '2,22p' "$SELF"; exit 0 ;;
-    postgres|redis|ray|mlflow) WANT+=("$a") ;;
+    -h|--help) sed -n '2,24p' "$SELF"; exit 0 ;;
+    postgres|redis|ray|mlflow|prometheus) WANT+=("$a") ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
@@ -103,6 +105,18 @@ image_def() {
         'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]'
         'CMD ["redis-server"]'
         "LABEL org.cslr.local.stands-for=redis:7"
+      ) ;;
+    prometheus)  # Dockerfile of prometheus/prometheus
+      TAGS=(cslr-local/prometheus:2)
+      CHANGES+=(
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        "USER nobody"
+        "WORKDIR /prometheus"
+        "VOLUME /prometheus"
+        "EXPOSE 9090"
+        'ENTRYPOINT ["/bin/prometheus"]'
+        'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]'
+        "LABEL org.cslr.local.stands-for=prom/prometheus:v2"
       ) ;;
   esac
 }

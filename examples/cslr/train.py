@@ -223,10 +223,12 @@ def start_mlflow(args, params: dict, resume_id: str | None = None):
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(args.experiment)
+    # System metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) every 10 s into the run.
+    system = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true") != "false"
     if resume_id:
-        run = mlflow.start_run(run_id=resume_id)
+        run = mlflow.start_run(run_id=resume_id, log_system_metrics=system)
     else:
-        run = mlflow.start_run(run_name=args.run_name)
+        run = mlflow.start_run(run_name=args.run_name, log_system_metrics=system)
         mlflow.log_params(params)
     mlflow.set_tags({"cslr.run_id": os.environ.get("CSLR_RUN_ID", ""), "cslr.attempt": os.environ.get("CSLR_ATTEMPT", "1")})
     print(f"MLflow: experiment {args.experiment!r}, run {run.info.run_id} at {uri}" + (" (continued)" if resume_id else ""))

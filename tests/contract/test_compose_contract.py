@@ -69,7 +69,7 @@ def test_published_ports_bind_to_loopback_by_default(project, tmp_path):
     published = [(name, p) for name, svc in doc["services"].items() for p in svc.get("ports", [])]
     assert published, "the stack publishes ports"
     assert {p["host_ip"] for _, p in published} == {"127.0.0.1"}
-    assert {int(p["published"]) for _, p in published} == {8888, 10001, 8260, 6379, 8265, 6380, 8266, 6381, 5000, 8080}
+    assert {int(p["published"]) for _, p in published} == {8888, 10001, 8260, 6379, 8265, 6380, 8266, 6381, 5000, 8080, 9090, 3000}
 
 
 def test_health_publishes_its_dashboard_proxy_on_bind_address(project, tmp_path):
@@ -92,6 +92,8 @@ def test_static_addresses_and_data_volumes(project, tmp_path):
         "mlflow": "172.28.0.30",
         "postgres": "172.28.0.31",
         "marimo": "172.28.0.40",
+        "prometheus": "172.28.0.60",
+        "grafana": "172.28.0.61",
     }
     assert doc["networks"]["ray-network"]["ipam"]["config"] == [{"subnet": "172.28.0.0/16"}]
     assert {"mlflow-data", "postgres-data", "redis-data", "ray-temp"} <= set(doc["volumes"])
@@ -181,8 +183,8 @@ def test_multihost_projects_are_valid_compose(host, services, project, tmp_path,
 # What each service may do (docs/security.md, "Which user each container runs as"): the caps each
 # root prelude needs, nothing for the rest.
 CAP_ADD = {
-    "ray-cpu": ["CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID"],
-    "ray-gpu": ["CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID"],
+    "ray-cpu": ["CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "KILL"],
+    "ray-gpu": ["CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "KILL"],
     "redis": ["CHOWN", "DAC_READ_SEARCH", "SETUID", "SETGID"],
     "postgres": ["CHOWN", "DAC_READ_SEARCH", "FOWNER", "SETUID", "SETGID"],
     "mlflow": ["CHOWN", "SETUID", "SETGID", "KILL"],

@@ -17,7 +17,17 @@ pytestmark = pytest.mark.contract
 NO_GPU = GpuState("off")
 ONE_GPU = GpuState("auto", (Gpu(0, "NVIDIA L4", "23034 MiB"),))
 MULTIHOST = (Path(__file__).parent / "multihost-config.yaml").read_text()
-OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0", "MARIMO_SKIP_UPDATE_CHECK": "1"}
+OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MARIMO_SKIP_UPDATE_CHECK": "1",
+    "GF_ANALYTICS_REPORTING_ENABLED": "false",
+    "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+    "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES": "false",
+    "GF_ANALYTICS_FEEDBACK_LINKS_ENABLED": "false",
+    "GF_NEWS_NEWS_FEED_ENABLED": "false",
+}
 # A user's own overlay (`extra_overlays`) that adds a service, with Compose's own YAML tags.
 USER_OVERLAY = "services:\n  tensorboard:\n    image: busybox\n    command: !override [sleep, infinity]\n    environment:\n      X: y\n"
 

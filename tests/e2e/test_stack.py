@@ -140,6 +140,11 @@ def test_head_failover_keeps_the_client_address(inv):
     # The stable Jobs address (the health service's dashboard relay) answers before and after.
     assert inv("jobs").returncode == 0
     subprocess.run(compose + ["stop", "ray-cpu"], check=True, capture_output=True, env=clean_env())
+    # The stop reached ray_node.py (it runs as the non-root user: the container's root init needs
+    # KILL to forward the signal); otherwise the engine SIGKILLs it after the grace period (137).
+    cid = subprocess.run(compose + ["ps", "-aq", "ray-cpu"], check=True, capture_output=True, text=True, env=clean_env()).stdout.strip()
+    code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", cid], check=True, capture_output=True, text=True).stdout.strip()
+    assert code != "137", "docker stop never reached ray_node.py: killed after the grace period"
     # The worker notices the head loss, re-elects and becomes head; the proxy follows.
     wait_until(lambda: known_head().startswith("ray-gpu:"), 180, "ray-gpu to become head")
     assert wait_until(lambda: try_nodes(inv) == ["ray-gpu"] or None, 120, "the client to reach ray-gpu") is True
