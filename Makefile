@@ -13,7 +13,7 @@ define run_pytest
 	$(PYTEST) $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 endef
 
-.PHONY: help venv venv-test deps engine ensure-engine wheelhouse bases images init up down test unit contract integration e2e lint format bench lock docs clean
+.PHONY: help venv venv-test deps engine ensure-engine wheelhouse bases bases-monitoring images init up down test unit contract integration e2e lint format bench lock docs clean
 
 help:
 	@echo "make up | down | test | unit | contract | integration | e2e | lint | bench | lock | docs"
@@ -50,6 +50,9 @@ wheelhouse: venv           ## every wheel the images' pip layers need, into whee
 bases: wheelhouse          ## local stand-ins of the official bases (root): tools/build-local-bases.sh
 	bash tools/build-local-bases.sh
 
+bases-monitoring:          ## the local Prometheus base too (root; services.monitoring under images.source local)
+	bash tools/build-local-bases.sh prometheus
+
 images: bases
 
 init: venv
@@ -70,7 +73,7 @@ contract: venv-test
 integration: venv-test deps
 	$(call run_pytest,-m integration)
 
-e2e: venv-test engine bases
+e2e: venv-test engine bases bases-monitoring
 	$(call run_pytest,-m e2e)
 
 lint: venv-test            ## one linter and one formatter, as CI runs them
@@ -81,7 +84,7 @@ format: venv-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: venv-test deps engine bases lint  ## every tier, as CI runs it
+test: venv-test deps engine bases bases-monitoring lint  ## every tier, as CI runs it
 	$(call run_pytest,)
 
 bench: venv-test

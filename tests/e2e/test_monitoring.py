@@ -4,7 +4,7 @@ health service's /metrics counts a refused forged POST (docs/monitoring.md).
 
 Its own stack (project cslr-e2e-mon, its own subnet and ports), brought up by `inv up` as the
 e2e user like tests/e2e/conftest.py's, without MLflow, Redis and Marimo: two Ray nodes, health,
-Prometheus. Needs the local Prometheus base (`sudo bash tools/build-local-bases.sh prometheus`).
+Prometheus. Needs the local Prometheus base (`sudo make bases-monitoring`; `make test` builds it).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def mon():
     if shutil.which("docker") is None:
         pytest.fail("the e2e tier needs the Docker engine and the local bases; run `make e2e`")
     if subprocess.run(["docker", "image", "inspect", "cslr-local/prometheus:2"], capture_output=True).returncode != 0:
-        pytest.fail("no local Prometheus base: sudo bash tools/build-local-bases.sh prometheus")
+        pytest.fail("no local Prometheus base: sudo make bases-monitoring")
     if os.geteuid() == 0:
         repo, prefix, env = user_clone(Path(tempfile.gettempdir()))
         workdir = repo / "_e2e-mon"
