@@ -47,11 +47,15 @@ FILES = (
     "mlflow.yaml",
     "marimo.yaml",
     "custom-services.yaml",
+    "monitoring.yaml",
     "raycluster.yaml",
 )
 AUTH_TOKEN_KEY = "auth_token"  # the key KubeRay (>= 1.6.0) reads from authOptions.secretName
 NATIVE_AUTH_RAY = (2, 52, 0)  # KubeRay refuses authOptions.mode token for an older spec.rayVersion
 WORKSPACE_CLAIM = "workspace"
+GRAFANA_DATASOURCES = ROOT / "compose" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+PROMETHEUS_UID = 65534  # prom/prometheus runs as nobody (docs/images.md)
+GRAFANA_UID = 472  # grafana/grafana-oss runs as uid 472, group 0 (Grafana's "Run Grafana Docker image" docs)
 IMAGE_LIST = "images.txt"
 # The supporting services exported, with the service whose switch enables each (topology) and
 # the image variable each runs (images.PROJECT_IMAGES / BASE_KEYS).
@@ -358,6 +362,13 @@ def _ray_pod(cfg: Config, kind: str, image: str, container_name: str, head: bool
     }
     if head:
         container["ports"] = [{"name": RAY_PORT_NAMES[key], "containerPort": port} for key, port in topology.RAY_CONTAINER_PORTS.items()]
+    if monitoring(cfg):
+        # Every Ray pod's metrics agent on a port named `metrics` (KubeRay then passes it as
+        # --metrics-export-port instead of adding its own), which the exported Prometheus keeps.
+        container.setdefault("ports", []).append({"name": "metrics", "containerPort": topology.RAY_METRICS_EXPORT_PORT})
+        params["metrics-export-port"] = str(topology.RAY_METRICS_EXPORT_PORT)
+        if head:
+            container["env"] += _env(cfg, monitoring_dashboard_env(cfg), secret_keys)
     template = {
         "metadata": {"labels": labels(cfg, f"ray-{'head' if head else kind}")},
         "spec": {
@@ -517,6 +528,165 @@ def raycluster(cfg: Config, env: dict[str, str], secret_keys: list[str]) -> dict
     return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": meta(cfg, cluster_name(cfg)), "spec": spec}
 
 
+# ------------------------------------------------------------------------------ monitoring
+
+
+def monitoring(cfg: Config) -> bool:
+    return bool(cfg.get("services", "monitoring", "enabled"))
+
+
+def monitoring_dashboard_env(cfg: Config) -> list[tuple[str, str]]:
+    """The Ray dashboard's Metrics tab (head pod): Prometheus and Grafana by their Services; the
+    iframe host is the browser's view - `kubectl port-forward svc/grafana PORT:3000` (docs/kubernetes.md)."""
+    grafana = topology.service("grafana").ports[0].container
+    return [
+        ("RAY_PROMETHEUS_HOST", f"http://prometheus:{topology.service('prometheus').ports[0].container}"),
+        ("RAY_GRAFANA_HOST", f"http://grafana:{grafana}"),
+        ("RAY_GRAFANA_IFRAME_HOST", f"http://127.0.0.1:{cfg.get('services', 'monitoring', 'grafana_port')}"),
+    ]
+
+
+def prometheus_config(cfg: Config) -> str:
+    """prometheus.yml of the export: the Ray pods of this RayCluster, found through the Kubernetes
+    API (pods of the namespace labelled ray.io/cluster), on their port named `metrics` - pods that
+    autoscaling or a restart replaces are followed as the API lists them."""
+    doc = {
+        "global": {"scrape_interval": "10s", "evaluation_interval": "10s"},
+        "scrape_configs": [
+            {
+                "job_name": "ray",
+                "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [cfg.get("kubernetes", "namespace")]}}],
+                "relabel_configs": [
+                    {"source_labels": ["__meta_kubernetes_pod_label_ray_io_cluster"], "regex": cluster_name(cfg), "action": "keep"},
+                    {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "metrics", "action": "keep"},
+                    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                    {"source_labels": ["__meta_kubernetes_pod_label_ray_io_node_type"], "target_label": "ray_node_type"},
+                ],
+            },
+            {"job_name": "prometheus", "static_configs": [{"targets": ["localhost:9090"]}]},
+        ],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _web_service(cfg: Config, name: str, port: int) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(cfg, name),
+        "spec": {"type": "ClusterIP", "selector": labels(cfg, name), "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def _web_deployment(cfg: Config, name: str, container: dict, volumes: list[dict], uid: int, account: str | None = None) -> dict:
+    memory = quantity(cfg.get(*topology.service(name).memory))
+    container = {
+        **container,
+        "resources": {"limits": {"memory": memory}, "requests": {"memory": memory}},
+        "securityContext": {**container_security(), "runAsNonRoot": True, "runAsUser": uid},
+    }
+    pod: dict[str, Any] = {"containers": [container], "volumes": volumes, "securityContext": {"fsGroup": uid}}
+    if account:
+        pod["serviceAccountName"] = account
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(cfg, name),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": labels(cfg, name)},
+            "template": {"metadata": {"labels": labels(cfg, name)}, "spec": pod},
+        },
+    }
+
+
+def monitoring_objects(cfg: Config, env: dict[str, str], secret_keys: list[str]) -> list[dict]:
+    """services.monitoring on Kubernetes: Prometheus (a ServiceAccount allowed to list the
+    namespace's pods, its config, a claim for its data, Deployment, Service) and Grafana (the
+    same data source as Compose's provisioning; Deployment, Service). Ray's generated dashboards
+    live in the head pod's session folder: imported by hand (docs/kubernetes.md)."""
+    prom_port = topology.service("prometheus").ports[0].container
+    graf_port = topology.service("grafana").ports[0].container
+    size = cfg.get("kubernetes", "volumes", "prometheus")
+    claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if cfg.get("kubernetes", "storage_class"):
+        claim["storageClassName"] = cfg.get("kubernetes", "storage_class")
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(cfg, "prometheus")}
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta(cfg, "prometheus"),
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta(cfg, "prometheus"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "prometheus"},
+        "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": cfg.get("kubernetes", "namespace")}],
+    }
+    prom_config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(cfg, "prometheus-config"), "data": {"prometheus.yml": prometheus_config(cfg)}}
+    prom_claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta(cfg, "prometheus-data"), "spec": claim}
+    prometheus = _web_deployment(
+        cfg,
+        "prometheus",
+        {
+            "name": "prometheus",
+            "image": _image(cfg, env, "PROMETHEUS_IMAGE"),
+            "args": [
+                "--config.file=/etc/prometheus/prometheus.yml",
+                "--storage.tsdb.path=/prometheus",
+                f"--storage.tsdb.retention.time={cfg.get('services', 'monitoring', 'retention')}",
+                f"--web.listen-address=0.0.0.0:{prom_port}",
+            ],
+            "ports": [{"name": "http", "containerPort": prom_port}],
+            "readinessProbe": {"httpGet": {"path": "/-/ready", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 10},
+            "volumeMounts": [{"name": "config", "mountPath": "/etc/prometheus", "readOnly": True}, {"name": "data", "mountPath": "/prometheus"}],
+            "env": _env(cfg, telemetry_pairs(cfg), secret_keys),
+        },
+        [{"name": "config", "configMap": {"name": "prometheus-config"}}, {"name": "data", "persistentVolumeClaim": {"claimName": "prometheus-data"}}],
+        PROMETHEUS_UID,
+        account="prometheus",
+    )
+    grafana_compose = compose_services()["grafana"]
+    sources = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(cfg, "grafana-datasources"),
+        "data": {"prometheus.yml": GRAFANA_DATASOURCES.read_text()},
+    }
+    grafana = _web_deployment(
+        cfg,
+        "grafana",
+        {
+            "name": "grafana",
+            "image": _image(cfg, env, "GRAFANA_IMAGE"),
+            "ports": [{"name": "http", "containerPort": graf_port}],
+            "readinessProbe": {"httpGet": {"path": "/api/health", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 10},
+            "volumeMounts": [
+                {"name": "datasources", "mountPath": "/etc/grafana/provisioning/datasources", "readOnly": True},
+                {"name": "data", "mountPath": "/var/lib/grafana"},
+            ],
+            "env": _env(cfg, [*((k, interpolate(str(v), env)) for k, v in grafana_compose["environment"].items()), *telemetry_pairs(cfg)], secret_keys),
+        },
+        [{"name": "datasources", "configMap": {"name": "grafana-datasources"}}, {"name": "data", "emptyDir": {}}],
+        GRAFANA_UID,
+    )
+    return [
+        account,
+        role,
+        binding,
+        prom_config,
+        prom_claim,
+        prometheus,
+        _web_service(cfg, "prometheus", prom_port),
+        sources,
+        grafana,
+        _web_service(cfg, "grafana", graf_port),
+    ]
+
+
 def manifests(cfg: Config, root: Path = ROOT) -> tuple[dict[str, list[dict]], dict[str, str], list[tuple[str, str]]]:
     """(file -> its objects, the Secret's values, (local tag, registry tag) of each project image)."""
     env = compose.compose_env(cfg, GpuState("off"), "pull")
@@ -542,6 +712,8 @@ def manifests(cfg: Config, root: Path = ROOT) -> tuple[dict[str, list[dict]], di
         files["storage.yaml"] = storage_claims(cfg)
     if topology.custom_services(cfg):
         files["custom-services.yaml"] = [obj for svc in topology.custom_services(cfg) for obj in custom_service(cfg, svc, keys)]
+    if monitoring(cfg):
+        files["monitoring.yaml"] = monitoring_objects(cfg, env, keys)
     files["raycluster.yaml"] = [raycluster(cfg, env, keys)]
     project_vars = [p.env for p in images.PROJECT_IMAGES]
     pushes = [(env[var], _image(cfg, env, var)) for var in project_vars if var in used]

@@ -31,7 +31,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kubernetes_validate import utils as kv
 
-from cslr import config, images, k8s
+from cslr import config, images, k8s, topology
 from cslr.errors import ConfigError
 from cslr.project import load_validated
 from tests.conftest import ROOT, SECRETS
@@ -81,6 +81,7 @@ CASES = {
         data: {{corpus: /usr/share, Raw_Images.v2: /usr}}
         workspace: /tmp
         services:
+          monitoring: {{enabled: true}}
           custom:
             my_service:
               image: my-org/my-service:latest
@@ -533,3 +534,41 @@ def test_every_project_name_is_a_kubernetes_name_or_refused(name):
         assert [p.path for p in problems] == ["$.project.name (CSLR_PROJECT)"] and "expected at most 40 characters" in problems[0].message
     else:
         assert all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", n) for n in derived), derived
+
+
+# ------------------------------------------------------------------------- monitoring
+
+
+def test_monitoring_exports_prometheus_that_finds_this_clusters_ray_pods(project, tmp_path):
+    """services.monitoring: every Ray pod has a port named `metrics` (the agent's, which KubeRay
+    then passes as --metrics-export-port), and the exported Prometheus keeps exactly the pods of
+    this RayCluster's label on that port, through a ServiceAccount that may only read pods."""
+    _cfg, out, _ = export(project, tmp_path, CASES["data-workspace-custom"])
+    got = objects(out)
+    (rc,) = got["raycluster.yaml"]
+    for template in _ray_pod_templates(rc):
+        (container,) = template["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": topology.RAY_METRICS_EXPORT_PORT} in container["ports"]
+    head_env = {e["name"]: e.get("value") for e in rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert head_env["RAY_PROMETHEUS_HOST"] == "http://prometheus:9090" and head_env["RAY_GRAFANA_HOST"] == "http://grafana:3000"
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in got["monitoring.yaml"]}
+    assert {("Deployment", "prometheus"), ("Service", "prometheus"), ("Deployment", "grafana"), ("Service", "grafana"), ("Role", "prometheus")} <= kinds
+    (role,) = [d for d in got["monitoring.yaml"] if d["kind"] == "Role"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    (config_map,) = [d for d in got["monitoring.yaml"] if d["metadata"]["name"] == "prometheus-config"]
+    (ray_job,) = [j for j in yaml.safe_load(config_map["data"]["prometheus.yml"])["scrape_configs"] if j["job_name"] == "ray"]
+    keep = {tuple(r["source_labels"]): r["regex"] for r in ray_job["relabel_configs"] if r.get("action") == "keep"}
+    assert keep == {("__meta_kubernetes_pod_label_ray_io_cluster",): rc["metadata"]["name"], ("__meta_kubernetes_pod_container_port_name",): "metrics"}
+    for deployment in (d for d in got["monitoring.yaml"] if d["kind"] == "Deployment"):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["securityContext"]["runAsNonRoot"] and container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert {"name": "GF_ANALYTICS_REPORTING_ENABLED", "value": "false"} in container["env"]
+
+
+def test_without_monitoring_no_metrics_port_and_no_monitoring_file(project, tmp_path):
+    _cfg, out, _ = export(project, tmp_path, CASES["cpu-only"])
+    got = objects(out)
+    assert "monitoring.yaml" not in got
+    (rc,) = got["raycluster.yaml"]
+    for template in _ray_pod_templates(rc):
+        assert all(p["name"] != "metrics" for p in template["spec"]["containers"][0].get("ports", []))
