@@ -177,3 +177,22 @@ def test_only_a_retry_or_a_named_folder_resumes():
     assert ckpt.resumes({"CSLR_ATTEMPT": "2"}, False) and ckpt.resumes({}, True)
     # A first attempt under a run id used before (the stack re-created, the workspace kept) starts afresh.
     assert not ckpt.resumes({"CSLR_ATTEMPT": "1"}, False) and not ckpt.resumes({}, False)
+
+
+@given(st.text(max_size=40))
+def test_the_mlflow_filter_quotes_any_run_key_or_refuses_it(key):
+    # The run key comes from `inv submit --name` or the environment: a quote must never end the
+    # filter's string early (a key that would needs no search: no such run was tagged).
+    query = ckpt.mlflow_filter(key)
+    if query is None:
+        assert not key or any(c in key for c in "'\\`")
+    else:
+        assert query == f"tags.`cslr.run_id` = '{key}'" and not any(c in key for c in "'\\`")
+
+
+def test_a_retry_without_a_local_checkpoint_and_without_mlflow_starts_afresh(tmp_path, monkeypatch, capsys):
+    """No MLFLOW_TRACKING_URI: nothing to fetch from, the folder stays empty (train.py then starts afresh)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("CSLR_RUN_ID", "run-1")
+    assert train.fetch_from_mlflow(tmp_path / "ck", "exp") is None
+    assert not (tmp_path / "ck").exists()

@@ -23,6 +23,9 @@ from pathlib import Path
 
 FORMAT = 1
 NAME = "checkpoint.json"
+# Every checkpoint is also logged to the run's MLflow artifacts under this folder: a retry that
+# lands on another host (whose /workspace is its own) fetches it from there (train.py).
+ARTIFACT_DIR = "checkpoint"
 # Settings that do not change what is trained: a resumed run may differ in them.
 NOT_FINGERPRINTED = ("experiment", "run_name", "checkpoint_dir", "checkpoint_every", "workers", "backend")
 
@@ -130,3 +133,11 @@ def resumes(environ: dict, explicit: bool) -> bool:
     to 2, 3, ... for them), or a folder the user named (`--checkpoint-dir`: continue it). A first
     attempt under a run id used before starts afresh and replaces the old checkpoint."""
     return explicit or environ.get("CSLR_ATTEMPT", "1").strip() not in ("", "1")
+
+
+def mlflow_filter(run_key: str) -> str | None:
+    """The MLflow search filter for the run `inv submit` named `run_key` (tag cslr.run_id); None
+    for a key it cannot quote (a quote or a backslash: no such run is looked for)."""
+    if not run_key or any(c in run_key for c in "'\\`"):
+        return None
+    return f"tags.`cslr.run_id` = '{run_key}'"

@@ -235,6 +235,42 @@ def start_mlflow(args, params: dict, resume_id: str | None = None):
     return mlflow
 
 
+def fetch_from_mlflow(folder: Path, experiment: str) -> str | None:
+    """A retry that finds no checkpoint in `folder` - it runs on another host than the attempt
+    that wrote it, and /workspace is each host's own - fetches the run's last checkpoint from
+    MLflow, where every checkpoint is also logged (ARTIFACT_DIR/NAME). Returns the MLflow run id
+    it came from, or None (no MLflow, no such run, nothing logged: the run starts afresh)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    query = ckpt.mlflow_filter(os.environ.get("CSLR_RUN_ID", ""))
+    if not uri or query is None:
+        return None
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    try:
+        mlflow.set_tracking_uri(uri)
+        exp = mlflow.get_experiment_by_name(experiment)
+        runs = mlflow.search_runs([exp.experiment_id], filter_string=query, output_format="list", max_results=1) if exp else []
+        if not runs:
+            print(f"checkpoint: none at {folder} nor in MLflow: this attempt starts afresh", flush=True)
+            return None
+        run_id = runs[0].info.run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{ckpt.ARTIFACT_DIR}/{ckpt.NAME}", dst_path=tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            staged = folder / f".{ckpt.NAME}.fetched"
+            shutil.copyfile(local, staged)
+            os.replace(staged, folder / ckpt.NAME)
+    except Exception as exc:  # MLflow unreachable, or no checkpoint logged to the run
+        print(f"checkpoint: none at {folder}, and MLflow gave none ({type(exc).__name__}: {str(exc)[:200]}): this attempt starts afresh", flush=True)
+        return None
+    print(f"checkpoint: none at {folder} (another host's attempt wrote it); fetched MLflow run {run_id}'s last", flush=True)
+    return run_id
+
+
 def pick_backend(requested: str) -> tuple[str, str]:
     """(backend, reason) for this driver's interpreter; the workers run the same image."""
     error = torch_import_error() if requested != "python" else None
@@ -333,7 +369,10 @@ def main(argv=None) -> int:
     folder = ckpt.default_folder(args.checkpoint_dir, dict(os.environ)) if args.checkpoint_every else None
     fingerprint = ckpt.fingerprint({k: v for k, v in vars(args).items()})
     try:
-        saved = ckpt.read(folder, fingerprint) if folder and ckpt.resumes(dict(os.environ), args.checkpoint_dir is not None) else None
+        resuming = bool(folder) and ckpt.resumes(dict(os.environ), args.checkpoint_dir is not None)
+        if resuming and not (folder / ckpt.NAME).exists():
+            fetch_from_mlflow(folder, args.experiment)
+        saved = ckpt.read(folder, fingerprint) if resuming else None
     except ckpt.CheckpointError as exc:
         print(f"train.py: {exc}", file=sys.stderr)
         return 2
@@ -435,6 +474,11 @@ def main(argv=None) -> int:
             state = ckpt.state(epoch, model.weights, {"t": opt.t, "m": opt.m, "v": opt.v}, best, history, count, run_id, fingerprint)
             path = ckpt.write(folder, state)
             print(f"checkpoint: epoch {epoch} -> {path}", flush=True)
+            if mlflow:  # a copy where a retry on another host finds it (fetch_from_mlflow)
+                try:
+                    mlflow.log_artifact(str(path), artifact_path=ckpt.ARTIFACT_DIR)
+                except Exception as exc:  # MLflow down for a moment: the local checkpoint still holds
+                    print(f"checkpoint: epoch {epoch} not copied to MLflow ({type(exc).__name__}: {str(exc)[:200]})", flush=True)
 
     if not saved:
         checkpoint(0, (0, math.inf, [row[:] for row in model.weights]))  # the MLflow run id, before any work

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -67,9 +68,9 @@ def crash(inv, service: str) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def run_and_crash(inv, run: str, victim) -> dict:
+def run_and_crash(inv, run: str, victim, after_crash=None) -> dict:
     """Submit the example as run `run`; once its checkpoint reaches epoch 3, crash the node
-    `victim(known_head)` names; wait for `inv submit --wait` to end."""
+    `victim(known_head)` names (then call `after_crash()`); wait for `inv submit --wait` to end."""
     result: dict = {}
 
     def submit():
@@ -88,6 +89,8 @@ def run_and_crash(inv, run: str, victim) -> dict:
     victim_service = victim(known_head())
     crash(inv, victim_service)
     result["killed_at"] = time.monotonic()
+    if after_crash:
+        after_crash()
     thread.join(1500)
     assert not thread.is_alive()
     result["wall"] = time.monotonic() - started
@@ -171,3 +174,16 @@ def test_a_run_survives_the_stacks_redis_restarting(inv):
     wait_for_head_and_worker()
     result = run_and_crash(inv, run, lambda head: "redis")
     check_one_continuous_run(inv, run, result)
+
+
+def test_a_retry_on_another_host_resumes_from_the_checkpoint_in_mlflow(inv):
+    # On several hosts the retry may run where /workspace is another host's folder: the crashed
+    # attempt's checkpoint is not there. Removing it right after the crash stands for that host;
+    # the retry must fetch the copy every checkpoint also logs to the MLflow run.
+    run = "e2e-survive-elsewhere"
+    wait_for_head_and_worker()
+    folder = inv.workdir / "workspace" / "checkpoints" / run
+    result = run_and_crash(inv, run, lambda head: "ray-gpu" if head.startswith("ray-cpu") else "ray-cpu", lambda: shutil.rmtree(folder))
+    check_one_continuous_run(inv, run, result)
+    out = result["proc"].stdout + result["proc"].stderr
+    assert "fetched MLflow run" in out and re.search(r"resumed from checkpoint epoch (\d+)/", out), out[-4000:]
