@@ -456,16 +456,16 @@ def _job_command(c) -> str:
 
 @cli(
     help={
-        "wait": "follow the job's logs until it ends (through a head failover); exit with its code (SUCCEEDED 0, FAILED 1, STOPPED 130)",
+        "wait": "follow the job's logs until it ends, through a head failover, and submit it again after a node loss (the default, as `ray job submit`); exit with its code (SUCCEEDED 0, FAILED 1, STOPPED 130). --no-wait: return once submitted (no retry follows it)",
         "name": "submission id of the first attempt, and the run's id (default: cslr-DATE-TIME-RANDOM)",
         "working_dir": "folder uploaded as the job's working dir (default: the current folder)",
         "off_head": "insist on the driver off the head (refused when no other node is alive); the default already puts it there when it can",
         "on_head": "leave the job's driver on the head (Ray's default): it then dies with the head",
-        "retries": "with --wait: submit again this often when the job ends because a node died (default 2; 0: never)",
+        "retries": "submit again this often when the job ends because a node died (default 2; 0: never; none with --no-wait)",
     }
 )
-def submit(c, wait=False, name=None, working_dir=".", off_head=False, on_head=False, retries=None, config=CONFIG, env_file=None):
-    """Submit a Ray job to the current head: inv submit [--wait] [--name N] [--retries N] [--on-head|--off-head] -- python train.py ..."""
+def submit(c, wait=True, name=None, working_dir=".", off_head=False, on_head=False, retries=None, config=CONFIG, env_file=None):
+    """Submit a Ray job to the current head and follow it: inv submit [--no-wait] [--name N] [--retries N] [--on-head|--off-head] -- python train.py ..."""
     from cslr import jobs as jobs_mod
 
     if off_head and on_head:

@@ -357,7 +357,7 @@ LOST_NOTE = (
     "* its driver's Ray node is gone (the head failed and the driver ran there): the job is lost although Ray "
     "still says RUNNING; Ray marks it FAILED once a job request reaches the head's job agent "
     "(`inv jobs --stop ID` does). `inv submit` keeps the driver off the head whenever another node is alive "
-    "(unless --on-head), and with --wait submits a lost job again (--retries; docs/runtime.md)."
+    "(unless --on-head), and while it follows the job (not --no-wait) submits a lost job again (--retries; docs/runtime.md)."
 )
 
 
@@ -555,7 +555,7 @@ def survival_line(cfg: Config, driver_why: str, retries: int, follow: bool) -> s
     ft = "on" if cfg.gcs_fault_tolerance() else "off"
     how = "off: ray.gcs_fault_tolerance: false" if ft == "on" else "on: ray.gcs_fault_tolerance auto or true, with Redis"
     if not follow:
-        again = "no retries (nothing follows the job; --wait does)"
+        again = "no retries (--no-wait: nothing follows the job)"
     elif retries:
         again = f"up to {retries} retr{'y' if retries == 1 else 'ies'} after a node loss (--retries 0: none)"
     else:

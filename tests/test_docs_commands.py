@@ -61,6 +61,8 @@ def test_each_documented_command_parses(doc, rest):
     known = set()
     for arg in task.get_arguments():
         known |= {("--" if len(n) > 1 else "-") + n for n in arg.names}
+        if arg.kind is bool and arg.default is True:  # Invoke's inverse flag of a default-on switch
+            known |= {f"--no-{n}" for n in arg.names if len(n) > 1}
     known |= {"-h", "--help"}
     for word in argv[1:]:
         if word.startswith("-") and not re.fullmatch(r"-+", word):

@@ -280,7 +280,7 @@ def test_survival_line_says_what_was_chosen_and_how_to_turn_it_off(project):
     line = jobs.survival_line(on, "driver off the head (--on-head: Ray's default)", 2, True)
     assert "GCS fault tolerance on (off: ray.gcs_fault_tolerance: false)" in line and "up to 2 retries" in line and "--retries 0" in line
     assert "GCS fault tolerance off" in jobs.survival_line(off, "x", 1, True) and "up to 1 retry " in jobs.survival_line(off, "x", 1, True)
-    assert "no retries (nothing follows" in jobs.survival_line(on, "x", 2, False)
+    assert "no retries (--no-wait: nothing follows" in jobs.survival_line(on, "x", 2, False)
 
 
 def test_resumed_from_reads_the_examples_line():
