@@ -275,8 +275,8 @@ def test_driver_placement_auto_keeps_it_off_the_head_only_when_another_node_live
 
 
 def test_survival_line_says_what_was_chosen_and_how_to_turn_it_off(project):
-    on = config.load(project("{}\n"), environ={})
-    off = config.load(project("ray:\n  gcs_fault_tolerance: false\n"), environ={})
+    on = config.load(project("ray:\n  gcs_fault_tolerance: auto\n"), environ={})
+    off = config.load(project("{}\n"), environ={})  # the default: off (Ray's Redis password in argv)
     line = jobs.survival_line(on, "driver off the head (--on-head: Ray's default)", 2, True)
     assert "GCS fault tolerance on (off: ray.gcs_fault_tolerance: false)" in line and "up to 2 retries" in line and "--retries 0" in line
     assert "GCS fault tolerance off" in jobs.survival_line(off, "x", 1, True) and "up to 1 retry " in jobs.survival_line(off, "x", 1, True)
@@ -366,7 +366,7 @@ def test_submit_retries_a_job_lost_at_a_head_failure_and_keeps_the_runs_id(proje
     assert client.posts[1]["metadata"] == {"cslr_run": "r", "cslr_attempt": "2", "cslr_retry_of": "r", "cslr_retry_reason": "its driver's node is gone"}
     assert all(p["off_head"] for p in client.posts)  # two live nodes: the driver off the head by default
     assert client.uploads == 2  # the package again for the retry (a re-formed cluster lacks it)
-    assert out.splitlines()[1].startswith("survival: GCS fault tolerance on") and "retrying (1 of 2)" in out and "job r-retry1 SUCCEEDED" in out
+    assert out.splitlines()[1].startswith("survival: GCS fault tolerance off") and "retrying (1 of 2)" in out and "job r-retry1 SUCCEEDED" in out
 
 
 def test_submit_does_not_retry_the_codes_own_failure_nor_past_the_limit(project, tmp_path, monkeypatch):

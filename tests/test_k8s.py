@@ -264,8 +264,8 @@ def test_no_gpu_group_without_gpu_workers(project, tmp_path):
     (rc,) = objects(out)["raycluster.yaml"]
     assert [g["groupName"] for g in rc["spec"]["workerGroupSpecs"]] == ["cpu"]
     assert rc["spec"]["workerGroupSpecs"][0]["minReplicas"] == rc["spec"]["workerGroupSpecs"][0]["maxReplicas"] == 2
-    # GCS fault tolerance is `auto`: on, since Redis runs by default.
-    assert "gcsFaultToleranceOptions" in rc["spec"] and rc["spec"]["enableInTreeAutoscaling"] is False
+    # GCS fault tolerance is off by default (the gcs-ft-autoscaling case turns it on).
+    assert "gcsFaultToleranceOptions" not in rc["spec"] and rc["spec"]["enableInTreeAutoscaling"] is False
     assert "RAY_GPU_IMAGE" not in (out / "images.txt").read_text() and "ray-gpu" not in (out / "images.txt").read_text()
 
 

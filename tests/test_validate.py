@@ -192,15 +192,16 @@ def test_gcs_fault_tolerance_needs_redis(project):
 @pytest.mark.parametrize(
     "text,env,on",
     [
-        ("{}\n", {}, True),  # the default, auto: on with the default Redis
-        ("services:\n  redis:\n    enabled: false\n", {}, False),  # auto follows Redis, no error
+        ("{}\n", {}, False),  # the default: off (Ray puts the Redis password in argv; docs/security.md)
+        ("ray:\n  gcs_fault_tolerance: auto\n", {}, True),  # auto: on with the default Redis
+        ("ray:\n  gcs_fault_tolerance: auto\nservices:\n  redis:\n    enabled: false\n", {}, False),  # auto follows Redis, no error
         ("ray:\n  gcs_fault_tolerance: false\n", {}, False),
         ("ray:\n  gcs_fault_tolerance: true\n", {}, True),
         ("{}\n", {"RAY_GCS_FT": "0"}, False),
         ("{}\n", {"RAY_GCS_FT": "auto"}, True),
     ],
 )
-def test_gcs_fault_tolerance_is_auto_on_with_redis_by_default(project, text, env, on):
+def test_gcs_fault_tolerance_is_off_by_default_and_auto_follows_redis(project, text, env, on):
     path = project(text)
     assert errors(path, environ=env) == []
     cfg = config.load(path, environ=env)

@@ -326,3 +326,5 @@ def test_a_run_survives_down_and_up_and_volumes_go_only_with_yes(inv):
         ["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"], capture_output=True, text=True, check=True
     ).stdout.split()
     assert volumes == []
+    # Modules after this one (tests/e2e/test_survive.py) use the session's stack: bring it back, empty.
+    inv("up", "--timeout", "600", check=True)
