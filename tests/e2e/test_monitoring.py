@@ -1,10 +1,13 @@
 """End to end, services.monitoring on (local image source): Prometheus reports every Ray node's
-metrics target up through Ray's own service-discovery list, follows a head failover, and the
-health service's /metrics counts a refused forged POST (docs/monitoring.md).
+metrics target up through Ray's own service-discovery list, follows a head failover, the
+health service's /metrics counts a refused forged POST, and the Redis and PostgreSQL exporters'
+targets are up and reach their databases (docs/monitoring.md).
 
 Its own stack (project cslr-e2e-mon, its own subnet and ports), brought up by `inv up` as the
-e2e user like tests/e2e/conftest.py's, without MLflow, Redis and Marimo: two Ray nodes, health,
-Prometheus. Needs the local Prometheus base (`sudo make bases-monitoring`; `make test` builds it).
+e2e user like tests/e2e/conftest.py's, without Marimo: two Ray nodes, health, Redis (GCS fault
+tolerance off: the failover here is the plain one), MLflow and PostgreSQL, Prometheus and the two
+exporters. Needs the local Prometheus and exporter bases (`sudo make bases-monitoring`; `make
+test` builds them).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from cslr.config import parse_dotenv
 from tests.e2e.conftest import E2E, E2E_USER, Inv, clean_env, compose_cmd, dump, remove_project, user_clone
 
 PROJECT = "cslr-e2e-mon"
@@ -39,12 +43,13 @@ images:
 ray:
   cpu: {{cpus: 2, memory: 3g, shm_size: 1g, ports: {{gcs: 26379, dashboard: 28265}}}}
   gpu: {{cpus: 2, memory: 3g, shm_size: 1g, ports: {{gcs: 26380, dashboard: 28266}}}}
+  gcs_fault_tolerance: false
 nodes:
   head_whitelist: [ray-cpu, ray-gpu]
 services:
   health: {{port: 28888, ray_client_port: 21001, dashboard_port: 28260}}
-  redis: {{enabled: false, port: 26381}}
-  mlflow: {{enabled: false, port: 25000}}
+  redis: {{enabled: true, port: 26381, memory: 256m}}
+  mlflow: {{enabled: true, port: 25000, memory: 2g}}
   marimo: {{enabled: false, port: 28080}}
   monitoring: {{enabled: true, port: 29090, grafana_port: 23000}}
 """
@@ -56,8 +61,9 @@ pytestmark = [pytest.mark.e2e]
 def mon():
     if shutil.which("docker") is None:
         pytest.fail("the e2e tier needs the Docker engine and the local bases; run `make e2e`")
-    if subprocess.run(["docker", "image", "inspect", "cslr-local/prometheus:2"], capture_output=True).returncode != 0:
-        pytest.fail("no local Prometheus base: sudo make bases-monitoring")
+    for base in ("cslr-local/prometheus:2", "cslr-local/redis-exporter:1", "cslr-local/postgres-exporter:0.11"):
+        if subprocess.run(["docker", "image", "inspect", base], capture_output=True).returncode != 0:
+            pytest.fail(f"no local base {base}: sudo make bases-monitoring")
     if os.geteuid() == 0:
         repo, prefix, env = user_clone(Path(tempfile.gettempdir()))
         workdir = repo / "_e2e-mon"
@@ -145,7 +151,33 @@ def test_grafana_does_not_run_under_local_images_and_up_says_why(mon):
     assert env["PROMETHEUS_IMAGE"] == "cslr-local/prometheus:2" and env["GRAFANA_ENABLED"] == "false"
     assert env["RAY_GRAFANA_HOST"] == "DISABLED" and "grafana" not in env["COMPOSE_PROFILES"].split(",")
     ps = subprocess.run(compose_cmd(mon.workdir / "_build") + ["ps", "--format", "{{.Service}}"], capture_output=True, text=True, env=clean_env())
-    assert set(ps.stdout.split()) == {"health", "ray-cpu", "ray-gpu", "prometheus"}, ps.stdout + ps.stderr
+    expected = {"health", "ray-cpu", "ray-gpu", "redis", "postgres", "mlflow", "prometheus", "redis-exporter", "postgres-exporter"}
+    assert set(ps.stdout.split()) == expected, ps.stdout + ps.stderr
+
+
+def query(promql: str) -> list:
+    try:
+        return requests.get(f"{PROMETHEUS}/api/v1/query", params={"query": promql}, timeout=5).json()["data"]["result"]
+    except (requests.RequestException, ValueError, KeyError):
+        return []
+
+
+def test_prometheus_scrapes_the_redis_and_postgres_exporters(mon):
+    """Both exporters' targets are up (found by name through Docker's DNS) and each reaches its
+    database with the password it was given by environment: redis_up and pg_up are 1."""
+    assert wait_until(lambda: targets("redis") == {"redis-exporter:9121": "up"}, 180, "the Redis exporter's target up", lambda: str(targets("redis")))
+    assert wait_until(
+        lambda: targets("postgres") == {"postgres-exporter:9187": "up"}, 180, "the PostgreSQL exporter's target up", lambda: str(targets("postgres"))
+    )
+    wait_until(lambda: [r["value"][1] for r in query("redis_up")] == ["1"], 120, "redis_up == 1 (the exporter authenticated)")
+    wait_until(lambda: [r["value"][1] for r in query("pg_up")] == ["1"], 120, "pg_up == 1 (the exporter authenticated)")
+    # The passwords are in neither exporter's command line.
+    env = {k: v for k, (v, _) in parse_dotenv((mon.workdir / "_build" / ".env").read_text(), ".env").items()}
+    assert env["REDIS_PASSWORD"] and env["POSTGRES_PASSWORD"]
+    for service in ("redis-exporter", "postgres-exporter"):
+        cid = subprocess.run(compose_cmd(mon.workdir / "_build") + ["ps", "-q", service], capture_output=True, text=True, env=clean_env()).stdout.strip()
+        args = subprocess.run(["docker", "inspect", "-f", "{{json .Path}} {{json .Args}}", cid], capture_output=True, text=True, check=True).stdout
+        assert env["REDIS_PASSWORD"] not in args and env["POSTGRES_PASSWORD"] not in args, service
 
 
 def test_prometheus_scrapes_every_ray_node_and_the_health_service(mon):
