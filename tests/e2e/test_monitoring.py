@@ -3,7 +3,8 @@ metrics target up through Ray's own service-discovery list, follows a head failo
 health service's /metrics counts a refused forged POST, and the Redis and PostgreSQL exporters'
 targets are up and reach their databases (docs/monitoring.md).
 
-Its own stack (project cslr-e2e-mon, its own subnet and ports), brought up by `inv up` as the
+Its own stack (project cslr-e2e-mon, its own subnet 172.26.0.0/16 - no other module's, so it may run
+beside them - and ports), brought up by `inv up` as the
 e2e user like tests/e2e/conftest.py's, without Marimo: two Ray nodes, health, Redis (GCS fault
 tolerance off: the failover here is the plain one), MLflow and PostgreSQL, Prometheus and the two
 exporters. Needs the local Prometheus and exporter bases (`sudo make bases-monitoring`; `make
@@ -28,7 +29,7 @@ from tests.e2e.conftest import E2E, E2E_USER, Inv, clean_env, compose_cmd, dump,
 PROJECT = "cslr-e2e-mon"
 HEALTH = "http://127.0.0.1:28888"
 PROMETHEUS = "http://127.0.0.1:29090"
-CPU, GPU = "172.31.0.10", "172.31.0.11"
+CPU, GPU = "172.26.0.10", "172.26.0.11"
 
 CONFIG = f"""\
 project:
@@ -36,8 +37,8 @@ project:
 gpu: on
 extra_overlays: [no-gpu-devices.yaml]
 network:
-  subnet: 172.31.0.0/16
-  addresses: {{health: 172.31.0.2, ray_cpu: {CPU}, ray_gpu: {GPU}, redis: 172.31.0.20, mlflow: 172.31.0.30, postgres: 172.31.0.31, marimo: 172.31.0.40}}
+  subnet: 172.26.0.0/16
+  addresses: {{health: 172.26.0.2, ray_cpu: {CPU}, ray_gpu: {GPU}, redis: 172.26.0.20, mlflow: 172.26.0.30, postgres: 172.26.0.31, marimo: 172.26.0.40}}
 images:
   source: local
 ray:
