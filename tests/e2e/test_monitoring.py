@@ -50,7 +50,7 @@ nodes:
 services:
   health: {{port: 28888, ray_client_port: 21001, dashboard_port: 28260}}
   redis: {{enabled: true, port: 26381, memory: 256m}}
-  mlflow: {{enabled: true, port: 25000, memory: 2g}}
+  mlflow: {{enabled: true, port: 25000}}
   marimo: {{enabled: false, port: 28080}}
   monitoring: {{enabled: true, port: 29090, grafana_port: 23000}}
 """
@@ -104,7 +104,11 @@ def seen_by_prometheus(build: Path) -> str:
         text=True,
         env=clean_env(),
     )
-    return f"targets: {targets('ray')}\n{files.stdout}{files.stderr}"
+    state = subprocess.run(
+        compose_cmd(build) + ["ps", "-a", "--format", "{{.Service}} {{.State}} {{.Status}}"], capture_output=True, text=True, env=clean_env()
+    )
+    logs = subprocess.run(compose_cmd(build) + ["logs", "--no-color", "--tail", "40", "prometheus"], capture_output=True, text=True, env=clean_env())
+    return f"targets: {targets('ray')}\n{files.stdout}{files.stderr}\n{state.stdout}{logs.stdout[-4000:]}{logs.stderr[-1000:]}"
 
 
 def wait_until(predicate, seconds: float, what: str, explain=None):
