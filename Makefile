@@ -50,8 +50,8 @@ wheelhouse: venv           ## every wheel the images' pip layers need, into whee
 bases: wheelhouse          ## local stand-ins of the official bases (root): tools/build-local-bases.sh
 	bash tools/build-local-bases.sh
 
-bases-monitoring:          ## the local Prometheus base too (root; services.monitoring under images.source local)
-	bash tools/build-local-bases.sh prometheus
+bases-monitoring:          ## the local Prometheus and exporter bases too (root; services.monitoring under images.source local)
+	bash tools/build-local-bases.sh prometheus redis-exporter postgres-exporter
 
 images: bases
 

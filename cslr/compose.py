@@ -167,6 +167,7 @@ def compose_env(cfg: Config, gpu: GpuState, image_source: str = "pull") -> dict[
     env: dict[str, str] = {}
     project = cfg.get("project", "name")
     profiles = profiles_for(cfg)
+    profiles = topology.with_exporters(profiles)  # the exporters of services.monitoring, where their service runs
     env["COMPOSE_PROJECT_NAME"] = project
     env["COMPOSE_PROFILES"] = ",".join(profiles)
     for fld in env_fields():

@@ -36,6 +36,8 @@ BASE_KEYS = {
     "POSTGRES_IMAGE": "postgres",
     "REDIS_IMAGE": "redis",
     "PROMETHEUS_IMAGE": "prometheus",
+    "REDIS_EXPORTER_IMAGE": "redis_exporter",
+    "POSTGRES_EXPORTER_IMAGE": "postgres_exporter",
 }
 # The local stand-in of each base (tools/build-local-bases.sh names them so).
 LOCAL_BUILD_NAME = {
@@ -45,10 +47,14 @@ LOCAL_BUILD_NAME = {
     "POSTGRES_IMAGE": "postgres",
     "REDIS_IMAGE": "redis",
     "PROMETHEUS_IMAGE": "prometheus",
+    "REDIS_EXPORTER_IMAGE": "redis-exporter",
+    "POSTGRES_EXPORTER_IMAGE": "postgres-exporter",
 }
 LOCAL_POSTGRES_MAJOR = "15"  # Debian bookworm's PostgreSQL
 LOCAL_REDIS_MAJOR = "7"  # Debian bookworm's redis-server
 LOCAL_PROMETHEUS_MAJOR = "2"  # Debian bookworm's Prometheus (2.42)
+LOCAL_REDIS_EXPORTER_MAJOR = "1"  # Debian bookworm's prometheus-redis-exporter (1.45)
+LOCAL_POSTGRES_EXPORTER_MAJOR = "0.11"  # Debian bookworm's prometheus-postgres-exporter (0.11; a 0.x minor may break)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,8 @@ SERVICE_BASES = {
     "postgres": ("POSTGRES_IMAGE",),
     "redis": ("REDIS_IMAGE",),
     "prometheus": ("PROMETHEUS_IMAGE",),
+    "redis-exporter": ("REDIS_EXPORTER_IMAGE",),
+    "postgres-exporter": ("POSTGRES_EXPORTER_IMAGE",),
 }
 
 
@@ -105,6 +113,10 @@ def local_ref(env: str, cfg: Config) -> str:
         return f"cslr-local/postgres:{LOCAL_POSTGRES_MAJOR}"
     if env == "PROMETHEUS_IMAGE":
         return f"cslr-local/prometheus:{LOCAL_PROMETHEUS_MAJOR}"
+    if env == "REDIS_EXPORTER_IMAGE":
+        return f"cslr-local/redis-exporter:{LOCAL_REDIS_EXPORTER_MAJOR}"
+    if env == "POSTGRES_EXPORTER_IMAGE":
+        return f"cslr-local/postgres-exporter:{LOCAL_POSTGRES_EXPORTER_MAJOR}"
     return f"cslr-local/redis:{LOCAL_REDIS_MAJOR}"
 
 

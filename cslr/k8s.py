@@ -56,6 +56,9 @@ WORKSPACE_CLAIM = "workspace"
 GRAFANA_DATASOURCES = ROOT / "compose" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 PROMETHEUS_UID = 65534  # prom/prometheus runs as nobody (docs/images.md)
 GRAFANA_UID = 472  # grafana/grafana-oss runs as uid 472, group 0 (Grafana's "Run Grafana Docker image" docs)
+# The exporters of services.monitoring: (service, the Prometheus job that scrapes it, its image
+# variable, the uid its official image runs as - docs/images.md).
+EXPORTERS = (("redis-exporter", "redis", "REDIS_EXPORTER_IMAGE", 59000), ("postgres-exporter", "postgres", "POSTGRES_EXPORTER_IMAGE", 65534))
 IMAGE_LIST = "images.txt"
 # The supporting services exported, with the service whose switch enables each (topology) and
 # the image variable each runs (images.PROJECT_IMAGES / BASE_KEYS).
@@ -66,6 +69,7 @@ SUPPORT = (("redis", "REDIS_IMAGE"), ("postgres", "POSTGRES_IMAGE"), ("mlflow", 
 SECRET_ENV = {
     **{name: name for name in topology.secret_env()},
     "REDISCLI_AUTH": "REDIS_PASSWORD",
+    "DATA_SOURCE_PASS": "POSTGRES_PASSWORD",  # the PostgreSQL exporter's name for it
     "MLFLOW_BACKEND_STORE_URI": "MLFLOW_BACKEND_STORE_URI",
     "REDIS_URL": "REDIS_URL",
 }
@@ -563,10 +567,35 @@ def prometheus_config(cfg: Config) -> str:
                     {"source_labels": ["__meta_kubernetes_pod_label_ray_io_node_type"], "target_label": "ray_node_type"},
                 ],
             },
+            *(
+                {"job_name": job, "static_configs": [{"targets": [f"{name}:{topology.EXPORTER_PORTS[name]}"]}]}
+                for name, job, _, _ in EXPORTERS
+                if topology.runs(topology.service(name), cfg, False)
+            ),
             {"job_name": "prometheus", "static_configs": [{"targets": ["localhost:9090"]}]},
         ],
     }
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def exporter_objects(cfg: Config, env: dict[str, str], secret_keys: list[str]) -> list[dict]:
+    """Deployment and Service of each exporter whose service runs (Redis; PostgreSQL with
+    MLflow): compose.yaml's environment, the password from the Secret (secretKeyRef)."""
+    out: list[dict] = []
+    for name, _job, var, uid in EXPORTERS:
+        if not topology.runs(topology.service(name), cfg, False):
+            continue
+        port = topology.EXPORTER_PORTS[name]
+        svc = compose_services()[name]
+        container = {
+            "name": name,
+            "image": _image(cfg, env, var),
+            "ports": [{"name": "http", "containerPort": port}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 5},
+            "env": _env(cfg, [*((k, interpolate(str(v), env)) for k, v in svc["environment"].items()), *telemetry_pairs(cfg)], secret_keys),
+        }
+        out += [_web_deployment(cfg, name, container, [], uid), _web_service(cfg, name, port)]
+    return out
 
 
 def _web_service(cfg: Config, name: str, port: int) -> dict:
@@ -585,7 +614,7 @@ def _web_deployment(cfg: Config, name: str, container: dict, volumes: list[dict]
         "resources": {"limits": {"memory": memory}, "requests": {"memory": memory}},
         "securityContext": {**container_security(), "runAsNonRoot": True, "runAsUser": uid},
     }
-    pod: dict[str, Any] = {"containers": [container], "volumes": volumes, "securityContext": {"fsGroup": uid}}
+    pod: dict[str, Any] = {"containers": [container], **({"volumes": volumes} if volumes else {}), "securityContext": {"fsGroup": uid}}
     if account:
         pod["serviceAccountName"] = account
     return {
@@ -603,8 +632,9 @@ def _web_deployment(cfg: Config, name: str, container: dict, volumes: list[dict]
 
 def monitoring_objects(cfg: Config, env: dict[str, str], secret_keys: list[str]) -> list[dict]:
     """services.monitoring on Kubernetes: Prometheus (a ServiceAccount allowed to list the
-    namespace's pods, its config, a claim for its data, Deployment, Service) and Grafana (the
-    same data source as Compose's provisioning; Deployment, Service). Ray's generated dashboards
+    namespace's pods, its config, a claim for its data, Deployment, Service), Grafana (the
+    same data source as Compose's provisioning; Deployment, Service) and the exporters of the
+    services that run (Deployment, Service each). Ray's generated dashboards
     live in the head pod's session folder: imported by hand (docs/kubernetes.md)."""
     prom_port = topology.service("prometheus").ports[0].container
     graf_port = topology.service("grafana").ports[0].container
@@ -684,6 +714,7 @@ def monitoring_objects(cfg: Config, env: dict[str, str], secret_keys: list[str])
         sources,
         grafana,
         _web_service(cfg, "grafana", graf_port),
+        *exporter_objects(cfg, env, secret_keys),
     ]
 
 

@@ -167,7 +167,7 @@ def host_env(cfg: Config, host: dict) -> dict[str, str]:
 
 
 def host_profiles(cfg: Config, host: dict) -> list[str]:
-    return [s for s in topology.OPTIONAL_SERVICES if (services_host(cfg, s) or {}).get("name") == host["name"]]
+    return topology.with_exporters([s for s in topology.OPTIONAL_SERVICES if (services_host(cfg, s) or {}).get("name") == host["name"]])
 
 
 def extra_hosts(cfg: Config) -> list[tuple[str, str]]:

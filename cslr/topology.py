@@ -35,6 +35,7 @@ class Service:
     ports: tuple[Port, ...]
     memory: tuple  # config path of its memory limit (Compose `mem_limit`)
     gpu_node: bool = False  # runs only when the GPU node does (overlays/gpu.yaml)
+    needs: tuple | None = None  # config path of a second switch that must also be on (an exporter's service)
 
 
 def _ray(kind: str) -> tuple[Port, ...]:
@@ -75,6 +76,25 @@ SERVICES: tuple[Service, ...] = (
         (Port("http", ("services", "monitoring", "grafana_port"), 3000),),
         ("services", "monitoring", "grafana_memory"),
     ),
+    # The exporters of services.monitoring, each only where the service it reads runs (its own
+    # profile, switched on by cslr/compose.py when both switches are on). Nothing published:
+    # Prometheus reaches them on ray-network (EXPORTER_PORTS).
+    Service(
+        "redis-exporter",
+        "redis-exporter",
+        ("services", "monitoring", "enabled"),
+        (),
+        ("services", "monitoring", "redis_exporter_memory"),
+        needs=("services", "redis", "enabled"),
+    ),
+    Service(
+        "postgres-exporter",
+        "postgres-exporter",
+        ("services", "monitoring", "enabled"),
+        (),
+        ("services", "monitoring", "postgres_exporter_memory"),
+        needs=("services", "mlflow", "enabled"),
+    ),
 )
 
 # The port of every Ray node's metrics agent inside a bridge-networked container (compose.yaml
@@ -83,6 +103,11 @@ SERVICES: tuple[Service, ...] = (
 RAY_METRICS_EXPORT_PORT = 8090
 # Profiles of the services that run only with official images (cslr/compose.py).
 PULL_ONLY_PROFILES = ("grafana",)
+# The port each exporter listens on inside its container (the official images' defaults,
+# docs/images.md): what Prometheus scrapes (compose/prometheus/prometheus.yml, cslr/k8s.py).
+EXPORTER_PORTS = {"redis-exporter": 9121, "postgres-exporter": 9187}
+# Profiles that cslr/compose.py switches on from two settings (Service.needs), not one.
+EXPORTER_PROFILES = tuple(s.profile for s in SERVICES if s.needs is not None and s.profile)
 
 # The optional services, each a Compose profile of the same name, in the order above.
 OPTIONAL_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(s.profile for s in SERVICES if s.profile))
@@ -117,6 +142,13 @@ def telemetry_env(enabled: bool) -> dict[str, str]:
     return {name: value for name, off, on in TELEMETRY if (value := on if enabled else off) is not None}
 
 
+def with_exporters(profiles: list[str]) -> list[str]:
+    """Active profiles plus each exporter's (EXPORTER_PROFILES) whose two switches' profiles are
+    both among them: monitoring, and the service it reads (`services.X.enabled` is profile X)."""
+    extra = [s.profile for s in SERVICES if s.needs is not None and s.enabled and s.enabled[1] in profiles and s.needs[1] in profiles]
+    return [*profiles, *(p for p in extra if p and p not in profiles)]
+
+
 def service(name: str) -> Service:
     return next(s for s in SERVICES if s.name == name)
 
@@ -128,6 +160,8 @@ def env_name(setting: tuple) -> str:
 
 def runs(svc: Service, cfg: Config, gpu_node: bool) -> bool:
     if svc.gpu_node and not gpu_node:
+        return False
+    if svc.needs is not None and not cfg.get(*svc.needs):
         return False
     return svc.enabled is None or bool(cfg.get(*svc.enabled))
 
@@ -230,13 +264,21 @@ def _env_text(value: Any) -> str:
     return str(value)
 
 
-MONITORING_ADDRESSES = (("prometheus", "PROMETHEUS_IP", 60), ("grafana", "GRAFANA_IP", 61))
+# (network.addresses key, its environment name, host number in network.subnet when not given,
+# how many addresses before the broadcast address in a subnet too small for that number).
+MONITORING_ADDRESSES = (
+    ("prometheus", "PROMETHEUS_IP", 60, 2),
+    ("grafana", "GRAFANA_IP", 61, 1),
+    ("redis_exporter", "REDIS_EXPORTER_IP", 62, 3),
+    ("postgres_exporter", "POSTGRES_EXPORTER_IP", 63, 4),
+)
 
 
 def monitoring_addresses(cfg: Config) -> dict[str, str]:
-    """network.addresses.prometheus / grafana, or when not given (the default) the 60th / 61st
-    address of network.subnet - so a config written before monitoring existed, with a subnet and
-    addresses of its own, stays valid (a subnet too small for them: its last host addresses)."""
+    """network.addresses.prometheus / grafana / redis_exporter / postgres_exporter, or when not
+    given (the default) the 60th / 61st / 62nd / 63rd address of network.subnet - so a config
+    written before monitoring existed, with a subnet and addresses of its own, stays valid (a
+    subnet too small for them: its last host addresses)."""
     import ipaddress
 
     try:
@@ -244,24 +286,29 @@ def monitoring_addresses(cfg: Config) -> dict[str, str]:
     except ValueError:
         net = ipaddress.IPv4Network("172.28.0.0/16")
     out = {}
-    for i, (key, var, offset) in enumerate(MONITORING_ADDRESSES):
+    for key, var, offset, from_end in MONITORING_ADDRESSES:
         given = cfg.get("network", "addresses", key)
         if given:
             out[var] = str(given)
             continue
         addr = net.network_address + offset
         if addr >= net.broadcast_address:
-            addr = net.broadcast_address - (len(MONITORING_ADDRESSES) - i)
+            addr = net.broadcast_address - from_end
         out[var] = str(addr)
     return out
 
 
 def stack_addresses(cfg: Config) -> dict[str, str]:
     """Every address the stack's own services use on ray-network, by network.addresses key:
-    the given ones, and Prometheus' and Grafana's derived ones where not given."""
+    the given ones, and the monitoring services' derived ones where not given: Prometheus' and
+    Grafana's always (as before the exporters existed), an exporter's only while it runs - so a
+    config whose own address sits where an exporter's would be stays valid until it runs."""
     out = {k: str(v) for k, v in (cfg.get("network", "addresses") or {}).items() if v}
-    for (key, _var, _), addr in zip(MONITORING_ADDRESSES, monitoring_addresses(cfg).values()):
-        out.setdefault(key, addr)
+    exporters = {s.name: s for s in SERVICES if s.needs is not None}
+    for (key, *_), addr in zip(MONITORING_ADDRESSES, monitoring_addresses(cfg).values()):
+        exporter = exporters.get(key.replace("_", "-"))
+        if exporter is None or runs(exporter, cfg, False):
+            out.setdefault(key, addr)
     return out
 
 

@@ -63,7 +63,16 @@ def test_plan_uses_gpu_result_and_profiles(project):
     cfg = config.load(project("services:\n  marimo:\n    enabled: false\n"), environ={})
     p = compose.plan(cfg, TWO_GPUS)
     assert [str(f) for f in p.files] == ["compose/compose.yaml", "overlays/gpu.yaml", "overlays/test-cluster.yaml", "_build/telemetry.yaml"]
-    assert p.profiles == ["redis", "mlflow", "marimo", "monitoring", "grafana", "test"]  # every service defined in the merged file
+    assert p.profiles == [
+        "redis",
+        "mlflow",
+        "marimo",
+        "monitoring",
+        "grafana",
+        "redis-exporter",
+        "postgres-exporter",
+        "test",
+    ]  # every service defined in the merged file
     assert p.active_profiles == ["redis", "mlflow"]
     assert p.env["RAY_GPU_NUM_GPUS"] == "2"
     assert p.command(["config"]) == [
@@ -81,6 +90,10 @@ def test_plan_uses_gpu_result_and_profiles(project):
         "monitoring",
         "--profile",
         "grafana",
+        "--profile",
+        "redis-exporter",
+        "--profile",
+        "postgres-exporter",
         "--profile",
         "test",
         "-f",
@@ -186,9 +199,14 @@ def test_compose_binary_finds_the_wheels_binary(monkeypatch):
     "text, source, profiles, grafana",
     [
         ("{}\n", "pull", ["redis", "mlflow", "marimo"], "DISABLED"),
-        ("services:\n  monitoring: {enabled: true}\n", "pull", ["redis", "mlflow", "marimo", "monitoring", "grafana"], "http://grafana:3000"),
-        # No local source of Grafana: Prometheus alone, and the Ray dashboard is told so.
-        ("services:\n  monitoring: {enabled: true}\n", "local", ["redis", "mlflow", "marimo", "monitoring"], "DISABLED"),
+        (
+            "services:\n  monitoring: {enabled: true}\n",
+            "pull",
+            ["redis", "mlflow", "marimo", "monitoring", "redis-exporter", "postgres-exporter", "grafana"],
+            "http://grafana:3000",
+        ),
+        # No local source of Grafana: Prometheus and the exporters, and the Ray dashboard is told so.
+        ("services:\n  monitoring: {enabled: true}\n", "local", ["redis", "mlflow", "marimo", "monitoring", "redis-exporter", "postgres-exporter"], "DISABLED"),
     ],
 )
 def test_monitoring_profiles_and_the_ray_dashboards_wiring(project, text, source, profiles, grafana):

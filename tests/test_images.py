@@ -30,6 +30,8 @@ def test_base_refs_for_each_source(project):
         "POSTGRES_IMAGE": "postgres:15",
         "REDIS_IMAGE": "redis:7.4",
         "PROMETHEUS_IMAGE": "prom/prometheus:v2.53.4",
+        "REDIS_EXPORTER_IMAGE": "oliver006/redis_exporter:v1.67.0",
+        "POSTGRES_EXPORTER_IMAGE": "quay.io/prometheuscommunity/postgres-exporter:v0.16.0",
     }
     assert images.base_refs(cfg, "local") == {
         "RAY_BASE_IMAGE": "cslr-local/ray:2.60.0",
@@ -38,6 +40,8 @@ def test_base_refs_for_each_source(project):
         "POSTGRES_IMAGE": "cslr-local/postgres:15",
         "REDIS_IMAGE": "cslr-local/redis:7",
         "PROMETHEUS_IMAGE": "cslr-local/prometheus:2",
+        "REDIS_EXPORTER_IMAGE": "cslr-local/redis-exporter:1",
+        "POSTGRES_EXPORTER_IMAGE": "cslr-local/postgres-exporter:0.11",
     }
 
 

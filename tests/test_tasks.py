@@ -63,7 +63,7 @@ def test_generate_is_deterministic_and_private(project, tmp_path):
     assert stat.S_IMODE(built.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "_build" / ".env").stat().st_mode) == 0o600
     assert (
-        f"equivalent: docker compose --env-file {tmp_path}/_build/.env --profile redis --profile mlflow --profile marimo --profile monitoring --profile grafana --profile test -f compose/compose.yaml -f overlays/test-cluster.yaml -f {tmp_path}/_build/telemetry.yaml config"
+        f"equivalent: docker compose --env-file {tmp_path}/_build/.env --profile redis --profile mlflow --profile marimo --profile monitoring --profile grafana --profile redis-exporter --profile postgres-exporter --profile test -f compose/compose.yaml -f overlays/test-cluster.yaml -f {tmp_path}/_build/telemetry.yaml config"
         in first.stdout
     )
     assert "overlays: overlays/test-cluster.yaml, _build/telemetry.yaml" in first.stdout

@@ -47,7 +47,7 @@ def test_every_compose_service_is_in_the_topology():
 
 
 def test_optional_services_are_the_profiles():
-    assert topology.OPTIONAL_SERVICES == ("redis", "mlflow", "marimo", "monitoring", "grafana")
+    assert topology.OPTIONAL_SERVICES == ("redis", "mlflow", "marimo", "monitoring", "grafana", "redis-exporter", "postgres-exporter")
 
 
 def test_published_ports_follow_switches_and_the_gpu_node(project):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# tools/build-local-bases.sh [--force] [IMAGE...]      IMAGE: ray mlflow postgres redis prometheus (default: all but prometheus)
+# tools/build-local-bases.sh [--force] [IMAGE...]      IMAGE: ray mlflow postgres redis prometheus
+#                                                      redis-exporter postgres-exporter (default: the first four)
 #
 # The `local` image source (config.yaml images.source: local, or auto without a registry): builds,
 # from Debian packages and PyPI wheels only, base images that reproduce the documented contract
@@ -10,6 +11,10 @@
 #   cslr-local/redis:7                 stands for redis:7 (Debian's redis-server 7)
 #   cslr-local/prometheus:2            stands for prom/prometheus:v2 (Debian's Prometheus 2.42;
 #                                      only for services.monitoring, never built by default)
+#   cslr-local/redis-exporter:1        stands for oliver006/redis_exporter:v1 (Debian's 1.45;
+#                                      services.monitoring with Redis, never built by default)
+#   cslr-local/postgres-exporter:0.11  stands for quay.io/prometheuscommunity/postgres-exporter
+#                                      (Debian's 0.11; services.monitoring with MLflow, idem)
 # The project's own images (compose/*/Dockerfile) are then built FROM these exactly as FROM the
 # official ones. Called by `inv up` (cslr/images.py) and `make bases`; needs root (debootstrap,
 # chroot) and a running engine. Python wheels come from the wheelhouse (`inv wheelhouse`,
@@ -41,8 +46,8 @@ WANT=()
 for a in "$@"; do
   case "$a" in
     --force) FORCE=1 ;;
-    -h|--help) sed -n '2,24p' "$SELF"; exit 0 ;;
-    postgres|redis|ray|mlflow|prometheus) WANT+=("$a") ;;
+    -h|--help) sed -n '2,29p' "$SELF"; exit 0 ;;
+    postgres|redis|ray|mlflow|prometheus|redis-exporter|postgres-exporter) WANT+=("$a") ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
@@ -117,6 +122,24 @@ image_def() {
         'ENTRYPOINT ["/bin/prometheus"]'
         'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]'
         "LABEL org.cslr.local.stands-for=prom/prometheus:v2"
+      ) ;;
+    redis-exporter)  # Dockerfile of oliver006/redis_exporter (target scratch-release)
+      TAGS=(cslr-local/redis-exporter:1)
+      CHANGES+=(
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        "USER 59000:59000"
+        "EXPOSE 9121"
+        'ENTRYPOINT ["/redis_exporter"]'
+        "LABEL org.cslr.local.stands-for=oliver006/redis_exporter:v1"
+      ) ;;
+    postgres-exporter)  # Dockerfile of prometheus-community/postgres_exporter
+      TAGS=(cslr-local/postgres-exporter:0.11)
+      CHANGES+=(
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        "USER nobody"
+        "EXPOSE 9187"
+        'ENTRYPOINT ["/bin/postgres_exporter"]'
+        "LABEL org.cslr.local.stands-for=quay.io/prometheuscommunity/postgres-exporter:v0"
       ) ;;
   esac
 }

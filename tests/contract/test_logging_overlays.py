@@ -36,7 +36,9 @@ def test_loki_overlay_switches_every_service_to_the_loki_driver(project, tmp_pat
     doc = merged(project, tmp_path, names, gpu)
     spec = json.loads(resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text())
     jsonschema.validate(doc, spec)
-    expected = {"health", "ray-cpu", "redis", "postgres", "mlflow", "marimo", "prometheus", "grafana"} | ({"ray-gpu"} if gpu.node_enabled else set())
+    expected = {"health", "ray-cpu", "redis", "postgres", "mlflow", "marimo", "prometheus", "grafana", "redis-exporter", "postgres-exporter"} | (
+        {"ray-gpu"} if gpu.node_enabled else set()
+    )
     assert set(doc["services"]) == expected
     for name, svc in doc["services"].items():
         log = svc["logging"]

@@ -1,10 +1,14 @@
 """End to end, services.monitoring on (local image source): Prometheus reports every Ray node's
-metrics target up through Ray's own service-discovery list, follows a head failover, and the
-health service's /metrics counts a refused forged POST (docs/monitoring.md).
+metrics target up through Ray's own service-discovery list, follows a head failover, the
+health service's /metrics counts a refused forged POST, and the Redis and PostgreSQL exporters'
+targets are up and reach their databases (docs/monitoring.md).
 
-Its own stack (project cslr-e2e-mon, its own subnet and ports), brought up by `inv up` as the
-e2e user like tests/e2e/conftest.py's, without MLflow, Redis and Marimo: two Ray nodes, health,
-Prometheus. Needs the local Prometheus base (`sudo make bases-monitoring`; `make test` builds it).
+Its own stack (project cslr-e2e-mon, its own subnet 172.26.0.0/16 - no other module's, so it may run
+beside them - and ports), brought up by `inv up` as the
+e2e user like tests/e2e/conftest.py's, without Marimo: two Ray nodes, health, Redis (GCS fault
+tolerance off: the failover here is the plain one), MLflow and PostgreSQL, Prometheus and the two
+exporters. Needs the local Prometheus and exporter bases (`sudo make bases-monitoring`; `make
+test` builds them).
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from cslr.config import parse_dotenv
 from tests.e2e.conftest import E2E, E2E_USER, Inv, clean_env, compose_cmd, dump, remove_project, user_clone
 
 PROJECT = "cslr-e2e-mon"
 HEALTH = "http://127.0.0.1:28888"
 PROMETHEUS = "http://127.0.0.1:29090"
-CPU, GPU = "172.31.0.10", "172.31.0.11"
+CPU, GPU = "172.26.0.10", "172.26.0.11"
 
 CONFIG = f"""\
 project:
@@ -32,19 +37,20 @@ project:
 gpu: on
 extra_overlays: [no-gpu-devices.yaml]
 network:
-  subnet: 172.31.0.0/16
-  addresses: {{health: 172.31.0.2, ray_cpu: {CPU}, ray_gpu: {GPU}, redis: 172.31.0.20, mlflow: 172.31.0.30, postgres: 172.31.0.31, marimo: 172.31.0.40}}
+  subnet: 172.26.0.0/16
+  addresses: {{health: 172.26.0.2, ray_cpu: {CPU}, ray_gpu: {GPU}, redis: 172.26.0.20, mlflow: 172.26.0.30, postgres: 172.26.0.31, marimo: 172.26.0.40}}
 images:
   source: local
 ray:
   cpu: {{cpus: 2, memory: 3g, shm_size: 1g, ports: {{gcs: 26379, dashboard: 28265}}}}
   gpu: {{cpus: 2, memory: 3g, shm_size: 1g, ports: {{gcs: 26380, dashboard: 28266}}}}
+  gcs_fault_tolerance: false
 nodes:
   head_whitelist: [ray-cpu, ray-gpu]
 services:
   health: {{port: 28888, ray_client_port: 21001, dashboard_port: 28260}}
-  redis: {{enabled: false, port: 26381}}
-  mlflow: {{enabled: false, port: 25000}}
+  redis: {{enabled: true, port: 26381, memory: 256m}}
+  mlflow: {{enabled: true, port: 25000}}
   marimo: {{enabled: false, port: 28080}}
   monitoring: {{enabled: true, port: 29090, grafana_port: 23000}}
 """
@@ -56,8 +62,9 @@ pytestmark = [pytest.mark.e2e]
 def mon():
     if shutil.which("docker") is None:
         pytest.fail("the e2e tier needs the Docker engine and the local bases; run `make e2e`")
-    if subprocess.run(["docker", "image", "inspect", "cslr-local/prometheus:2"], capture_output=True).returncode != 0:
-        pytest.fail("no local Prometheus base: sudo make bases-monitoring")
+    for base in ("cslr-local/prometheus:2", "cslr-local/redis-exporter:1", "cslr-local/postgres-exporter:0.11"):
+        if subprocess.run(["docker", "image", "inspect", base], capture_output=True).returncode != 0:
+            pytest.fail(f"no local base {base}: sudo make bases-monitoring")
     if os.geteuid() == 0:
         repo, prefix, env = user_clone(Path(tempfile.gettempdir()))
         workdir = repo / "_e2e-mon"
@@ -97,7 +104,11 @@ def seen_by_prometheus(build: Path) -> str:
         text=True,
         env=clean_env(),
     )
-    return f"targets: {targets('ray')}\n{files.stdout}{files.stderr}"
+    state = subprocess.run(
+        compose_cmd(build) + ["ps", "-a", "--format", "{{.Service}} {{.State}} {{.Status}}"], capture_output=True, text=True, env=clean_env()
+    )
+    logs = subprocess.run(compose_cmd(build) + ["logs", "--no-color", "--tail", "40", "prometheus"], capture_output=True, text=True, env=clean_env())
+    return f"targets: {targets('ray')}\n{files.stdout}{files.stderr}\n{state.stdout}{logs.stdout[-4000:]}{logs.stderr[-1000:]}"
 
 
 def wait_until(predicate, seconds: float, what: str, explain=None):
@@ -145,7 +156,33 @@ def test_grafana_does_not_run_under_local_images_and_up_says_why(mon):
     assert env["PROMETHEUS_IMAGE"] == "cslr-local/prometheus:2" and env["GRAFANA_ENABLED"] == "false"
     assert env["RAY_GRAFANA_HOST"] == "DISABLED" and "grafana" not in env["COMPOSE_PROFILES"].split(",")
     ps = subprocess.run(compose_cmd(mon.workdir / "_build") + ["ps", "--format", "{{.Service}}"], capture_output=True, text=True, env=clean_env())
-    assert set(ps.stdout.split()) == {"health", "ray-cpu", "ray-gpu", "prometheus"}, ps.stdout + ps.stderr
+    expected = {"health", "ray-cpu", "ray-gpu", "redis", "postgres", "mlflow", "prometheus", "redis-exporter", "postgres-exporter"}
+    assert set(ps.stdout.split()) == expected, ps.stdout + ps.stderr
+
+
+def query(promql: str) -> list:
+    try:
+        return requests.get(f"{PROMETHEUS}/api/v1/query", params={"query": promql}, timeout=5).json()["data"]["result"]
+    except (requests.RequestException, ValueError, KeyError):
+        return []
+
+
+def test_prometheus_scrapes_the_redis_and_postgres_exporters(mon):
+    """Both exporters' targets are up (found by name through Docker's DNS) and each reaches its
+    database with the password it was given by environment: redis_up and pg_up are 1."""
+    assert wait_until(lambda: targets("redis") == {"redis-exporter:9121": "up"}, 180, "the Redis exporter's target up", lambda: str(targets("redis")))
+    assert wait_until(
+        lambda: targets("postgres") == {"postgres-exporter:9187": "up"}, 180, "the PostgreSQL exporter's target up", lambda: str(targets("postgres"))
+    )
+    wait_until(lambda: [r["value"][1] for r in query("redis_up")] == ["1"], 120, "redis_up == 1 (the exporter authenticated)")
+    wait_until(lambda: [r["value"][1] for r in query("pg_up")] == ["1"], 120, "pg_up == 1 (the exporter authenticated)")
+    # The passwords are in neither exporter's command line.
+    env = {k: v for k, (v, _) in parse_dotenv((mon.workdir / "_build" / ".env").read_text(), ".env").items()}
+    assert env["REDIS_PASSWORD"] and env["POSTGRES_PASSWORD"]
+    for service in ("redis-exporter", "postgres-exporter"):
+        cid = subprocess.run(compose_cmd(mon.workdir / "_build") + ["ps", "-q", service], capture_output=True, text=True, env=clean_env()).stdout.strip()
+        args = subprocess.run(["docker", "inspect", "-f", "{{json .Path}} {{json .Args}}", cid], capture_output=True, text=True, check=True).stdout
+        assert env["REDIS_PASSWORD"] not in args and env["POSTGRES_PASSWORD"] not in args, service
 
 
 def test_prometheus_scrapes_every_ray_node_and_the_health_service(mon):
