@@ -172,7 +172,7 @@ def phase_start(stack: Stack, options: UpOptions) -> list[dict]:
     for line in host_folders(stack):
         stack.out(line)
     scope = identity.scope_of(stack)
-    for line in identity.create_volumes(scope, identity.Engine(stack.run), data_secrets(stack), stack.env()):
+    for line in identity.create_volumes(scope, identity.Engine(stack.run), fingerprinted(stack), stack.env()):
         stack.out(line)
     stack.out(f"starting {stack.project}; waiting up to {options.timeout:.0f} s for health:")
     return watch_up(stack, timeout=options.timeout)
@@ -198,6 +198,14 @@ def data_secrets(stack: Stack) -> dict[str, str]:
             if isinstance(mount, dict) and mount.get("type") == "volume":
                 used.add(mount.get("source"))
     return {key: env for key, env in topology.DATA_VOLUMES.items() if key in used}
+
+
+def fingerprinted(stack: Stack) -> dict[str, str]:
+    """The data volumes `inv up` creates with their secret's fingerprint: those of the services it
+    starts, and a switched-off service's too when .env holds its secret (that volume is created
+    all the same; unlabelled, the next `inv up` could not tell whether .env opens it)."""
+    env = stack.env()
+    return {**{key: name for key, name in topology.DATA_VOLUMES.items() if env.get(name)}, **data_secrets(stack)}
 
 
 def claim_for_up(stack: Stack, engine: identity.Engine) -> list[str]:
@@ -246,27 +254,57 @@ def host_folders(stack: Stack) -> list[str]:
     return lines
 
 
+STOPPED = ("exited", "dead")
+
+
+def this_up(rows: list[dict], stale: dict[str, str], finished_at: Callable[[str], str]) -> list[dict]:
+    """Pure but for `finished_at` (container id -> its State.FinishedAt): the rows of the
+    containers this `up` runs. A container that was already stopped before `up` began (`stale`:
+    id -> FinishedAt then) and has not run since is left out: Compose is about to start or
+    replace it (a service stopped by `docker stop`, or by the MLflow migration, whose old
+    container `compose ps -a` lists next to its replacement while Compose recreates it)."""
+    return [row for row in rows if not (row.get("State") in STOPPED and row.get("ID") in stale and finished_at(row["ID"]) == stale[row["ID"]])]
+
+
+def failed_rows(rows: list[dict]) -> list[dict]:
+    """Pure: the rows that say a service failed (stopped, restarting or unhealthy)."""
+    return [row for row in rows if row.get("State") in (*STOPPED, "restarting") or row.get("Health") == "unhealthy"]
+
+
+def stopped_before(stack: Stack, rows: list[dict]) -> dict[str, str]:
+    """Container id -> State.FinishedAt of the project's stopped containers (see failed_rows)."""
+    return {row["ID"]: finished_at(stack, row["ID"]) for row in rows if row.get("State") in STOPPED and row.get("ID")}
+
+
+def finished_at(stack: Stack, container: str) -> str:
+    proc = stack.run(["docker", "inspect", "--format", "{{.State.FinishedAt}}", container], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
 def watch_up(stack: Stack, timeout: float = 600.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> list[dict]:
     """`compose up -d` in the background while printing one line per service state change;
     returns when every service is running and healthy, raises with the failing service's
     last log lines otherwise."""
     # The images are built by phase 2; `up` must not build or pull anything else behind our back.
     args = ["up", "-d", "--remove-orphans", "--no-build", "--pull", "never"]
+    expected = set(stack.expected_services())
+    stale = stopped_before(stack, stack.services())
     # `up -d` itself blocks on `depends_on: service_healthy`; watch while it does.
     proc = subprocess.Popen(stack.command(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=compose.subprocess_env())
-    expected = set(stack.expected_services())
     checked = stack.healthchecked_services()
     seen: dict[str, tuple] = {}
     deadline = clock() + timeout
     try:
         while True:
             rows = [r for r in stack.services() if r["Service"] in expected]
-            for row in rows:
+            # Only the containers of this `up` are shown and judged (not one stopped before it).
+            current = this_up(rows, stale, lambda container: finished_at(stack, container))
+            for row in current:
                 key = (row.get("State"), row.get("Health") or "")
                 if seen.get(row["Service"]) != key:
                     seen[row["Service"]] = key
                     stack.out(f"  {row['Service']:<10} {key[0]}{' (' + key[1] + ')' if key[1] else ''}")
-            failed = [r for r in rows if r.get("State") in ("exited", "dead", "restarting") or r.get("Health") == "unhealthy"]
+            failed = failed_rows(current)
             if failed:
                 bad = failed[0]
                 raise StackError(failure(stack, bad["Service"], f"is {bad.get('State')} {bad.get('Health') or ''}".strip(), bad.get("Name")))
@@ -274,7 +312,7 @@ def watch_up(stack: Stack, timeout: float = 600.0, clock: Callable[[], float] = 
             if done not in (None, 0):
                 output = proc.stdout.read() if proc.stdout else ""
                 raise StackError(f"docker compose up failed (exit {done}):\n{output.strip()[-3000:]}")
-            ready = {r["Service"] for r in rows if is_ready(r, r["Service"] in checked)}
+            ready = {r["Service"] for r in current if is_ready(r, r["Service"] in checked)}
             if done == 0 and ready >= expected:
                 return rows
             if clock() > deadline:
@@ -306,18 +344,33 @@ def diagnose(logs: str) -> list[str]:
     return [text for marker, text in DIAGNOSES.items() if marker in logs]
 
 
+def state_lines(state: dict) -> list[str]:
+    """Pure: what a container's `docker inspect` State says beyond its logs - how it ended
+    (exit code, killed for memory, the engine's own error) and its last healthcheck."""
+    lines = []
+    if state.get("Status") in STOPPED:
+        how = f"exit code {state.get('ExitCode')}"
+        if state.get("OOMKilled"):
+            how += ", killed for memory (raise its memory: in config.yaml, or free the host's)"
+        lines.append(f"It ended with {how}{': ' + str(state['Error']) if state.get('Error') else ''}")
+    log = (state.get("Health") or {}).get("Log") or []
+    if log:
+        last = log[-1]
+        lines.append(f"Its last healthcheck (exit {last.get('ExitCode')}): {(last.get('Output') or '').strip()[-500:]}")
+    return lines
+
+
 def failure(stack: Stack, service: str, what: str, container: str | None = None) -> str:
     logs = stack.logs_tail(service)
-    text = f"{service} {what}. Its last log lines:\n{logs}"
+    text = f"{service} {what}. Its last log lines:\n{logs.rstrip() or '(none)'}"
     for line in diagnose(logs):
         text += f"\nDiagnosis: {line}"
     if container:
-        probe = stack.run(["docker", "inspect", "--format", "{{json .State.Health}}", container], capture_output=True, text=True)
+        probe = stack.run(["docker", "inspect", "--format", "{{json .State}}", container], capture_output=True, text=True)
         try:
-            log = (json.loads(probe.stdout or "null") or {}).get("Log") or []
+            state = json.loads(probe.stdout or "null") or {}
         except json.JSONDecodeError:
-            log = []
-        if log:
-            last = log[-1]
-            text += f"\nIts last healthcheck (exit {last.get('ExitCode')}): {(last.get('Output') or '').strip()[-500:]}"
+            state = {}
+        for line in state_lines(state if isinstance(state, dict) else {}):
+            text += f"\n{line}"
     return text

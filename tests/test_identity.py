@@ -294,6 +294,18 @@ def test_up_phase_one_checks_only_the_data_volumes_its_services_mount(project, t
     assert lifecycle.data_secrets(st_) == {"postgres-data": "POSTGRES_PASSWORD"}
 
 
+def test_up_fingerprints_a_switched_off_services_volume_it_creates(project, tmp_path):
+    # Issue 17's CI log: redis off, its volume created unlabelled by the first `inv up`, and the
+    # second `inv up` said "redis-data has no secret fingerprint (created by an older version or
+    # by hand)" - untrue. The volume is made with .env's secret, which opens it when redis is on.
+    build = generated(project, tmp_path)
+    st_ = stack.Stack(config.load(project("{}\n"), environ={}), build)
+    assert lifecycle.fingerprinted(st_) == {"postgres-data": "POSTGRES_PASSWORD", "redis-data": "REDIS_PASSWORD"}
+    (build / ".env").write_text("COMPOSE_PROFILES=mlflow\nPOSTGRES_PASSWORD=pg-secret\nREDIS_PASSWORD=\n")
+    st_ = stack.Stack(config.load(project("{}\n"), environ={}), build)
+    assert lifecycle.fingerprinted(st_) == {"postgres-data": "POSTGRES_PASSWORD"}  # no secret: no fingerprint to promise
+
+
 def test_up_phase_one_refuses_a_new_env_over_old_data_before_anything_starts(project, tmp_path):
     build = generated(project, tmp_path)
     folder = str(tmp_path.resolve())

@@ -143,3 +143,95 @@ def test_host_folders_are_created_in_the_start_phase_only(project, tmp_path, mon
     monkeypatch.setattr(lifecycle.compose, "compose_binary", lambda: "docker-compose")
     lifecycle.bring_up(st, lifecycle.UpOptions())
     assert seen == [False] and folder.is_dir()
+
+
+# ---------------------------------------------------------------- watch_up: containers of this `up`
+
+
+class Watched:
+    """Stands for a Stack whose `compose ps -a` answers from a script of polls, and for the
+    engine's `docker inspect` (FinishedAt per container id, which a poll may change); the
+    `compose up -d` process itself is `true` (it ends at once with 0, as a finished up does)."""
+
+    def __init__(self, polls, finished, healthchecked=("mlflow",)):
+        self.polls, self.finished, self.lines = list(polls), finished, []
+        self.healthchecked = set(healthchecked)
+
+    def expected_services(self):
+        return ["mlflow"]
+
+    def healthchecked_services(self):
+        return self.healthchecked
+
+    def command(self, args):
+        return ["true"]
+
+    def services(self):
+        rows, changes = self.polls.pop(0) if len(self.polls) > 1 else self.polls[0]
+        self.finished.update(changes)
+        return rows
+
+    def out(self, line):
+        self.lines.append(line)
+
+    def logs_tail(self, service):
+        return ""
+
+    def run(self, argv, **kw):
+        if argv[:2] == ["docker", "inspect"] and argv[3] == "{{.State.FinishedAt}}":
+            return subprocess.CompletedProcess(argv, 0, self.finished.get(argv[-1], "") + "\n", "")
+        if argv[:2] == ["docker", "inspect"]:
+            return subprocess.CompletedProcess(argv, 0, '{"Status": "exited", "ExitCode": 137, "OOMKilled": true}', "")
+        raise AssertionError(argv)
+
+
+OLD_EXITED = {"ID": "old", "Name": "p-mlflow-1", "Service": "mlflow", "State": "exited"}
+NEW = {"ID": "new", "Name": "0a1b_p-mlflow-1", "Service": "mlflow", "State": "created"}
+HEALTHY = {"ID": "new", "Name": "p-mlflow-1", "Service": "mlflow", "State": "running", "Health": "healthy"}
+
+
+def test_a_container_stopped_before_up_is_not_a_failure_while_compose_replaces_it():
+    # The CI failure of issue 17: after the MLflow migration, the old (stopped) mlflow container
+    # stood next to its replacement in `compose ps -a`, and `inv up` called the service exited.
+    watched = Watched(
+        [([OLD_EXITED], {}), ([OLD_EXITED], {}), ([NEW, OLD_EXITED], {}), ([HEALTHY], {})],
+        {"old": "2026-12-06T05:17:50Z"},
+    )
+    rows = lifecycle.watch_up(watched, timeout=60, sleep=lambda s: None)
+    assert rows == [HEALTHY]
+    assert watched.lines == ["  mlflow     created", "  mlflow     running (healthy)"]
+
+
+def test_a_container_that_runs_again_and_exits_is_a_failure_with_how_it_ended():
+    # The same container, started by this `up` (FinishedAt moves), exited again: a real failure.
+    watched = Watched([([OLD_EXITED], {}), ([OLD_EXITED], {"old": "2026-12-06T05:18:40Z"})], {"old": "2026-12-06T05:17:50Z"})
+    with pytest.raises(StackError) as err:
+        lifecycle.watch_up(watched, timeout=60, sleep=lambda s: None)
+    assert "mlflow is exited. Its last log lines:\n(none)" in str(err.value)
+    assert "It ended with exit code 137, killed for memory" in str(err.value)
+
+
+def test_a_container_this_up_created_that_exits_is_a_failure():
+    watched = Watched([([], {}), ([{**NEW, "State": "exited"}], {})], {})  # nothing before `up`
+    with pytest.raises(StackError, match="mlflow is exited"):
+        lifecycle.watch_up(watched, timeout=60, clock=iter(range(10**6)).__next__, sleep=lambda s: None)
+
+
+def test_this_up_and_failed_rows_are_pure_over_their_inputs():
+    stale = {"old": "t1"}
+    assert lifecycle.this_up([OLD_EXITED, NEW], stale, {"old": "t1"}.get) == [NEW]
+    assert lifecycle.this_up([OLD_EXITED], stale, {"old": "t2"}.get) == [OLD_EXITED]
+    assert lifecycle.this_up([{**OLD_EXITED, "State": "running"}], stale, {"old": "t1"}.get) == [{**OLD_EXITED, "State": "running"}]
+    assert lifecycle.failed_rows([NEW, HEALTHY]) == []
+    assert lifecycle.failed_rows([{**HEALTHY, "Health": "unhealthy"}, {**NEW, "State": "restarting"}, {**NEW, "State": "dead"}]) == [
+        {**HEALTHY, "Health": "unhealthy"},
+        {**NEW, "State": "restarting"},
+        {**NEW, "State": "dead"},
+    ]
+
+
+def test_state_lines_say_how_a_container_ended():
+    assert lifecycle.state_lines({"Status": "exited", "ExitCode": 1, "Error": ""}) == ["It ended with exit code 1"]
+    assert lifecycle.state_lines({"Status": "exited", "ExitCode": 127, "Error": "exec: not found"}) == ["It ended with exit code 127: exec: not found"]
+    assert lifecycle.state_lines({"Status": "running", "Health": {"Log": [{"ExitCode": 1, "Output": "no\n"}]}}) == ["Its last healthcheck (exit 1): no"]
+    assert lifecycle.state_lines({}) == []

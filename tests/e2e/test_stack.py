@@ -307,6 +307,20 @@ def mlflow_call(method: str, path: str, **kw) -> dict:
     return resp.json()
 
 
+def test_up_starts_again_a_service_stopped_by_hand(inv):
+    # Day two: someone ran `docker stop` on a service (or the MLflow migration left it stopped).
+    # `inv up` must start it again; before issue 17's fix, its first look at `compose ps -a` saw
+    # the container stopped from before and gave up with "mlflow is exited", no log line.
+    name = f"{PROJECT}-mlflow-1"
+    subprocess.run(["docker", "stop", name], capture_output=True, check=True, timeout=120)
+    up = inv("up", "--timeout", "600")
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+    assert "mlflow     exited" not in up.stdout  # the stopped container is not shown as this up's
+    state = subprocess.run(["docker", "inspect", "--format", "{{.State.Status}} {{.State.Health.Status}}", name], capture_output=True, text=True, check=True)
+    assert state.stdout.split() == ["running", "healthy"]
+    mlflow_call("GET", "experiments/search", params={"max_results": 1})
+
+
 def test_a_run_survives_down_and_up_and_volumes_go_only_with_yes(inv):
     exp = mlflow_call("POST", "experiments/create", json={"name": f"e2e-{uuid.uuid4().hex[:8]}"})["experiment_id"]
     run_id = mlflow_call("POST", "runs/create", json={"experiment_id": exp})["run"]["info"]["run_id"]
