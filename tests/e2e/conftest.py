@@ -5,11 +5,13 @@ Modelled on getsentry/self-hosted's integration tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -164,27 +166,33 @@ def inv(tmp_path_factory):
         handle.write(f"data:\n  sample: {sample}\n  cslr: {cslr}\nworkspace: {workspace}\n")
     if prefix:
         subprocess.run(["chown", "-R", f"{E2E_USER}:", str(sample), str(cslr), str(workspace)], check=True)
-    runner = Inv(workdir, repo, prefix, env)
-    runner("init", "--config", str(workdir / "config.yaml"), check=True)
-    remove_project(PROJECT)  # leftovers of an interrupted earlier run (whose clone may still exist)
-    try:
-        import time
+    with running_stack(Inv(workdir, repo, prefix, env), PROJECT) as runner:
+        yield runner
 
+
+@contextlib.contextmanager
+def running_stack(runner: Inv, project: str):
+    """`inv init`, then `inv up` (timed: runner.up_seconds, runner.up_output) of a stack the
+    e2e tier owns; `ps` and logs dumped when `up` or the body fails; whatever happens,
+    `inv down --volumes --yes`, the project's leftovers removed and a root-made clone deleted."""
+    runner("init", "--config", str(runner.workdir / "config.yaml"), check=True)
+    remove_project(project)  # leftovers of an interrupted earlier run (whose clone may still exist)
+    try:
         started = time.monotonic()
         up = runner("up", "--timeout", "600")
         runner.up_seconds = time.monotonic() - started  # images present: a warm `inv up`
-        if up.returncode != 0:
-            dump(runner)
-            pytest.fail(f"inv up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
         runner.up_output = up.stdout + up.stderr
+        if up.returncode != 0:
+            raise AssertionError(f"inv up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
         yield runner
     except BaseException:
         dump(runner)
         raise
     finally:
         runner("down", "--volumes", "--yes", timeout=300)
-        if prefix:
-            shutil.rmtree(repo, ignore_errors=True)
+        remove_project(project)
+        if runner.prefix:
+            shutil.rmtree(runner.repo, ignore_errors=True)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from cslr.config import parse_dotenv
-from tests.e2e.conftest import E2E, E2E_USER, Inv, clean_env, compose_cmd, dump, remove_project, user_clone
+from tests.e2e.conftest import E2E, E2E_USER, Inv, clean_env, compose_cmd, running_stack, user_clone
 
 PROJECT = "cslr-e2e-mon"
 HEALTH = "http://127.0.0.1:28888"
@@ -76,24 +76,8 @@ def mon():
     shutil.copy(E2E / "no-gpu-devices.yaml", workdir / "no-gpu-devices.yaml")
     if prefix:
         subprocess.run(["chown", f"{E2E_USER}:", str(workdir / "config.yaml"), str(workdir / "no-gpu-devices.yaml")], check=True)
-    runner = Inv(workdir, repo, prefix, env)
-    runner("init", "--config", str(workdir / "config.yaml"), check=True)
-    remove_project(PROJECT)
-    try:
-        up = runner("up", "--timeout", "600")
-        if up.returncode != 0:
-            dump(runner)
-            pytest.fail(f"inv up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
-        runner.up_output = up.stdout + up.stderr
+    with running_stack(Inv(workdir, repo, prefix, env), PROJECT) as runner:
         yield runner
-    except BaseException:
-        dump(runner)
-        raise
-    finally:
-        runner("down", "--volumes", "--yes", timeout=300)
-        remove_project(PROJECT)
-        if prefix:
-            shutil.rmtree(repo, ignore_errors=True)
 
 
 def seen_by_prometheus(build: Path) -> str:
