@@ -31,7 +31,7 @@ from typing import Callable
 
 from . import compose, identity, images, preflight, topology, upgrade
 from .report import is_ready
-from .stack import Stack, StackError
+from .stack import Stack, StackError, docker_text
 
 
 @dataclass
@@ -272,13 +272,12 @@ def failed_rows(rows: list[dict]) -> list[dict]:
 
 
 def stopped_before(stack: Stack, rows: list[dict]) -> dict[str, str]:
-    """Container id -> State.FinishedAt of the project's stopped containers (see failed_rows)."""
+    """Container id -> State.FinishedAt of the project's stopped containers (see this_up)."""
     return {row["ID"]: finished_at(stack, row["ID"]) for row in rows if row.get("State") in STOPPED and row.get("ID")}
 
 
 def finished_at(stack: Stack, container: str) -> str:
-    proc = stack.run(["docker", "inspect", "--format", "{{.State.FinishedAt}}", container], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
+    return docker_text(stack, ["inspect", "--format", "{{.State.FinishedAt}}", container])
 
 
 def watch_up(stack: Stack, timeout: float = 600.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> list[dict]:

@@ -20,6 +20,13 @@ from .errors import PlatformError
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
+def docker_text(stack, args: Sequence[str]) -> str:
+    """`docker ARGS` (an inspect with a --format) on the stack's runner: its stripped output, or
+    "" when the engine does not know the object."""
+    proc = stack.run(["docker", *args], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
 class StackError(PlatformError):
     exit_code = 1
 

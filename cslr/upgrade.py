@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from .stack import Stack, StackError
+from .stack import Stack, StackError, docker_text
 
 PGDATA_IN_VOLUME = "pgdata/PG_VERSION"  # PGDATA=/var/lib/postgresql/data/pgdata, the volume at .../data
 
@@ -124,19 +124,14 @@ def mlflow_schema(stack: Stack, backup_dir: Path, now: Callable[[], dt.datetime]
     if "mlflow" not in stack.expected_services() or not volume_exists(volume, stack.run):
         return []
     # Checked once per (MLflow image, database volume): a warm `inv up` pays two inspects.
-    key = _inspect(stack, ["image", "inspect", "--format", "{{.Id}}", stack.env().get("MLFLOW_IMAGE", "")])
-    key += "|" + _inspect(stack, ["volume", "inspect", "--format", "{{.CreatedAt}}", volume])
+    key = docker_text(stack, ["image", "inspect", "--format", "{{.Id}}", stack.env().get("MLFLOW_IMAGE", "")])
+    key += "|" + docker_text(stack, ["volume", "inspect", "--format", "{{.CreatedAt}}", volume])
     marker = stack.build_dir / "mlflow-schema-checked"
     if marker.exists() and marker.read_text() == key:
         return []
     lines = _check_and_migrate(stack, backup_dir, now)
     marker.write_text(key)
     return lines
-
-
-def _inspect(stack: Stack, args: list[str]) -> str:
-    proc = stack.run(["docker", *args], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def _check_and_migrate(stack: Stack, backup_dir: Path, now: Callable[[], dt.datetime]) -> list[str]:
